@@ -1,0 +1,39 @@
+# llmserve developer commands. `make test` and `make check` create .venv when missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS ?= cpu,dev
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast check lint typecheck layering serve clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@# torchvision/torchaudio/torchcodec from PyPI do not import beside torch 2.13.0+cpu
+	@# and break transformers: remove them when a dependency pulled them in.
+	-$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check llmserve engines routing tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy llmserve engines routing
+
+layering: $(STAMP)
+	$(PY) .ci/check_layering.py
+
+check: lint typecheck layering
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,35 @@
+"""Typed errors of the serving core."""
+
+from __future__ import annotations
+
+
+class ServeError(Exception):
+    """Base class for the core's errors."""
+
+
+class ConfigError(ServeError, ValueError):
+    """An invalid deployment or application option."""
+
+
+class BackPressureError(ServeError):
+    """The deployment's queue is full (``max_queued_requests``); retry later."""
+
+    def __init__(self, deployment: str, num_queued: int, retry_after_s: float = 1.0) -> None:
+        super().__init__(
+            f"deployment {deployment!r} is overloaded: {num_queued} requests already queued"
+        )
+        self.deployment = deployment
+        self.num_queued = num_queued
+        self.retry_after_s = retry_after_s
+
+
+class ReplicaDiedError(ServeError):
+    """The replica serving this request died or was stopped while it ran."""
+
+
+class DeploymentUnavailableError(ServeError):
+    """No replica could take the request (deleted deployment, shutdown)."""
+
+
+class RequestCancelledError(ServeError):
+    """The request was cancelled by its caller."""
