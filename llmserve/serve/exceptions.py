@@ -27,6 +27,10 @@ class ReplicaDiedError(ServeError):
     """The replica serving this request died or was stopped while it ran."""
 
 
+class ReplicaUnavailableError(ReplicaDiedError):
+    """The replica was gone before the request started on it (safe to retry)."""
+
+
 class DeploymentUnavailableError(ServeError):
     """No replica could take the request (deleted deployment, shutdown)."""
 

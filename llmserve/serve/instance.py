@@ -1,0 +1,122 @@
+"""The running serve instance: an event-loop thread holding the controller and proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from llmserve.serve.controller import Controller
+from llmserve.serve.proxy import HttpProxy
+from llmserve.serve.runtime import make_runtime
+
+T = TypeVar("T")
+log = logging.getLogger("llmserve.serve")
+_lock = threading.Lock()
+_instance: ServeInstance | None = None
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+class ServeInstance:
+    def __init__(self, runtime: str, host: str, port: int) -> None:
+        self.runtime_name = runtime
+        self.host = host
+        self.port = port
+        self.loop = _new_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="llmserve-loop",
+                                        daemon=True)
+        self._thread.start()
+        self.controller: Controller = self.submit(self._make_controller(runtime))
+        self._server: Any = None
+        self.http_port: int | None = None
+
+    async def _make_controller(self, runtime: str) -> Controller:
+        controller = Controller(make_runtime(runtime))
+        controller.start()
+        return controller
+
+    def submit(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        if _on_serve_thread(self.loop):
+            raise RuntimeError("blocking serve call made on the serving loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def ensure_http(self) -> None:
+        if self._server is None:
+            self.submit(self._start_http())
+
+    async def _start_http(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(HttpProxy(self.controller), host=self.host, port=self.port,
+                                log_level="warning", lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"HTTP proxy could not bind {self.host}:{self.port}")
+            await asyncio.sleep(0.01)
+        self._server = server
+        self._server_task = task
+        self.http_port = server.servers[0].sockets[0].getsockname()[1]
+        log.info("HTTP proxy listening on http://%s:%s", self.host, self.http_port)
+
+    @property
+    def http_url(self) -> str | None:
+        return f"http://{self.host}:{self.http_port}" if self.http_port else None
+
+    def stop(self) -> None:
+        self.submit(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _stop(self) -> None:
+        await self.controller.shutdown()
+        if self._server is not None:
+            self._server.should_exit = True
+            await self._server_task
+
+
+def _on_serve_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def get_instance() -> ServeInstance:
+    if _instance is None:
+        raise RuntimeError("serve is not running: call serve.run(...) or serve.start() first")
+    return _instance
+
+
+def get_or_start(runtime: str, host: str, port: int) -> ServeInstance:
+    global _instance
+    with _lock:
+        if _instance is None:
+            _instance = ServeInstance(runtime, host, port)
+        elif _instance.runtime_name != runtime:
+            raise RuntimeError(
+                f"serve already runs on the {_instance.runtime_name!r} runtime; "
+                "call serve.shutdown() first"
+            )
+        return _instance
+
+
+def stop_instance() -> None:
+    global _instance
+    with _lock:
+        instance, _instance = _instance, None
+    if instance is not None:
+        instance.stop()

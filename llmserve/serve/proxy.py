@@ -1,0 +1,131 @@
+"""The HTTP proxy: matches a route prefix, routes to the app's ingress replicas."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from routing import RouteRequest
+from starlette.types import Message, Receive, Scope, Send
+
+from llmserve.serve.context import RequestMetadata
+from llmserve.serve.controller import Controller
+from llmserve.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaDiedError,
+    ReplicaUnavailableError,
+)
+
+MODEL_ID_HEADER = b"serve_multiplexed_model_id"
+
+
+class HttpProxy:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] not in ("http", "websocket"):
+            return
+        path: str = scope["path"]
+        if path == "/-/healthz":
+            await _send_text(send, 200, "success")
+            return
+        if path == "/-/routes":
+            await _send_json(send, 200, self.controller.routes())
+            return
+        match = self._match(path)
+        if match is None:
+            await _send_error(send, 404, f"no application serves path {path!r}", "not_found")
+            return
+        prefix, app_name = match
+        await self._forward(scope, receive, send, prefix, app_name)
+
+    def _match(self, path: str) -> tuple[str, str] | None:
+        best: tuple[str, str] | None = None
+        for prefix, app in self.controller.routes().items():
+            stem = prefix.rstrip("/")
+            if (path == stem or path.startswith(stem + "/") or stem == "") and (
+                best is None or len(stem) > len(best[0])
+            ):
+                best = (stem, app)
+        return best
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, prefix: str,
+                       app_name: str) -> None:
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode() or uuid.uuid4().hex
+        session = headers.get(b"x-session-id", b"").decode() or None
+        meta = RequestMetadata(request_id, "__call__",
+                               headers.get(MODEL_ID_HEADER, b"").decode(), False, session)
+        request = RouteRequest(request_id, meta.multiplexed_model_id, session)
+        child = dict(scope, root_path=scope.get("root_path", "") + prefix) if prefix else scope
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            router = self.controller.router_for(app_name, self.controller.ingress_of(app_name))
+            while True:
+                replica = await router.acquire(request)
+                try:
+                    await replica.handle_http(meta, child, receive, tracked_send)
+                    return
+                except ReplicaUnavailableError:
+                    continue
+                finally:
+                    router.release(replica, request)
+        except BackPressureError as exc:
+            await _send_error(send, 503, str(exc), "overloaded",
+                              retry_after_s=exc.retry_after_s, request_id=request_id)
+        except (DeploymentUnavailableError, ReplicaDiedError) as exc:
+            if not started:
+                await _send_error(send, 503, str(exc), "unavailable", request_id=request_id,
+                                  retry_after_s=1.0)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _send_text(send: Send, status: int, text: str) -> None:
+    await _send_body(send, status, text.encode(), b"text/plain; charset=utf-8")
+
+
+async def _send_json(send: Send, status: int, body: Any,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _send_body(send, status, json.dumps(body).encode(), b"application/json", extra)
+
+
+async def _send_error(send: Send, status: int, message: str, code: str,
+                      retry_after_s: float | None = None, request_id: str | None = None) -> None:
+    extra: list[tuple[bytes, bytes]] = []
+    if retry_after_s is not None:
+        extra.append((b"retry-after", str(max(1, round(retry_after_s))).encode()))
+    if request_id:
+        extra.append((b"x-request-id", request_id.encode()))
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    await _send_json(send, status, body, extra)
+
+
+async def _send_body(send: Send, status: int, body: bytes, content_type: bytes,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
