@@ -175,15 +175,16 @@ def batch(
         if not (is_stream or inspect.iscoroutinefunction(fn)):
             raise ConfigError("@serve.batch goes on an async method or async generator")
         is_method = next(iter(inspect.signature(fn).parameters), "") == "self"
-        state: dict[str, BatchQueue] = {}
+        shared: dict[str, BatchQueue] = {}
 
         def queue_for(args: tuple[Any, ...]) -> BatchQueue:
-            holder = args[0].__dict__ if is_method else state
-            queues = holder.setdefault(_QUEUES_ATTR, {}) if is_method else state
+            queues: dict[str, BatchQueue] = (
+                args[0].__dict__.setdefault(_QUEUES_ATTR, {}) if is_method else shared
+            )
             if fn.__name__ not in queues:
                 queues[fn.__name__] = BatchQueue(fn, max_batch_size, batch_wait_timeout_s,
                                                  is_stream)
-            return queues[fn.__name__]  # type: ignore[no-any-return]
+            return queues[fn.__name__]
 
         if is_stream:
             @functools.wraps(fn)

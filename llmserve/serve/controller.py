@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -53,10 +54,8 @@ class Controller:
             except Exception:
                 log.exception("controller tick failed")
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.period_s)
-            except TimeoutError:
-                pass
 
     def tick(self) -> None:
         for key, state in list(self.deployments.items()):

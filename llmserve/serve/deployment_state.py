@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from routing import make_policy
-
 from llmserve.serve.autoscaling import (
     AutoscalingContext,
     MetricWindow,
@@ -31,6 +29,7 @@ from llmserve.serve.status import (
     ReplicaState,
     ReplicaStatus,
 )
+from routing import make_policy
 
 log = logging.getLogger("llmserve.serve")
 _ids = itertools.count(1)

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import queue
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from routing import RouteRequest
-
 from llmserve.serve.context import RequestMetadata, get_request_metadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
+from routing import RouteRequest
 
 _END = object()
 
@@ -49,11 +47,15 @@ class DeploymentHandle:
     def options(self, *, method_name: str | None = None, stream: bool | None = None,
                 multiplexed_model_id: str | None = None,
                 session_key: str | None = None) -> DeploymentHandle:
-        changes = {k: v for k, v in {"method_name": method_name, "stream": stream,
-                                     "multiplexed_model_id": multiplexed_model_id,
-                                     "session_key": session_key}.items() if v is not None}
-        return DeploymentHandle(self.deployment_name, self.app_name,
-                                dataclasses.replace(self.handle_options, **changes))
+        old = self.handle_options
+        new = HandleOptions(
+            method_name=old.method_name if method_name is None else method_name,
+            stream=old.stream if stream is None else stream,
+            multiplexed_model_id=(old.multiplexed_model_id if multiplexed_model_id is None
+                                  else multiplexed_model_id),
+            session_key=old.session_key if session_key is None else session_key,
+        )
+        return DeploymentHandle(self.deployment_name, self.app_name, new)
 
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("__"):

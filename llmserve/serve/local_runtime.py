@@ -63,7 +63,7 @@ class LocalReplica:
             self._instance = target
         elif inspect.iscoroutinefunction(target.__init__):
             instance = target.__new__(target)
-            await instance.__init__(*self.spec.init_args, **self.spec.init_kwargs)
+            await instance.__init__(*self.spec.init_args, **self.spec.init_kwargs)  # type: ignore[misc]
             self._instance = instance
         else:
             self._instance = target(*self.spec.init_args, **self.spec.init_kwargs)
@@ -149,7 +149,7 @@ class LocalReplica:
                 raise AttributeError(f"function deployment has no method {name!r}")
             return self._instance  # type: ignore[no-any-return]
         method = getattr(self._instance, name, None)
-        if method is None or name.startswith("_") and name != "__call__":
+        if method is None or (name.startswith("_") and name != "__call__"):
             raise AttributeError(
                 f"deployment {self.spec.deployment_name!r} has no method {name!r}"
             )
@@ -173,7 +173,8 @@ class LocalReplica:
         ctx = contextvars.copy_context()
         try:
             while True:
-                item = await loop.run_in_executor(self._executor, ctx.run, next, gen, _DONE)
+                step = functools.partial(ctx.run, next, gen, _DONE)
+                item = await loop.run_in_executor(self._executor, step)
                 if item is _DONE:
                     return
                 yield item

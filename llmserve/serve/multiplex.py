@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 from collections import OrderedDict
@@ -51,10 +52,8 @@ class ModelCache:
             await cleanup()
         else:
             await asyncio.get_running_loop().run_in_executor(None, cleanup)
-        try:
+        with contextlib.suppress(AttributeError):
             model.__del__ = lambda: None  # do not run cleanup a second time at collection
-        except AttributeError:
-            pass
 
 
 def loaded_model_ids(owner: Any) -> frozenset[str]:

@@ -6,7 +6,6 @@ import json
 import uuid
 from typing import Any
 
-from routing import RouteRequest
 from starlette.types import Message, Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
@@ -17,6 +16,7 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from routing import RouteRequest
 
 MODEL_ID_HEADER = b"serve_multiplexed_model_id"
 

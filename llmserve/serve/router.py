@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
-from routing.policy import notify_finished, notify_replicas_changed, notify_routed
-
 from llmserve.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from llmserve.serve.runtime import ReplicaRef
+from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
+from routing.policy import notify_finished, notify_replicas_changed, notify_routed
 
 
 @dataclass
@@ -94,10 +94,8 @@ class Router:
             self._assign_waiters()
 
     def _remove_waiter(self, waiter: _Waiter) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def _assign_waiters(self) -> None:
         while self._waiters:
