@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 STAMP_FILE = "tiny-model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEAD_DIM = 64
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -131,11 +131,14 @@ def lora_dirs(out_dir: Path) -> list[Path]:
 
 def _check_replaceable(out_dir: Path) -> None:
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / STAMP_FILE).exists():
-        raise FileExistsError(f"{out_dir} is not empty and holds no tiny model; refusing to replace")
+        raise FileExistsError(
+            f"{out_dir} is not empty and holds no tiny model; refusing to replace"
+        )
 
 
 def _move_into_place(work_dir: Path, out_dir: Path, params: TinyModelParams) -> None:
     (work_dir / STAMP_FILE).write_text(json.dumps(asdict(params), indent=2) + "\n")
+    work_dir.chmod(0o755)  # mkdtemp made it private
     if out_dir.exists():
         if is_built(out_dir, params):  # another process finished first
             return
@@ -218,10 +221,10 @@ def _save_model(work_dir: Path, params: TinyModelParams, vocab_size: int) -> Any
         eos_token_id=ids[EOS_TOKEN],
         pad_token_id=ids[PAD_TOKEN],
         tie_word_embeddings=False,
-        dtype="float32",
+        dtype="bfloat16",
     )
     set_seed(params.seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).bfloat16()  # what vLLM's CPU backend runs in
     model.generation_config = GenerationConfig(
         bos_token_id=ids[BOS_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN]
     )
