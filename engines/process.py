@@ -1,0 +1,318 @@
+"""Supervise one engine server process: start it, wait until it is healthy, stop it,
+and never leave an orphan behind.
+
+Process tree::
+
+    gateway (this process)
+      └─ guard      python -c GUARD_SOURCE: leader of a new session and process group
+           └─ engine  e.g. vLLM's API server, with its EngineCore and worker processes
+
+Every process of the engine stays in the guard's process group, so :meth:`stop`
+signals the whole group (SIGTERM, then SIGKILL). If the gateway dies, even by
+SIGKILL, the kernel sends the guard ``PR_SET_PDEATHSIG`` (Linux) and the guard
+SIGKILLs its group; it also polls its parent pid once a second as a fallback
+(other platforms, or a parent that died before the guard was set up). vLLM needs
+this: SIGKILL its API server alone and its EngineCore lives on as an orphan.
+
+``PR_SET_PDEATHSIG`` fires when the parent *thread* that forked the guard exits,
+not the parent process: start engines from a long-lived thread (the event loop
+thread, which is where :func:`asyncio.create_subprocess_exec` forks), never from a
+short-lived worker thread, or the engine is killed when that thread ends.
+
+Output (stdout and stderr together) is appended to a log file; the last lines are
+kept in memory for error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+from engines.protocol import Engine, EngineSpec, EngineStartError
+
+PR_SET_PDEATHSIG = 1
+PARENT_DEATH_SIGNAL = signal.SIGUSR1
+
+GUARD_SOURCE = """\
+import os, signal, subprocess, sys
+parent_pid, command = int(sys.argv[1]), sys.argv[2:]
+def kill_group(*_):
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGUSR1, kill_group)
+signal.signal(signal.SIGTERM, lambda *_: None)  # the engine gets it too; we wait for it
+signal.signal(signal.SIGINT, lambda *_: None)
+if os.getppid() != parent_pid:
+    kill_group()
+try:
+    child = subprocess.Popen(command)
+except OSError as error:
+    print(f"cannot start {command[0]!r}: {error}", flush=True)
+    sys.exit(127)
+while True:
+    try:
+        code = child.wait(timeout=1.0)
+        break
+    except subprocess.TimeoutExpired:
+        if os.getppid() != parent_pid:
+            kill_group()
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+_live: weakref.WeakSet[EngineProcess] = weakref.WeakSet()
+
+
+class EngineProcess:
+    """One supervised server process (see the module docstring)."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        name: str = "engine",
+        log_path: Path | None = None,
+        tail_lines: int = 200,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.env = dict(env) if env is not None else None
+        self.name = name
+        self.log_path = log_path or default_log_path(name)
+        self.on_line = on_line
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_engine(
+        cls,
+        engine: Engine,
+        spec: EngineSpec,
+        *,
+        log_path: Path | None = None,
+        tail_lines: int = 200,
+    ) -> EngineProcess:
+        return cls(
+            engine.command(spec),
+            env=engine.env(spec),
+            name=f"{engine.name}-{spec.port}",
+            log_path=log_path,
+            tail_lines=tail_lines,
+        )
+
+    @classmethod
+    async def launch(
+        cls,
+        engine: Engine,
+        spec: EngineSpec,
+        *,
+        log_path: Path | None = None,
+        ready_timeout_s: float = 300.0,
+    ) -> EngineProcess:
+        """Start the engine for ``spec`` and wait until it is healthy; stop it on failure."""
+        process = cls.for_engine(engine, spec, log_path=log_path)
+        await process.start()
+        try:
+            await process.wait_healthy(
+                spec.base_url + engine.health_path, timeout_s=ready_timeout_s
+            )
+        except BaseException:
+            await process.stop()
+            raise
+        return process
+
+    @property
+    def pid(self) -> int | None:
+        """The guard's pid, which is also the process group id."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The engine's exit code (128 + N if killed by signal N), or None while it runs."""
+        if self._proc is None or self._proc.returncode is None:
+            return None
+        code = self._proc.returncode
+        return code if code >= 0 else 128 - code
+
+    def log_tail(self, lines: int = 50) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    async def start(self) -> None:
+        if self._proc is not None:
+            raise RuntimeError(f"{self.name} was already started")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-c", GUARD_SOURCE, str(os.getpid()), *self.command]
+        self._proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+        )
+        _live.add(self)
+        self._pump = asyncio.create_task(self._pump_output(self._proc))
+
+    async def wait_healthy(
+        self, url: str, *, timeout_s: float = 300.0, interval_s: float = 0.25
+    ) -> None:
+        """Poll ``url`` until it answers 200; raise :class:`EngineStartError` if the
+        process exits first or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False) as client:
+            while True:
+                if not self.is_alive:
+                    await self._drain_output()
+                    raise EngineStartError(
+                        f"{self.name} exited with code {self.returncode} before {url} was "
+                        f"healthy; last log lines ({self.log_path}):\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                if time.monotonic() >= deadline:
+                    raise EngineStartError(
+                        f"{self.name} was not healthy at {url} after {timeout_s:.0f}s; "
+                        f"last log lines ({self.log_path}):\n{self.log_tail()}"
+                    )
+                await asyncio.sleep(interval_s)
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; return :attr:`returncode`."""
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        await self._proc.wait()
+        kill_group(self._proc.pid, signal.SIGKILL)  # leftovers of a crashed engine
+        await self._drain_output()
+        code = self.returncode
+        assert code is not None
+        return code
+
+    async def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after ``timeout_s``; return the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            kill_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                kill_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        kill_group(proc.pid, signal.SIGKILL)
+        await wait_group_gone(proc.pid, timeout_s=5.0)
+        await self._drain_output()
+        _live.discard(self)
+        return self.returncode
+
+    async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        partial = b""
+        with open(self.log_path, "ab") as log:
+            while chunk := await proc.stdout.read(65536):
+                log.write(chunk)
+                log.flush()
+                *lines, partial = (partial + chunk).split(b"\n")
+                self._keep(lines)
+            self._keep([partial] if partial else [])
+
+    def _keep(self, lines: list[bytes]) -> None:
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r")
+            self._tail.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
+
+    async def _drain_output(self, timeout_s: float = 5.0) -> None:
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._pump), timeout_s)
+
+
+def _set_parent_death_signal() -> None:
+    """preexec_fn: ask the kernel to signal the guard when its parent thread exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
+
+
+def kill_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to process group ``pgid``; a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in group ``pgid`` (Linux ``/proc``; [] elsewhere)."""
+    pids: list[int] = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+async def wait_group_gone(pgid: int, *, timeout_s: float) -> bool:
+    """Wait until no live process is left in group ``pgid``; True if none is."""
+    deadline = time.monotonic() + timeout_s
+    while group_pids(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def default_log_path(name: str) -> Path:
+    directory = Path(tempfile.gettempdir()) / "llmserve-engines"
+    return directory / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+
+
+async def stop_all(timeout_s: float = 30.0) -> None:
+    """Stop every engine process this process started and has not stopped yet."""
+    await asyncio.gather(*(process.stop(timeout_s) for process in list(_live)))
+
+
+def _stop_all_at_exit(grace_s: float = 5.0) -> None:
+    """atexit: the event loop may be gone, so signal the groups directly."""
+    pgids = [process.pid for process in list(_live) if process.pid is not None]
+    for pgid in pgids:
+        kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(group_pids(pgid) for pgid in pgids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pgid in pgids:
+        kill_group(pgid, signal.SIGKILL)
+
+
+atexit.register(_stop_all_at_exit)

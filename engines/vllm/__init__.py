@@ -1,0 +1,1 @@
+"""vLLM's OpenAI-compatible server as an engine (and the simulator, which speaks its dialect)."""
