@@ -42,6 +42,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._bound_ingress: set[int] = set()
+        self.route_table: list[tuple[str, str]] = []  # (prefix without trailing /, app)
 
     # ---- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -79,6 +80,7 @@ class Controller:
         previous = self.apps.get(name)
         names = [node.deployment.name for node in nodes]
         self.apps[name] = AppRecord(name, route_prefix, app.deployment.name, names)
+        self._update_route_table()
         for node in nodes:
             self._deploy(name, node)
         if previous is not None:
@@ -126,6 +128,7 @@ class Controller:
         record = self.apps.pop(name, None)
         if record is None:
             return
+        self._update_route_table()
         for dep in record.deployments:
             self.deployments[(name, dep)].delete()
         self.wake()
@@ -156,6 +159,10 @@ class Controller:
 
     def routes(self) -> dict[str, str]:
         return {r.route_prefix: r.name for r in self.apps.values() if r.route_prefix}
+
+    def _update_route_table(self) -> None:
+        table = [(prefix.rstrip("/"), app) for prefix, app in self.routes().items()]
+        self.route_table = sorted(table, key=lambda entry: len(entry[0]), reverse=True)
 
     def app_status(self, name: str) -> ApplicationStatus:
         record = self.apps[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from typing import Any
@@ -19,6 +20,8 @@ from llmserve.serve.exceptions import (
 from routing import RouteRequest
 
 MODEL_ID_HEADER = b"serve_multiplexed_model_id"
+_ID_PREFIX = uuid.uuid4().hex[:16] + "-"
+_ids = itertools.count()
 
 
 class HttpProxy:
@@ -46,19 +49,15 @@ class HttpProxy:
         await self._forward(scope, receive, send, prefix, app_name)
 
     def _match(self, path: str) -> tuple[str, str] | None:
-        best: tuple[str, str] | None = None
-        for prefix, app in self.controller.routes().items():
-            stem = prefix.rstrip("/")
-            if (path == stem or path.startswith(stem + "/") or stem == "") and (
-                best is None or len(stem) > len(best[0])
-            ):
-                best = (stem, app)
-        return best
+        for stem, app in self.controller.route_table:  # longest prefix first
+            if stem == "" or path == stem or path.startswith(stem + "/"):
+                return stem, app
+        return None
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, prefix: str,
                        app_name: str) -> None:
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode() or uuid.uuid4().hex
+        request_id = headers.get(b"x-request-id", b"").decode() or f"{_ID_PREFIX}{next(_ids)}"
         session = headers.get(b"x-session-id", b"").decode() or None
         meta = RequestMetadata(request_id, "__call__",
                                headers.get(MODEL_ID_HEADER, b"").decode(), False, session)

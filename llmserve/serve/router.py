@@ -113,7 +113,7 @@ class Router:
         candidates = self._candidates(request)
         if not candidates:
             return None
-        ranked = self.policy.choose(request, candidates)
+        ranked = self.policy.choose(request, candidates) if len(candidates) > 1 else candidates
         if request.model_id:
             ranked.sort(key=lambda c: request.model_id not in c.model_ids)
         for candidate in ranked:

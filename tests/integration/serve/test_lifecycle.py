@@ -49,7 +49,7 @@ def test_unhealthy_replica_is_replaced_and_its_in_flight_request_fails_clearly()
     handle = serve.run(Fragile.bind(), route_prefix=None)
     before = {r.replica_id for r in deployment_status("Fragile").replicas}
     in_flight = handle.slow_then_break.remote(30)
-    with pytest.raises(serve.ReplicaDiedError, match="died while serving.*health check failed"):
+    with pytest.raises(serve.ReplicaDiedError, match=r"died while serving.*health check failed"):
         in_flight.result(timeout_s=10)
     wait_for(lambda: deployment_status("Fragile").running_replicas == 2)
     after = {r.replica_id for r in deployment_status("Fragile").replicas}
