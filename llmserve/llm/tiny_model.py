@@ -179,7 +179,7 @@ def _save_tokenizer(work_dir: Path, params: TinyModelParams) -> int:
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus_lines(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -224,8 +224,9 @@ def _save_model(work_dir: Path, params: TinyModelParams, vocab_size: int) -> Any
         dtype="bfloat16",
     )
     set_seed(params.seed)
-    model = LlamaForCausalLM(config).bfloat16()  # what vLLM's CPU backend runs in
-    model.generation_config = GenerationConfig(
+    # bfloat16 is what vLLM's CPU backend runs in
+    model = LlamaForCausalLM(config).bfloat16()  # type: ignore[no-untyped-call]
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=ids[BOS_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN]
     )
     model.save_pretrained(str(work_dir))
