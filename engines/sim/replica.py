@@ -1,0 +1,66 @@
+"""One simulated engine replica: tokenizer + engine + metrics + LoRA registry."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from engines.sim.clock import Clock
+from engines.sim.engine import EngineConfig, SimEngine
+from engines.sim.errors import BadRequest, NotFound
+from engines.sim.metrics import EngineMetrics
+from engines.sim.request import LoraRef
+from engines.sim.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    served_model_name: str
+    engine: EngineConfig
+    model_path: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+class SimReplica:
+    def __init__(self, config: ReplicaConfig, tokenizer: Tokenizer, clock: Clock) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.clock = clock
+        self.metrics = EngineMetrics(config.served_model_name, config.engine.max_loras)
+        self.engine = SimEngine(config.engine, clock, self.metrics)
+        self.loras: dict[str, str] = {}
+        self.created = int(time.time())
+        self.engine_id = uuid.uuid4().hex
+        self.port = config.port
+
+    @property
+    def model_name(self) -> str:
+        return self.config.served_model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.engine.max_model_len
+
+    def resolve_model(self, name: str | None) -> LoraRef | None:
+        """The LoRA a request's ``model`` names, None for the base model; 404 otherwise."""
+        if name is None or name == self.model_name:
+            return None
+        if name in self.loras:
+            return LoraRef(name, self.loras[name])
+        raise NotFound(f"The model `{name}` does not exist.", param="model")
+
+    def load_lora(self, name: str, path: str) -> None:
+        if name in self.loras:
+            raise BadRequest(
+                f"The lora adapter '{name}' has already been loaded. "
+                "If you want to load the adapter in place, set 'load_inplace' to True."
+            )
+        self.loras[name] = path or name
+
+    def unload_lora(self, name: str) -> None:
+        if name not in self.loras:
+            raise NotFound(f"The lora adapter '{name}' cannot be found.", param="lora_name")
+        del self.loras[name]
+        self.engine.scheduler.unload_lora(name)
