@@ -136,9 +136,7 @@ class SimCluster:
             failed = [task for task in self._tasks if task.done()]
             if failed:
                 await self.stop()
-                raise RuntimeError("a simulated replica failed to start") from failed[
-                    0
-                ].exception()
+                raise RuntimeError("a simulated replica failed to start") from failed[0].exception()
             await asyncio.sleep(0.01)
 
     async def wait(self) -> None:

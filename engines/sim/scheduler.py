@@ -178,9 +178,7 @@ class Scheduler:
 
     # -- internals -------------------------------------------------------------------
 
-    def _allocate_or_preempt(
-        self, request: SimRequest, num_new: int, preempted: list[str]
-    ) -> bool:
+    def _allocate_or_preempt(self, request: SimRequest, num_new: int, preempted: list[str]) -> bool:
         while not self.kv_cache.allocate(
             request.request_id,
             request.block_hashes,

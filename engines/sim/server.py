@@ -163,9 +163,7 @@ def build_app(replica: SimReplica) -> Starlette:
     async def unload_lora(request: Request) -> Response:
         body = await parse_body(request, UnloadLoraRequest)
         replica.unload_lora(body.lora_name)
-        return PlainTextResponse(
-            f"Success: LoRA adapter '{body.lora_name}' removed successfully."
-        )
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse(error_body("Not Found", 404, "NotFoundError"), status_code=404)

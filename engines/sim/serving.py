@@ -72,9 +72,7 @@ def message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content)
 
 
@@ -242,8 +240,10 @@ class OpenAIServing:
             choice.finish_reason = output.finish.value
             choice.block_ids = output.block_ids
             stopped_on = output.token_id
-            if stopped_on is not None and stopped_on != tokenizer.eos_token_id and (
-                output.finish is RequestStatus.FINISHED_STOPPED
+            if (
+                stopped_on is not None
+                and stopped_on != tokenizer.eos_token_id
+                and (output.finish is RequestStatus.FINISHED_STOPPED)
             ):
                 choice.stop_reason = stopped_on
         start = max(0, len(choice.text) - max((len(s) for s in call.stop_strings), default=0))
