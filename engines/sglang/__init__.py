@@ -1,0 +1,1 @@
+"""SGLang's OpenAI-compatible server as an engine."""
