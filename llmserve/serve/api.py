@@ -39,11 +39,12 @@ def run(target: Application | Deployment, *, name: str = "default",
     instance.submit(instance.controller.deploy_app(app, name, route_prefix))
     handle = DeploymentHandle(app.deployment.name, name)
     if blocking:
-        _serve_until_signal()
+        run_until_signal()
     return handle
 
 
-def _serve_until_signal() -> None:
+def run_until_signal() -> None:
+    """Serve until SIGINT/SIGTERM, then drain in-flight requests and shut down."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}

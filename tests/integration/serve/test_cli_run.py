@@ -1,0 +1,67 @@
+"""`llmserve run config.yaml` with Ray Serve's config schema, in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.serve.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def start(config: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmserve.cli", "run", str(config), "--port", str(port)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def test_run_config_file_with_builder_args_and_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "applications:\n"
+        "  - name: hello\n"
+        "    route_prefix: /hi\n"
+        "    import_path: tests.integration.serve.sample_app:build\n"
+        "    args: {greeting: bonjour}\n"
+        "    deployments:\n"
+        "      - name: Hello\n"
+        "        num_replicas: 2\n"
+    )
+    port = free_port()
+    proc = start(config, port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/hi", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert response.json()["greeting"] == "bonjour"
+        replicas = {httpx.get(f"http://127.0.0.1:{port}/hi").json()["replica"]
+                    for _ in range(30)}
+        assert len(replicas) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "ready at" in out
+
+
+def test_bad_config_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("applications:\n  - import_path: no_such_module:app\n")
+    proc = start(config, free_port())
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "cannot import 'no_such_module'" in out
