@@ -197,11 +197,11 @@ class EngineProcess:
                 await asyncio.sleep(interval_s)
 
     async def wait(self) -> int:
-        """Wait for the process to exit; return :attr:`returncode`."""
+        """Wait for the process to exit; kill what it left behind; return :attr:`returncode`."""
         if self._proc is None:
             raise RuntimeError(f"{self.name} was never started")
-        await self._proc.wait()
-        kill_group(self._proc.pid, signal.SIGKILL)  # leftovers of a crashed engine
+        await self._wait_exit(timeout_s=None)
+        kill_group(self._proc.pid, signal.SIGKILL)
         await self._drain_output()
         code = self.returncode
         assert code is not None
@@ -214,16 +214,27 @@ class EngineProcess:
             return None
         if proc.returncode is None:
             kill_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
-            except TimeoutError:
+            if not await self._wait_exit(timeout_s):
                 kill_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                await self._wait_exit(timeout_s=None)
         kill_group(proc.pid, signal.SIGKILL)
         await wait_group_gone(proc.pid, timeout_s=5.0)
         await self._drain_output()
         _live.discard(self)
         return self.returncode
+
+    async def _wait_exit(self, timeout_s: float | None, interval_s: float = 0.05) -> bool:
+        """Wait until the guard has exited; True if it did within ``timeout_s``.
+
+        Not ``Process.wait()``: that also waits for the output pipe to close, which
+        never happens while a leftover grandchild still holds it open.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.is_alive:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(interval_s)
+        return True
 
     async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
