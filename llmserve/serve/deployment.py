@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,11 +78,14 @@ def _children(values: tuple[Any, ...]) -> list[Application]:
             found += _children(tuple(value))
         elif isinstance(value, dict):
             found += _children(tuple(value.values()))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found += _children(tuple(getattr(value, f.name) for f in dataclasses.fields(value)))
     return found
 
 
 def replace_applications(value: Any, convert: Callable[[Application], Any]) -> Any:
-    """Replace every application in (nested) constructor arguments by ``convert(app)``."""
+    """Replace every application in constructor arguments (nested in lists, tuples,
+    dicts and dataclasses) by ``convert(app)``."""
     if isinstance(value, Application):
         return convert(value)
     if isinstance(value, list):
@@ -90,11 +94,15 @@ def replace_applications(value: Any, convert: Callable[[Application], Any]) -> A
         return tuple(replace_applications(v, convert) for v in value)
     if isinstance(value, dict):
         return {k: replace_applications(v, convert) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: replace_applications(getattr(value, f.name), convert)
+                   for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
     return value
 
 
 @overload
-def deployment(_func_or_class: T) -> Deployment: ...
+def deployment(_func_or_class: T, *, name: str | None = None, **options: Any) -> Deployment: ...
 
 
 @overload

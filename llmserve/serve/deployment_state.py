@@ -144,7 +144,7 @@ class DeploymentState:
         now = self.clock()
         if self._window is None:
             self._window = MetricWindow(scaling.look_back_period_s)
-        self._window.add(now, self.router.num_ongoing + self.router.num_queued)
+        self._window.add(now, self.router.load)
         ctx = AutoscalingContext(
             config=scaling,
             current_replicas=self.target_replicas,

@@ -27,6 +27,7 @@ class HandleOptions:
     stream: bool = False
     multiplexed_model_id: str = ""
     session_key: str | None = None
+    replica_id: str | None = None
 
 
 class DeploymentHandle:
@@ -46,7 +47,8 @@ class DeploymentHandle:
 
     def options(self, *, method_name: str | None = None, stream: bool | None = None,
                 multiplexed_model_id: str | None = None,
-                session_key: str | None = None) -> DeploymentHandle:
+                session_key: str | None = None,
+                replica_id: str | None = None) -> DeploymentHandle:
         old = self.handle_options
         new = HandleOptions(
             method_name=old.method_name if method_name is None else method_name,
@@ -54,6 +56,7 @@ class DeploymentHandle:
             multiplexed_model_id=(old.multiplexed_model_id if multiplexed_model_id is None
                                   else multiplexed_model_id),
             session_key=old.session_key if session_key is None else session_key,
+            replica_id=old.replica_id if replica_id is None else replica_id,
         )
         return DeploymentHandle(self.deployment_name, self.app_name, new)
 
@@ -76,7 +79,7 @@ class DeploymentHandle:
             is_streaming=opts.stream,
             session_key=opts.session_key,
         )
-        call = _Call(self.app_name, self.deployment_name, meta, args, kwargs)
+        call = _Call(self.app_name, self.deployment_name, meta, args, kwargs, opts.replica_id)
         if opts.stream:
             return DeploymentResponseGenerator(call, instance.loop)
         return DeploymentResponse(call.run(), instance.loop)
@@ -89,6 +92,7 @@ class _Call:
     meta: RequestMetadata
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    replica_id: str | None = None
 
     def route_request(self) -> RouteRequest:
         return RouteRequest(self.meta.request_id, self.meta.multiplexed_model_id,
@@ -107,10 +111,15 @@ class _Call:
         args, kwargs = await self._resolved_args()
         request = self.route_request()
         while True:
-            replica = await router.acquire(request)
+            if self.replica_id is not None:
+                replica = router.acquire_pinned(self.replica_id)
+            else:
+                replica = await router.acquire(request)
             try:
                 return await replica.call(self.meta, args, kwargs)
             except ReplicaUnavailableError:
+                if self.replica_id is not None:
+                    raise
                 continue  # it never started there: try another replica
             finally:
                 router.release(replica, request)
@@ -268,3 +277,20 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
     except RuntimeError:
         return False
 
+
+
+def replica_ids(handle: DeploymentHandle) -> list[str]:
+    """Ids of the deployment's running replicas (for per-replica control calls)."""
+    from llmserve.serve.instance import get_instance
+
+    router = get_instance().controller.router_for(handle.app_name, handle.deployment_name)
+    return router.replica_ids
+
+
+def report_ongoing(handle: DeploymentHandle, ongoing: float) -> None:
+    """Requests served for this deployment outside its handles (e.g. straight to an
+    engine); its autoscaler counts them like handle requests."""
+    from llmserve.serve.instance import get_instance
+
+    router = get_instance().controller.router_for(handle.app_name, handle.deployment_name)
+    router.reported_ongoing = ongoing

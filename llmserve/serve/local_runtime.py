@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,7 @@ from llmserve.serve.multiplex import loaded_model_ids
 from llmserve.serve.runtime import ReplicaRef, ReplicaSpec
 
 _DONE = object()
+log = logging.getLogger("llmserve.serve")
 
 
 class LocalReplica:
@@ -38,6 +40,7 @@ class LocalReplica:
         self._ongoing: set[asyncio.Task[Any]] = set()
         self._num_ongoing = 0
         self._dead_reason: str | None = None
+        self._shutdown_done = False
         self._context = ReplicaContext(spec.app_name, spec.deployment_name, spec.replica_id)
 
     @property
@@ -134,7 +137,11 @@ class LocalReplica:
             task.cancel()
 
     async def run_shutdown_hook(self) -> None:
-        hook = getattr(type(self._instance), "__del__", None) if self._instance else None
+        """Call the instance's ``__del__`` (awaiting it when async), once."""
+        if self._shutdown_done or self._instance is None:
+            return
+        self._shutdown_done = True
+        hook = getattr(type(self._instance), "__del__", None)
         if hook is None or not inspect.isclass(self.spec.func_or_class):
             return
         result = hook(self._instance)
@@ -239,8 +246,13 @@ class LocalRuntime:
             ref.kill("replica stopped")
 
     async def kill_replica(self, ref: ReplicaRef, reason: str) -> None:
+        """Fail its requests at once, then still run its shutdown hook (free resources)."""
         assert isinstance(ref, LocalReplica)
         ref.kill(reason)
+        try:
+            await ref.run_shutdown_hook()
+        except Exception:
+            log.exception("shutdown hook of killed replica %s failed", ref.replica_id)
 
     async def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

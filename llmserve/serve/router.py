@@ -8,7 +8,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmserve.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from llmserve.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaDiedError,
+)
 from llmserve.serve.runtime import ReplicaRef
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.policy import notify_finished, notify_replicas_changed, notify_routed
@@ -33,6 +37,7 @@ class Router:
         self._ongoing: dict[str, int] = {}
         self._waiters: deque[_Waiter] = deque()
         self._closed_reason: str | None = None
+        self.reported_ongoing = 0.0  # load served outside the router (see report_ongoing)
 
     @property
     def num_queued(self) -> int:
@@ -41,6 +46,11 @@ class Router:
     @property
     def num_ongoing(self) -> int:
         return sum(self._ongoing.values())
+
+    @property
+    def load(self) -> float:
+        """What the autoscaler sees: in flight, queued and reported from outside."""
+        return self.num_ongoing + self.num_queued + self.reported_ongoing
 
     @property
     def replica_ids(self) -> list[str]:
@@ -62,6 +72,14 @@ class Router:
             waiter = self._waiters.popleft()
             if not waiter.future.done():
                 waiter.future.set_exception(DeploymentUnavailableError(reason))
+
+    def acquire_pinned(self, replica_id: str) -> ReplicaRef:
+        """Reserve a slot on one given replica, over capacity if need be (control calls)."""
+        replica = self._replicas.get(replica_id)
+        if replica is None or not replica.is_alive:
+            raise ReplicaDiedError(f"replica {replica_id} of {self.deployment!r} is not running")
+        self._ongoing[replica_id] += 1
+        return replica
 
     async def acquire(self, request: RouteRequest) -> ReplicaRef:
         """Reserve a slot on a replica, waiting in the queue when all are full."""

@@ -1,0 +1,16 @@
+"""The LLM layer (mirrors ``ray.serve.llm``): ``LLMConfig``, ``build_openai_app``, ``LLMServer``."""
+
+from __future__ import annotations
+
+from llmserve.llm.builders import build_llm_deployment, build_openai_app
+from llmserve.llm.config import LLMConfig, LoraConfig, ModelLoadingConfig
+from llmserve.llm.server import LLMServer
+
+__all__ = [
+    "LLMConfig",
+    "LLMServer",
+    "LoraConfig",
+    "ModelLoadingConfig",
+    "build_llm_deployment",
+    "build_openai_app",
+]

@@ -1,0 +1,99 @@
+"""`build_openai_app` and `build_llm_deployment`: from LLMConfigs to a serve application."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llmserve.llm.config import LLMConfig
+from llmserve.llm.server import LLMServer
+from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
+from llmserve.serve import Application, deployment
+from llmserve.serve.exceptions import ConfigError
+
+KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
+              "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
+              "worker_engine"}
+API_KEYS_ENV = "LLMSERVE_API_KEYS"
+
+
+def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
+                         *, name_prefix: str = "LLMServer:") -> Application:
+    """One `LLMServer` deployment for one model (its replicas each run an engine)."""
+    config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
+    options = {"health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 60.0,
+               **config.deployment_config}
+    server = deployment(LLMServer, name=f"{name_prefix}{config.model_id}", **options)
+    return server.bind(config)
+
+
+def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Application:
+    """An OpenAI-compatible app serving every model in ``llm_configs``.
+
+    ``args`` follows Ray Serve LLM's builder: ``{"llm_configs": [LLMConfig | dict | path]}``
+    plus ingress options (``api_keys``, ``max_request_body_bytes``, ``request_timeout_s``,
+    ``ingress_deployment_config``) and ``worker_urls`` to front engine servers that are
+    already running instead of launching any.
+    """
+    merged = {**(args or {}), **kwargs}
+    unknown = sorted(set(merged) - KNOWN_ARGS)
+    if unknown:
+        raise ConfigError(f"unknown build_openai_app arguments: {unknown}; "
+                          f"known: {sorted(KNOWN_ARGS)}")
+    configs = [LLMConfig.coerce(c) for c in merged.get("llm_configs") or []]
+    urls = list(merged.get("worker_urls") or [])
+    if not configs and not urls:
+        raise ConfigError("build_openai_app needs at least one of llm_configs or worker_urls")
+    _check_unique([c.model_id for c in configs])
+    sources: list[ModelSource] = []
+    for config in configs:
+        server = build_llm_deployment(config)
+        handle = server  # replaced by a DeploymentHandle when the graph is deployed
+        sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
+                                   handle, source=config.model_loading_config.source))
+    sources += discover_workers(urls, merged.get("worker_engine", "vllm"),
+                                merged.get("routing_config") or {"policy": "power_of_two"})
+    _check_unique([s.model_id for s in sources])
+    settings = _settings(merged)
+    ingress = ingress_deployment
+    if merged.get("ingress_deployment_config"):
+        ingress = ingress.options(**merged["ingress_deployment_config"])
+    return ingress.bind(sources, settings)
+
+
+def _settings(args: Mapping[str, Any]) -> IngressSettings:
+    values = {k: args[k] for k in ("api_keys", "max_request_body_bytes", "request_timeout_s",
+                                   "stats_refresh_s") if k in args}
+    if "api_keys" not in values and os.environ.get(API_KEYS_ENV):
+        values["api_keys"] = [k for k in os.environ[API_KEYS_ENV].split(",") if k]
+    return IngressSettings.from_mapping(values)
+
+
+def discover_workers(urls: Sequence[str], engine: str,
+                     routing_config: Mapping[str, Any]) -> list[ModelSource]:
+    """Ask each running engine which model it serves; group URLs by model id."""
+    by_model: dict[str, list[str]] = {}
+    for url in urls:
+        base = url.rstrip("/").removesuffix("/v1")
+        try:
+            data = httpx.get(f"{base}/v1/models", timeout=10, trust_env=False).json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot list models of the worker at {url}: {exc!r}") from exc
+        for card in data:
+            if card.get("parent") is None:  # skip LoRA adapters; they ride on the base
+                by_model.setdefault(card["id"], []).append(base)
+    return [ModelSource(model, engine, dict(routing_config), urls=tuple(group))
+            for model, group in by_model.items()]
+
+
+def _check_unique(model_ids: list[str]) -> None:
+    duplicates = sorted({m for m in model_ids if model_ids.count(m) > 1})
+    if duplicates:
+        raise ConfigError(f"model ids must be unique; repeated: {duplicates}")
+
+
+__all__ = ["build_llm_deployment", "build_openai_app"]

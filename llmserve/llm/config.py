@@ -1,0 +1,107 @@
+"""`LLMConfig`: one model, its engine and how it is deployed (pydantic, strict keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llmserve.serve.config import DeploymentConfig
+from llmserve.serve.exceptions import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelLoadingConfig(_Strict):
+    model_id: str = Field(min_length=1)
+    model_source: str | None = None
+    tokenizer_source: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.model_source or self.model_id
+
+
+class LoraConfig(_Strict):
+    dynamic_lora_loading_path: str | None = None
+    max_num_adapters_per_replica: int = Field(default=16, ge=1)
+    download_timeout_s: float = Field(default=30.0, gt=0)
+    max_download_tries: int = Field(default=3, ge=1)
+
+
+class RuntimeEnv(_Strict):
+    """Environment of the engine process. ``python`` runs it from another environment."""
+
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    python: str | None = None
+
+
+class LLMConfig(_Strict):
+    model_loading_config: ModelLoadingConfig
+    llm_engine: Literal["vllm", "sglang", "sim"] = "vllm"
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    deployment_config: dict[str, Any] = Field(default_factory=dict)
+    accelerator_type: str | None = None
+    placement_group_config: dict[str, Any] | None = None
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+    lora_config: LoraConfig | None = None
+    routing_config: dict[str, Any] = Field(default_factory=lambda: {"policy": "power_of_two"})
+    log_engine_metrics: bool = True
+    engine_ready_timeout_s: float = Field(default=600.0, gt=0)
+
+    @property
+    def model_id(self) -> str:
+        return self.model_loading_config.model_id
+
+    @field_validator("deployment_config")
+    @classmethod
+    def _known_deployment_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            DeploymentConfig().updated(**value)
+        except (ConfigError, TypeError) as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("routing_config")
+    @classmethod
+    def _routing_has_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from routing import available_policies
+
+        policy = value.get("policy", "power_of_two")
+        if policy not in available_policies() and ":" not in str(policy):
+            raise ValueError(f"unknown routing policy {policy!r}; known: "
+                             f"{', '.join(available_policies())}")
+        return value
+
+    @model_validator(mode="after")
+    def _engine_kwargs_do_not_clash(self) -> LLMConfig:
+        clashes = {"model", "served_model_name", "host", "port"} & {
+            k.replace("-", "_") for k in self.engine_kwargs
+        }
+        if clashes:
+            raise ValueError(
+                f"engine_kwargs must not set {sorted(clashes)}: they come from "
+                "model_loading_config and the replica"
+            )
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LLMConfig:
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read LLM config {path}: {exc}") from exc
+        return cls.model_validate(raw)
+
+    @classmethod
+    def coerce(cls, value: LLMConfig | dict[str, Any] | str | Path) -> LLMConfig:
+        """An LLMConfig from itself, a mapping, or a path to a YAML file holding one."""
+        if isinstance(value, LLMConfig):
+            return value
+        if isinstance(value, str | Path):
+            return cls.from_file(value)
+        return cls.model_validate(value)

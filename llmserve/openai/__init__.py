@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP ingress: auth, validation, routing, relaying to engines."""

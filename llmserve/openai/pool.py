@@ -1,0 +1,168 @@
+"""The engines behind each model: membership, live stats and the routing decision.
+
+Membership comes from the model's `LLMServer` replicas (each reports its engine URL) or
+from a fixed list of URLs (``--worker-urls``). Stats come from each engine's own
+``/metrics``, read in the background; the router adds its own in-flight counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from engines.protocol import Engine, EngineStats
+from engines.registry import make_engine
+from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
+from routing.policy import notify_finished, notify_replicas_changed, notify_routed
+
+log = logging.getLogger("llmserve.openai")
+
+
+@dataclass
+class Endpoint:
+    key: str
+    url: str
+    ready: bool = True
+    in_flight: int = 0
+    stats: EngineStats = field(default_factory=EngineStats)
+    stats_at_s: float = 0.0
+    failures: int = 0
+
+    def candidate(self) -> Candidate:
+        stats = self.stats.as_mapping()
+        return Candidate(self.key, self.in_flight, 0, frozenset(self.stats.running_lora_adapters),
+                         stats)
+
+
+class ModelPool:
+    """The engines serving one model id and the policy that picks among them."""
+
+    def __init__(self, model_id: str, engine: Engine, policy: RoutingPolicy,
+                 handle: Any = None, urls: Sequence[str] = ()) -> None:
+        self.model_id = model_id
+        self.engine = engine
+        self.policy = policy
+        self.handle = handle
+        self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
+        if urls:
+            notify_replicas_changed(policy, list(self.endpoints))
+
+    @property
+    def in_flight(self) -> int:
+        return sum(e.in_flight for e in self.endpoints.values())
+
+    def choose(self, request: RouteRequest) -> Endpoint | None:
+        ready = [e for e in self.endpoints.values() if e.ready]
+        if not ready:
+            return None
+        if len(ready) == 1:
+            chosen = ready[0]
+        else:
+            ranked = self.policy.choose(request, [e.candidate() for e in ready])
+            chosen = self.endpoints[ranked[0].replica_id]
+        chosen.in_flight += 1
+        notify_routed(self.policy, request, chosen.key)
+        return chosen
+
+    def finish(self, endpoint: Endpoint, request: RouteRequest, *, failed: bool) -> None:
+        endpoint.in_flight -= 1
+        if failed:
+            endpoint.failures += 1
+        notify_finished(self.policy, request, endpoint.key)
+
+    def mark_unreachable(self, endpoint: Endpoint) -> None:
+        """A connection to it failed: stop routing there until its stats answer again."""
+        endpoint.ready = False
+
+    async def refresh_members(self) -> None:
+        if self.handle is None:
+            return
+        from llmserve.serve.handle import replica_ids
+
+        ids = set(replica_ids(self.handle))
+        changed = False
+        for key in list(self.endpoints):
+            if key not in ids:
+                del self.endpoints[key]
+                changed = True
+        for rid in ids:
+            try:
+                info = await self.handle.options(replica_id=rid).endpoint.remote()
+            except Exception as exc:  # the replica is going away; the next round decides
+                log.debug("no endpoint from %s: %r", rid, exc)
+                continue
+            current = self.endpoints.get(rid)
+            if current is None or current.url != info.url:
+                self.endpoints[rid] = Endpoint(rid, info.url, info.ready)
+                changed = True
+            else:
+                current.ready = info.ready and current.ready
+        if changed:
+            notify_replicas_changed(self.policy, list(self.endpoints))
+
+    async def refresh_stats(self, client: httpx.AsyncClient) -> None:
+        await asyncio.gather(*(self._read_stats(client, e) for e in self.endpoints.values()))
+
+    async def _read_stats(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
+        try:
+            response = await client.get(endpoint.url + self.engine.metrics_path, timeout=2.0)
+            response.raise_for_status()
+            endpoint.stats = self.engine.parse_stats(response.text)
+            endpoint.stats_at_s = time.monotonic()
+            endpoint.ready = True
+        except (httpx.HTTPError, ValueError) as exc:
+            if endpoint.ready:
+                log.warning("engine %s for %r is not answering: %r", endpoint.url,
+                            self.model_id, exc)
+            endpoint.ready = False
+
+
+class EngineDirectory:
+    """All models' pools, kept fresh by one background task."""
+
+    def __init__(self, pools: dict[str, ModelPool], refresh_s: float = 0.5) -> None:
+        self.pools = pools
+        self.refresh_s = refresh_s
+        self._client = httpx.AsyncClient(trust_env=False)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def refresh(self) -> None:
+        for pool in self.pools.values():
+            await pool.refresh_members()
+        await asyncio.gather(*(p.refresh_stats(self._client) for p in self.pools.values()))
+
+    async def refresh_pool(self, pool: ModelPool) -> None:
+        await pool.refresh_members()
+        await pool.refresh_stats(self._client)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("engine directory refresh failed")
+            await asyncio.sleep(self.refresh_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._client.aclose()
+
+
+def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
+              handle: Any = None, urls: Sequence[str] = ()) -> ModelPool:
+    options = dict(routing_config)
+    policy = make_policy(options.pop("policy", "power_of_two"), **options)
+    return ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
