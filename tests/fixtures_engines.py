@@ -1,18 +1,17 @@
 """Helpers for tests that run real engines: a cached tiny model and vLLM CPU settings.
 
-Plain functions (import them from a test module or a conftest); the tiny model is
-built once per parameter set under ``$LLMSERVE_CACHE_DIR`` (default
-``~/.cache/llmserve``) and reused by every later test run.
+Plain functions (import them from a test module or a conftest).
+:func:`cached_tiny_model` builds the tiny model once per parameter set under
+``$LLMSERVE_CACHE_DIR`` (default ``~/.cache/llmserve``) and reuses it afterwards.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
-from llmserve.llm.tiny_model import FORMAT_VERSION, build_tiny_model
+from llmserve.llm.tiny_model import cached_tiny_model
 
 # Settings that let vLLM's CPU backend start the tiny model quickly.
 TINY_VLLM_KWARGS: dict[str, Any] = {
@@ -23,16 +22,6 @@ TINY_VLLM_KWARGS: dict[str, Any] = {
 }
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("LLMSERVE_CACHE_DIR", "~/.cache/llmserve")).expanduser()
-
-
-def cached_tiny_model(*, seed: int = 0, num_loras: int = 0) -> Path:
-    """The tiny model for these parameters, built on first use."""
-    out_dir = cache_root() / f"tiny-model-s{seed}-l{num_loras}-v{FORMAT_VERSION}"
-    return build_tiny_model(out_dir, seed=seed, num_loras=num_loras)
-
-
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
@@ -40,3 +29,6 @@ def vllm_installed() -> bool:
 def vllm_cpu_env(kv_cache_gib: int = 1) -> dict[str, str]:
     """Environment for a vLLM CPU engine (an already-set ``VLLM_CPU_KVCACHE_SPACE`` wins)."""
     return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))}
+
+
+__all__ = ["TINY_VLLM_KWARGS", "cached_tiny_model", "vllm_cpu_env", "vllm_installed"]

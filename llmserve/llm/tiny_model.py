@@ -114,6 +114,24 @@ def build_tiny_model(
     return out_dir
 
 
+def default_cache_dir() -> Path:
+    """``$LLMSERVE_CACHE_DIR``, else ``~/.cache/llmserve``."""
+    return Path(os.environ.get("LLMSERVE_CACHE_DIR", "~/.cache/llmserve")).expanduser()
+
+
+def cached_tiny_model(
+    *,
+    seed: int = 0,
+    num_loras: int = 0,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The default tiny model for ``seed``/``num_loras``, built once under the cache dir."""
+    name = f"tiny-model-s{seed}-l{num_loras}-v{FORMAT_VERSION}"
+    out_dir = (cache_dir or default_cache_dir()) / name
+    return build_tiny_model(out_dir, seed=seed, num_loras=num_loras, progress=progress)
+
+
 def is_built(out_dir: Path, params: TinyModelParams) -> bool:
     """True when ``out_dir`` holds a complete model built with ``params``."""
     stamp = out_dir / STAMP_FILE

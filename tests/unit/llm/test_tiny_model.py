@@ -9,6 +9,7 @@ import pytest
 from llmserve.llm.tiny_model import (
     STAMP_FILE,
     build_tiny_model,
+    cached_tiny_model,
     lora_dirs,
     make_tiny_model_cli,
 )
@@ -124,3 +125,13 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "x").write_text("x")
     assert make_tiny_model_cli([str(tmp_path / "foreign")]) == 2
+
+
+def test_cached_tiny_model_lives_under_the_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMSERVE_CACHE_DIR", str(tmp_path))
+    first = cached_tiny_model(seed=5)
+    assert first.parent == tmp_path and "s5-l0" in first.name
+    assert cached_tiny_model(seed=5) == first
+    assert cached_tiny_model(seed=5, num_loras=1) != first
