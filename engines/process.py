@@ -36,7 +36,6 @@ import socket
 import sys
 import tempfile
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -72,7 +71,7 @@ while True:
 sys.exit(code if code >= 0 else 128 - code)
 """
 
-_live: weakref.WeakSet[EngineProcess] = weakref.WeakSet()
+_live: set[EngineProcess] = set()  # started and not yet stopped
 
 
 class EngineProcess:
@@ -159,7 +158,8 @@ class EngineProcess:
         if self._proc is not None:
             raise RuntimeError(f"{self.name} was already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-c", GUARD_SOURCE, str(os.getpid()), *self.command]
+        # -I: the engine's env (PYTHONPATH of another venv...) must not reach the guard
+        argv = [sys.executable, "-I", "-c", GUARD_SOURCE, str(os.getpid()), *self.command]
         self._proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -177,10 +177,14 @@ class EngineProcess:
     ) -> None:
         """Poll ``url`` until it answers 200; raise :class:`EngineStartError` if the
         process exits first or ``timeout_s`` passes."""
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        pgid = self._proc.pid
         deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False) as client:
             while True:
                 if not self.is_alive:
+                    kill_group(pgid, signal.SIGKILL)  # leftovers would hold the pipe open
                     await self._drain_output()
                     raise EngineStartError(
                         f"{self.name} exited with code {self.returncode} before {url} was "
@@ -252,7 +256,8 @@ class EngineProcess:
             line = raw.decode("utf-8", errors="replace").rstrip("\r")
             self._tail.append(line)
             if self.on_line is not None:
-                self.on_line(line)
+                with contextlib.suppress(Exception):  # a failing logger must not stall the pipe
+                    self.on_line(line)
 
     async def _drain_output(self, timeout_s: float = 5.0) -> None:
         if self._pump is not None:
