@@ -66,6 +66,7 @@ async def test_exit_before_healthy_raises_with_log_tail(tmp_path: Path) -> None:
 
     assert "exited with code 7" in str(error.value)
     assert process.returncode == 7
+    assert await process.stop() == 7
 
 
 async def test_not_healthy_in_time_raises(tmp_path: Path) -> None:
@@ -86,6 +87,7 @@ async def test_missing_executable_is_a_start_error(tmp_path: Path) -> None:
     with pytest.raises(EngineStartError, match="cannot start '/nonexistent/python'"):
         await process.wait_healthy("http://127.0.0.1:1/health", timeout_s=20)
     assert process.returncode == 127
+    assert await process.stop() == 127
 
 
 async def test_stop_escalates_to_sigkill_and_kills_grandchildren(tmp_path: Path) -> None:
@@ -121,6 +123,7 @@ async def test_crash_after_start_is_seen_and_leftovers_are_killed(tmp_path: Path
             break
         await asyncio.sleep(0.05)
     assert not pid_alive(grandchild)
+    assert await process.stop() == 5
 
 
 PARENT_SCRIPT = textwrap.dedent(
