@@ -1,0 +1,92 @@
+"""Subprocesses for cluster benchmarks: simulated engine replicas and the gateway.
+
+The simulator runs on uvloop: on the default asyncio loop, its pre-bound listening
+sockets (``socket(AF_INET, SOCK_STREAM)``, proto 0) make asyncio skip ``TCP_NODELAY``
+on accepted connections, and a reused keep-alive connection then stalls ~40 ms
+(Nagle + delayed ACK) and delivers a whole stream at once. uvloop always sets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_ON_UVLOOP = ("import sys, uvloop; uvloop.install(); "
+                 "from engines.sim.__main__ import main; main(sys.argv[1:])")
+
+
+def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+
+
+@contextlib.contextmanager
+def sim_cluster(model_dir: str | None, replicas: int, port: int, profile: str,
+                time_scale: float, log_path: Path,
+                extra: Sequence[str] = ()) -> Iterator[list[str]]:
+    """``replicas`` simulated engines on ports ``port..``; yields their base URLs."""
+    args = ["-c", SIM_ON_UVLOOP, "--port", str(port), "--replicas", str(replicas),
+            "--profile", profile, "--time-scale", str(time_scale), *extra]
+    if model_dir:
+        args += ["--model", model_dir]
+    proc = _spawn(args, log_path)
+    urls = [f"http://127.0.0.1:{port + i}" for i in range(replicas)]
+    try:
+        for url in urls:
+            wait_http_ok(f"{url}/health", 60, proc)
+        yield urls
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def gateway(worker_urls: Sequence[str], policy: str, port: int,
+            log_path: Path) -> Iterator[str]:
+    """The llmserve OpenAI gateway fronting running engines; yields its base URL."""
+    args = ["-m", "benchmarks.gateway", "--port", str(port), "--policy", policy,
+            "--worker-urls", *worker_urls]
+    proc = _spawn(args, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/v1/models", 60, proc)
+        yield url
+    finally:
+        stop(proc)
