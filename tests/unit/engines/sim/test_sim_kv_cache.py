@@ -8,7 +8,9 @@ from engines.sim.kv_cache import (
 )
 
 
-def hashes_of(tokens: list[int], block_size: int, lora: tuple[str, str] | None = None) -> list[bytes]:
+def hashes_of(
+    tokens: list[int], block_size: int, lora: tuple[str, str] | None = None
+) -> list[bytes]:
     out: list[bytes] = []
     extend_block_hashes(out, tokens, block_size, lora)
     return out

@@ -28,9 +28,7 @@ def make_request(
     )
 
 
-def make_scheduler(
-    num_blocks: int = 64, transfer_s: float = 0.0, **config: int
-) -> Scheduler:
+def make_scheduler(num_blocks: int = 64, transfer_s: float = 0.0, **config: int) -> Scheduler:
     return Scheduler(
         SchedulerConfig(**config), KVCache(num_blocks, BLOCK), lambda n: transfer_s * n
     )
