@@ -7,6 +7,10 @@ PYTEST_ARGS ?=
 
 .PHONY: install test test-fast check lint typecheck layering serve clean
 
+MODEL_DIR ?= .cache/tiny-model
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -34,6 +38,14 @@ layering: $(STAMP)
 	$(PY) .ci/check_layering.py
 
 check: lint typecheck layering
+
+serve: $(STAMP)
+	@echo "== [1/2] tiny model in $(MODEL_DIR) (built once, then cached)"
+	$(PY) -m llmserve.cli make-tiny-model $(MODEL_DIR)
+	@echo "== [2/2] gateway + one vLLM CPU replica on http://$(HOST):$(PORT) (first start ~30-60 s)"
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(PY) -m llmserve.cli serve \
+		--model $(MODEL_DIR) --model-id tiny --host $(HOST) --port $(PORT) \
+		--engine-arg max_model_len=1024
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

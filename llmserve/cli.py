@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,6 +33,82 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values parse as JSON when they can (numbers, booleans)."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--engine-arg expects KEY=VALUE, got {pair!r}")
+        try:
+            kwargs[key.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            kwargs[key.replace("-", "_")] = value
+    return kwargs
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from llmserve import serve
+    from llmserve.llm import LLMConfig, build_openai_app
+
+    routing = {"policy": args.routing} if args.routing else None
+    app_args: dict[str, Any] = {}
+    if args.worker_urls:
+        app_args["worker_urls"] = args.worker_urls
+        app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
+        if routing:
+            app_args["routing_config"] = routing
+    else:
+        if not args.model:
+            raise ConfigError("llmserve serve needs --model PATH (or --worker-urls URL ...)")
+        engine_kwargs = _engine_kwargs(args.engine_arg)
+        if args.engine == "vllm":
+            engine_kwargs = {"enforce_eager": True, **engine_kwargs}
+        config: dict[str, Any] = {
+            "model_loading_config": {"model_id": args.model_id or Path(args.model).name,
+                                     "model_source": args.model},
+            "llm_engine": args.engine,
+            "engine_kwargs": engine_kwargs,
+            "deployment_config": {"num_replicas": args.replicas},
+        }
+        if routing:
+            config["routing_config"] = routing
+        app_args["llm_configs"] = [LLMConfig.model_validate(config)]
+    if args.api_key:
+        app_args["api_keys"] = args.api_key
+    print(f"llmserve: starting ({args.engine} engine) ...", flush=True)
+    serve.run(build_openai_app(app_args), host=args.host, port=args.port)
+    url = serve.http_url()
+    print(f"llmserve: ready at {url}/v1", flush=True)
+    print(_snippet(url or "", args), flush=True)
+    serve.run_until_signal()
+    return 0
+
+
+def _snippet(url: str, args: argparse.Namespace) -> str:
+    key = args.api_key[0] if args.api_key else "none"
+    model = args.model_id or (Path(args.model).name if args.model else "MODEL")
+    return (
+        "\n# OpenAI SDK:\n"
+        "from openai import OpenAI\n"
+        f"client = OpenAI(base_url=\"{url}/v1\", api_key=\"{key}\")\n"
+        f"print(client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": "
+        "\"user\", \"content\": \"Hello!\"}], max_tokens=32).choices[0].message.content)\n"
+        "\n# curl:\n"
+        f"curl {url}/v1/chat/completions -H 'content-type: application/json' "
+        f"-H 'authorization: Bearer {key}' "
+        f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
+        "\"content\": \"Hello!\"}], \"max_tokens\": 32}'\n"
+    )
+
+
+def _make_tiny_model(args: argparse.Namespace) -> int:
+    from llmserve.llm.tiny_model import make_tiny_model_cli
+
+    argv = [args.dir, "--seed", str(args.seed), "--lora", str(args.lora)]
+    return make_tiny_model_cli(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmserve", description="llmserve command line")
     parser.add_argument("--log-level", default="INFO")
@@ -41,6 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
     run.set_defaults(handler=_run)
+
+    srv = commands.add_parser("serve", help="serve one model behind the OpenAI API")
+    srv.add_argument("--model", help="model directory (or tokenizer directory for sim)")
+    srv.add_argument("--model-id", help="the name clients use (default: directory name)")
+    srv.add_argument("--engine", default="vllm", choices=["vllm", "sim", "sglang"])
+    srv.add_argument("--replicas", type=int, default=1)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", action="append", default=[],
+                     help="accepted API key (repeatable); none = no auth")
+    srv.add_argument("--routing", help="routing policy name (see routing/)")
+    srv.add_argument("--worker-urls", nargs="+", default=[],
+                     help="front engine servers that already run instead of launching any")
+    srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
+    srv.set_defaults(handler=_serve)
+
+    tiny = commands.add_parser("make-tiny-model", help="build a small random Llama locally")
+    tiny.add_argument("dir")
+    tiny.add_argument("--lora", type=int, default=0, help="number of LoRA adapters")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_make_tiny_model)
     return parser
 
 
@@ -49,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

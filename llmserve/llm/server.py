@@ -36,6 +36,7 @@ class EngineEndpointInfo:
     engine: str
     ready: bool
     restarts: int
+    pid: int | None = None
 
 
 class LLMServer:
@@ -99,7 +100,8 @@ class LLMServer:
 
     async def endpoint(self) -> EngineEndpointInfo:
         return EngineEndpointInfo(self.replica_id, self.config.model_id, self.spec.base_url,
-                                  self.engine.name, self.process.is_alive, self.restarts)
+                                  self.engine.name, self.process.is_alive, self.restarts,
+                                  self.process.pid)
 
     async def check_health(self) -> None:
         if self._supervisor.done():

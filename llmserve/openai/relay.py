@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmserve.openai.errors import BadGateway, OpenAIError, UpstreamTimeout, sse_error_event
+
+log = logging.getLogger("llmserve.openai")
 
 
 class EngineConnectError(Exception):
@@ -122,6 +125,7 @@ class RelayedStream(Response):
             await asyncio.wait({relay, leaving}, return_when=asyncio.FIRST_COMPLETED)
             if not relay.done():
                 outcome.disconnected = True
+                log.info("client left mid-stream; aborting the engine request")
                 relay.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await relay
