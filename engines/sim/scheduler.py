@@ -160,8 +160,9 @@ class Scheduler:
             finish = request.finish_status()
             if finish is None and request.num_tokens >= self.config.max_model_len:
                 finish = RequestStatus.FINISHED_LENGTH
-            block_ids = self.kv_cache.block_ids(request.request_id)
+            block_ids: tuple[int, ...] = ()
             if finish is not None:
+                block_ids = self.kv_cache.block_ids(request.request_id)
                 self.running.remove(request)
                 self._finish(request, finish)
             outputs.append(
@@ -171,7 +172,7 @@ class Scheduler:
                     finish,
                     request.num_prompt_tokens,
                     request.num_cached_prompt_tokens,
-                    block_ids if finish is not None else (),
+                    block_ids,
                 )
             )
         return outputs
