@@ -38,8 +38,13 @@ def gateway() -> Iterator[dict[str, Any]]:
     sim_cfg = LLMConfig(model_loading_config={"model_id": "tiny-sim",
                                               "model_source": model_dir},
                         llm_engine="sim")
+    embed_cfg = LLMConfig(model_loading_config={"model_id": "tiny-embed",
+                                                "model_source": model_dir},
+                          engine_kwargs={**TINY_VLLM_KWARGS, "runner": "pooling",
+                                         "convert": "embed"})
     serve.shutdown()
-    serve.run(build_openai_app({"llm_configs": [vllm_cfg, sim_cfg], "api_keys": [KEY],
+    serve.run(build_openai_app({"llm_configs": [vllm_cfg, sim_cfg, embed_cfg],
+                                "api_keys": [KEY],
                                 "max_request_body_bytes": 100_000,
                                 "request_timeout_s": 120}), port=0)
     url = serve.http_url()
@@ -61,7 +66,7 @@ CHAT = [{"role": "user", "content": "Tell me about the sea."}]
 
 
 def test_models_listing(client: OpenAI) -> None:
-    assert sorted(m.id for m in client.models.list()) == ["tiny", "tiny-sim"]
+    assert sorted(m.id for m in client.models.list()) == ["tiny", "tiny-embed", "tiny-sim"]
     assert client.models.retrieve("tiny").id == "tiny"
 
 
@@ -107,6 +112,26 @@ def test_completions_n_stop_logprobs_seed(client: OpenAI, gateway: dict[str, Any
     assert theirs.choices[0].logprobs.token_logprobs == logprobs.token_logprobs  # type: ignore[union-attr]
 
 
+def test_embeddings_from_a_pooling_model(client: OpenAI) -> None:
+    result = client.embeddings.create(model="tiny-embed", input=["the sea", "the sky"])
+    assert len(result.data) == 2
+    assert len(result.data[0].embedding) == 128 and result.data[0].embedding != \
+        result.data[1].embedding
+    assert result.usage.prompt_tokens > 0
+
+
+def test_responses_api_relayed_like_bare_vllm(gateway: dict[str, Any]) -> None:
+    body = {"model": "tiny", "input": "Hello", "max_output_tokens": 8, "temperature": 0}
+    ours = _post(gateway, body, path="/v1/responses")
+    theirs = httpx.post(gateway["engine_url"] + "/v1/responses", json=body, timeout=60)
+    assert ours.status_code == theirs.status_code == 200, ours.text
+    def texts(response: httpx.Response) -> list[str]:
+        return [part["text"] for item in response.json()["output"]
+                for part in item.get("content", []) if part.get("type") == "output_text"]
+
+    assert texts(ours) == texts(theirs) and texts(ours)[0]
+
+
 def test_tokenize_detokenize(gateway: dict[str, Any]) -> None:
     headers = {"authorization": f"Bearer {KEY}"}
     tokens = httpx.post(gateway["url"] + "/tokenize", headers=headers,
@@ -149,7 +174,7 @@ def test_error_statuses(gateway: dict[str, Any]) -> None:
     assert_openai_error(_post(gateway, {"messages": CHAT}), 400, "invalid_request")
     missing = _post(gateway, {**ok, "model": "nope"})
     assert_openai_error(missing, 404, "model_not_found")
-    assert "tiny, tiny-sim" in missing.json()["error"]["message"]
+    assert "tiny, tiny-embed, tiny-sim" in missing.json()["error"]["message"]
     big = {**ok, "messages": [{"role": "user", "content": "x" * 200_000}]}
     assert_openai_error(_post(gateway, big), 413, "request_too_large")
     engine_rejects = _post(gateway, {**ok, "max_tokens": -1})  # vLLM's own 400, relayed
