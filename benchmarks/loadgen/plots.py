@@ -129,6 +129,7 @@ def plot_all(results: Sequence[Mapping[str, Any]], out_dir: Path, stem: str) -> 
         paths.append(plot_replica_load(results, out_dir / f"{stem}-replica-load.png"))
     for result in results:
         if result.get("replica_load_samples"):
-            name = f"{stem}-{_label(result)}-replica-timeline.png".replace("/", "_")
+            prefix = _label(result) if len(results) > 1 else stem
+            name = f"{prefix}-replica-timeline.png".replace("/", "_")
             paths.append(plot_replica_timeline(result, out_dir / name))
     return paths

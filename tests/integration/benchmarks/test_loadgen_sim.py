@@ -100,5 +100,5 @@ async def test_cli_writes_json_and_plots(cluster: SimCluster, tmp_path: Path) ->
     assert result["model_id"] == MODEL  # from /v1/models
     assert result["replicas"][1]["requests"] == 6.0
     pngs = sorted(p.name.split("-", 3)[-1] for p in tmp_path.glob("cli-*.png"))
-    assert pngs == ["cli-replica-timeline.png", "latency-cdf.png", "replica-load.png",
+    assert pngs == ["latency-cdf.png", "replica-load.png", "replica-timeline.png",
                     "throughput.png"]
