@@ -1,9 +1,8 @@
 """Subprocesses for cluster benchmarks: simulated engine replicas and the gateway.
 
-The simulator runs on uvloop: on the default asyncio loop, its pre-bound listening
-sockets (``socket(AF_INET, SOCK_STREAM)``, proto 0) make asyncio skip ``TCP_NODELAY``
-on accepted connections, and a reused keep-alive connection then stalls ~40 ms
-(Nagle + delayed ACK) and delivers a whole stream at once. uvloop always sets it.
+The simulator runs on uvloop, which costs less CPU per request on this 2-core machine.
+(It once also worked around missing ``TCP_NODELAY`` on the simulator's pre-bound
+sockets; ``engines/sim/cluster.py`` now creates them with ``IPPROTO_TCP``.)
 """
 
 from __future__ import annotations
@@ -81,8 +80,8 @@ def sim_cluster(model_dir: str | None, replicas: int, port: int, profile: str,
 def gateway(worker_urls: Sequence[str], policy: str, port: int,
             log_path: Path) -> Iterator[str]:
     """The llmserve OpenAI gateway fronting running engines; yields its base URL."""
-    args = ["-m", "benchmarks.gateway", "--port", str(port), "--policy", policy,
-            "--worker-urls", *worker_urls]
+    args = ["-m", "llmserve.cli", "--log-level", "WARNING", "serve", "--port", str(port),
+            "--routing", policy, "--worker-urls", *worker_urls]
     proc = _spawn(args, log_path)
     url = f"http://127.0.0.1:{port}"
     try:

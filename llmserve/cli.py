@@ -142,10 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--lora", type=int, default=0, help="number of LoRA adapters")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_make_tiny_model)
+
+    commands.add_parser("bench", help="load generator (see `llmserve bench --help`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser, flags as `vllm bench serve`
+        from benchmarks.cli import bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),

