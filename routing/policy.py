@@ -24,13 +24,19 @@ class Candidate:
 
 @dataclass(frozen=True)
 class RouteRequest:
-    """What a policy may know about a request."""
+    """What a policy may know about a request.
+
+    ``prompt_token_ids`` is the prompt as the engine will see it (chat template applied,
+    tokenised); ``prompt`` is its text when no tokenizer is available.
+    ``lora_adapter`` names the adapter the request runs with, if any.
+    """
 
     request_id: str
     model_id: str = ""
     session_key: str | None = None
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
+    lora_adapter: str | None = None
 
 
 @runtime_checkable
@@ -42,7 +48,13 @@ class RoutingPolicy(Protocol):
 
 
 class PolicyBase:
-    """No-op hooks, so a policy only overrides what it needs."""
+    """No-op hooks, so a policy only overrides what it needs.
+
+    ``needs_prompt`` tells the caller to fill ``RouteRequest.prompt_token_ids`` (or
+    ``prompt``), which costs a chat-template render and a tokenisation per request.
+    """
+
+    needs_prompt = False
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
         raise NotImplementedError
@@ -55,6 +67,11 @@ class PolicyBase:
 
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
         return None
+
+
+def needs_prompt(policy: RoutingPolicy) -> bool:
+    """Whether ``policy`` looks at the prompt (so it is worth tokenising)."""
+    return bool(getattr(policy, "needs_prompt", False))
 
 
 def notify_routed(policy: RoutingPolicy, request: RouteRequest, replica_id: str) -> None:

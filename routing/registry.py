@@ -10,6 +10,10 @@ from routing.policy import RoutingPolicy
 _REGISTRY: dict[str, str] = {
     "round_robin": "routing.round_robin:RoundRobinPolicy",
     "power_of_two": "routing.power_of_two:PowerOfTwoPolicy",
+    "least_loaded": "routing.least_loaded:LeastLoadedPolicy",
+    "session_affinity": "routing.session_affinity:SessionAffinityPolicy",
+    "prefix_aware": "routing.prefix_aware:PrefixAwarePolicy",
+    "scored": "routing.scored:ScoredPolicy",
 }
 
 

@@ -1,0 +1,136 @@
+"""Prefix-aware routing: send a prompt to the replica that already caches its prefix.
+
+Per model (and LoRA adapter: its KV differs), a :class:`~routing.prefix_index.PrefixIndex`
+remembers which replica was sent which prompt blocks. For a new request:
+
+1. hash its prompt tokens in blocks of the engine's ``block_size``
+   (:mod:`routing.block_hash`; without token ids, the prompt's characters, which still
+   match repeats but not at the engine's block boundaries);
+2. the load guard drops *overloaded* replicas: those whose load exceeds the least-loaded
+   replica's by more than ``balance_abs_threshold`` requests **and** by a factor of more
+   than ``balance_rel_threshold`` (load = max(router in-flight, engine running + waiting),
+   :func:`routing.load.replica_load`);
+3. of the rest, the replica holding the longest cached prefix wins (a match shorter than
+   ``min_match_ratio`` of the prompt counts as none); ties go to the less loaded, then to
+   the one caching fewer blocks (so new prefixes spread the cache), then at random.
+
+So a hot prefix stays on its replica until that replica is overloaded, then the next
+request goes to the least-loaded replica, which caches it too, and the prefix spreads
+over as many replicas as its traffic needs. After the choice, ``on_routed`` records the
+prompt's blocks for the chosen replica.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
+from routing.load import is_overloaded, replica_load
+from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.prefix_index import PrefixIndex
+
+_PENDING_LIMIT = 16_384  # prompts hashed in choose() and not yet routed (bounded leak guard)
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """What the index said about one request."""
+
+    index_key: str
+    hashes: tuple[BlockHash, ...]
+    blocks: dict[str, int]
+
+
+class PrefixAwarePolicy(PolicyBase):
+    needs_prompt = True
+
+    def __init__(self, block_size: int = 16, max_index_bytes: int = 64 * 1024 * 1024,
+                 balance_abs_threshold: float = 8.0, balance_rel_threshold: float = 1.5,
+                 min_match_ratio: float = 0.1, rng: random.Random | None = None,
+                 hash_fn: HashFn | None = None) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.max_index_bytes = max_index_bytes
+        self.balance_abs_threshold = balance_abs_threshold
+        self.balance_rel_threshold = balance_rel_threshold
+        self.min_match_ratio = min_match_ratio
+        self._rng = rng or random.Random()
+        self._hash_fn = hash_fn
+        self.indexes: dict[str, PrefixIndex] = {}
+        self._pending: OrderedDict[str, PrefixMatch] = OrderedDict()
+
+    # ---- the decision -----------------------------------------------------------------
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
+        match = self.match(request)
+        loads = {c.replica_id: replica_load(c) for c in candidates}
+        return self.rank(match, candidates, loads)
+
+    def match(self, request: RouteRequest) -> PrefixMatch | None:
+        """Hash the prompt and look it up; remembered until ``on_routed``."""
+        tokens = request_tokens(request)
+        if tokens is None:
+            return None
+        key = index_key(request)
+        hashes = tuple(block_hashes(tokens, self.block_size, hash_fn=self._hash_fn))
+        index = self.indexes.get(key)
+        blocks = index.match(hashes) if index is not None and hashes else {}
+        min_blocks = self.min_match_ratio * len(tokens) / self.block_size
+        blocks = {rid: n for rid, n in blocks.items() if n >= max(1.0, min_blocks)}
+        found = PrefixMatch(key, hashes, blocks)
+        self._pending[request.request_id] = found
+        if len(self._pending) > _PENDING_LIMIT:
+            self._pending.popitem(last=False)
+        return found
+
+    def rank(self, match: PrefixMatch | None, candidates: Sequence[Candidate],
+             loads: dict[str, float]) -> list[Candidate]:
+        if not candidates:
+            return []
+        min_load = min(loads.values())
+        blocks = match.blocks if match is not None else {}
+        index = self.indexes.get(match.index_key) if match is not None else None
+
+        def key(c: Candidate) -> tuple[bool, int, float, int, float]:
+            load = loads[c.replica_id]
+            overloaded = is_overloaded(load, min_load, self.balance_abs_threshold,
+                                       self.balance_rel_threshold)
+            cached = index.cached_blocks(c.replica_id) if index is not None else 0
+            return (overloaded, -blocks.get(c.replica_id, 0), load, cached, self._rng.random())
+
+        return sorted(candidates, key=key)
+
+    # ---- hooks ------------------------------------------------------------------------
+    def on_routed(self, request: RouteRequest, replica_id: str) -> None:
+        found = self._pending.pop(request.request_id, None)
+        if found is None:  # routed without a choice (a single replica): hash it now
+            self.match(request)
+            found = self._pending.pop(request.request_id, None)
+        if found is None or not found.hashes:
+            return
+        index = self.indexes.get(found.index_key)
+        if index is None:
+            index = self.indexes[found.index_key] = PrefixIndex(self.max_index_bytes)
+        index.insert(found.hashes, replica_id)
+
+    def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
+        for index in self.indexes.values():
+            index.retain_replicas(replica_ids)
+
+
+def request_tokens(request: RouteRequest) -> Sequence[int] | None:
+    if request.prompt_token_ids is not None:
+        return request.prompt_token_ids
+    if request.prompt is not None:
+        return text_token_ids(request.prompt)
+    return None
+
+
+def index_key(request: RouteRequest) -> str:
+    """One index per model and adapter (an adapter's KV differs from the base model's)."""
+    if request.lora_adapter:
+        return f"{request.model_id}\x00{request.lora_adapter}"
+    return request.model_id

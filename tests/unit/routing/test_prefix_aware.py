@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from routing import RouteRequest, make_policy
+from routing.policy import needs_prompt
+from routing.prefix_aware import PrefixAwarePolicy
+from tests.unit.routing.fakes import ids, replica, replicas
+
+BS = 4
+
+
+def tokens(*blocks: int) -> tuple[int, ...]:
+    return tuple(b for b in blocks for _ in range(BS))
+
+
+def req(rid: str, *blocks: int, model: str = "m", lora: str | None = None) -> RouteRequest:
+    return RouteRequest(rid, model, prompt_token_ids=tokens(*blocks), lora_adapter=lora)
+
+
+def policy(**kwargs: float) -> PrefixAwarePolicy:
+    return PrefixAwarePolicy(block_size=BS, rng=random.Random(0), **kwargs)  # type: ignore[arg-type]
+
+
+def route(p: PrefixAwarePolicy, request: RouteRequest, cands: list) -> str:  # type: ignore[type-arg]
+    chosen = p.choose(request, cands)[0].replica_id
+    p.on_routed(request, chosen)
+    return chosen
+
+
+def test_a_repeated_prefix_goes_back_to_the_replica_that_cached_it() -> None:
+    p = policy()
+    first = route(p, req("1", 1, 2, 3), replicas(0, 0, 0))
+    # the other replicas are idler now, but the prefix wins within the load guard
+    cands = [replica(r, 2 if r == first else 0) for r in ("r0", "r1", "r2")]
+    assert route(p, req("2", 1, 2, 9), cands) == first
+
+
+def test_new_prefixes_go_to_the_least_loaded_then_least_cached_replica() -> None:
+    p = policy()
+    assert route(p, req("1", 1, 1), replicas(1, 0, 1)) == "r1"
+    assert route(p, req("2", 2, 2), replicas(0, 0, 0)) in ("r0", "r2")  # r1 caches 2 blocks
+    third = route(p, req("3", 3, 3), replicas(0, 0, 0))
+    assert {"r0", "r1", "r2"} - {third} and p.indexes["m"].cached_blocks(third) == 2
+
+
+def test_longest_match_wins_over_a_shorter_one() -> None:
+    p = policy()
+    route(p, req("1", 1, 2), [replica("a")])
+    route(p, req("2", 1, 2, 3, 4), [replica("b")])
+    assert ids(p.choose(req("3", 1, 2, 3, 4, 5), [replica("a"), replica("b", 3)]))[0] == "b"
+
+
+def test_load_guard_yields_to_the_least_loaded_when_the_holder_is_overloaded() -> None:
+    p = policy(balance_abs_threshold=4, balance_rel_threshold=1.5)
+    route(p, req("1", 1, 2), [replica("a")])
+    # 'a' holds the prefix; +4 over the least loaded is not yet overloaded
+    assert ids(p.choose(req("2", 1, 2), [replica("a", 6), replica("b", 2)]))[0] == "a"
+    # +5 and x3.5: overloaded -> the least-loaded replica takes it and caches it too
+    assert route(p, req("3", 1, 2), [replica("a", 7), replica("b", 2)]) == "b"
+    assert p.indexes["m"].match(list(p.match(req("x", 1, 2)).hashes)) == {"a": 2, "b": 2}  # type: ignore[union-attr]
+    # a third replica idles: 'b' still holds the prefix and is not overloaded vs 'c'
+    cands = [replica("a", 9), replica("b", 3), replica("c", 0)]
+    assert ids(p.choose(req("4", 1, 2), cands)) == ["b", "c", "a"]
+
+
+def test_engine_queue_counts_in_the_guard() -> None:
+    p = policy(balance_abs_threshold=4, balance_rel_threshold=1.5)
+    route(p, req("1", 1, 2), [replica("a")])
+    cands = [replica("a", 1, running=2, waiting=10), replica("b")]
+    assert ids(p.choose(req("2", 1, 2), cands))[0] == "b"
+
+
+def test_a_match_below_min_match_ratio_counts_as_none() -> None:
+    p = policy(min_match_ratio=0.5)
+    route(p, req("1", 1), [replica("a")])
+    cands = [replica("a", 1), replica("b", 0)]
+    assert ids(p.choose(req("2", 1, 5, 6), cands))[0] == "b"  # 1 of 3 blocks < 0.5
+    assert ids(p.choose(req("3", 1, 5), cands))[0] == "a"  # 1 of 2 blocks
+
+
+def test_text_prompt_is_matched_by_characters() -> None:
+    p = policy()
+    long_text = "You are a helpful assistant. " * 4
+    first = RouteRequest("1", "m", prompt=long_text + "Q1")
+    p.on_routed(first, "b")  # routed without a choice: on_routed hashes it itself
+    second = RouteRequest("2", "m", prompt=long_text + "Q2")
+    assert ids(p.choose(second, [replica("a"), replica("b", 1)]))[0] == "b"
+
+
+def test_indexes_are_per_model_and_adapter() -> None:
+    p = policy()
+    route(p, req("1", 1, 2, model="m"), [replica("a")])
+    route(p, req("2", 1, 2, model="m", lora="l1"), [replica("b")])
+    cands = [replica("a", 1), replica("b", 1), replica("c", 0)]
+    assert ids(p.choose(req("3", 1, 2, model="m"), cands))[0] == "a"
+    assert ids(p.choose(req("4", 1, 2, model="m", lora="l1"), cands))[0] == "b"
+    assert ids(p.choose(req("5", 1, 2, model="other"), cands))[0] == "c"
+
+
+def test_a_replica_that_goes_away_is_forgotten() -> None:
+    p = policy()
+    route(p, req("1", 1, 2), [replica("a")])
+    p.on_replicas_changed(["b", "c"])
+    assert p.indexes["m"].match(list(p.match(req("x", 1, 2)).hashes)) == {}  # type: ignore[union-attr]
+
+
+def test_without_a_prompt_it_is_least_loaded_and_records_nothing() -> None:
+    p = policy()
+    bare = RouteRequest("1", "m")
+    assert route(p, bare, replicas(2, 0, 1)) == "r1"
+    assert p.indexes == {}
+
+
+def test_registry_options_and_prompt_flag() -> None:
+    p = make_policy("prefix_aware", block_size=32, max_index_bytes=1 << 20)
+    assert isinstance(p, PrefixAwarePolicy) and p.block_size == 32 and needs_prompt(p)
+    assert not needs_prompt(make_policy("power_of_two"))
+    with pytest.raises(ValueError):
+        PrefixAwarePolicy(block_size=0)
