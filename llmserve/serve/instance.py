@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from llmserve.serve.controller import Controller
 from llmserve.serve.proxy import HttpProxy
-from llmserve.serve.runtime import make_runtime
+from llmserve.serve.runtime import Runtime, make_runtime
 
 T = TypeVar("T")
 log = logging.getLogger("llmserve.serve")
@@ -29,6 +29,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 class ServeInstance:
     def __init__(self, runtime: str, host: str, port: int) -> None:
+        runtime_impl = make_runtime(runtime)  # in the caller's thread: it may connect to Ray
         self.runtime_name = runtime
         self.host = host
         self.port = port
@@ -36,12 +37,15 @@ class ServeInstance:
         self._thread = threading.Thread(target=self.loop.run_forever, name="llmserve-loop",
                                         daemon=True)
         self._thread.start()
-        self.controller: Controller = self.submit(self._make_controller(runtime))
+        self.controller: Controller = self.submit(self._make_controller(runtime_impl))
         self._server: Any = None
         self.http_port: int | None = None
 
-    async def _make_controller(self, runtime: str) -> Controller:
-        controller = Controller(make_runtime(runtime))
+    async def _make_controller(self, runtime: Runtime) -> Controller:
+        controller = Controller(runtime)
+        attach = getattr(runtime, "attach", None)
+        if attach is not None:  # the Ray runtime publishes the controller's deployments
+            attach(controller)
         controller.start()
         return controller
 
@@ -99,6 +103,14 @@ def get_instance() -> ServeInstance:
     if _instance is None:
         raise RuntimeError("serve is not running: call serve.run(...) or serve.start() first")
     return _instance
+
+
+def set_instance(instance: Any) -> None:
+    """Install the instance handles use in this process; a Ray replica installs its view
+    of the cluster (an object with ``loop`` and ``controller.router_for``)."""
+    global _instance
+    with _lock:
+        _instance = instance
 
 
 def get_or_start(runtime: str, host: str, port: int) -> ServeInstance:

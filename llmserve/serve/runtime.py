@@ -78,4 +78,8 @@ def make_runtime(name: str) -> Runtime:
         from llmserve.serve.local_runtime import LocalRuntime
 
         return LocalRuntime()
-    raise ValueError(f"unknown runtime {name!r}; known: local")
+    if name == "ray":  # connects to RAY_ADDRESS, or starts a local Ray
+        from llmserve.serve.ray_runtime import RayRuntime
+
+        return RayRuntime()
+    raise ValueError(f"unknown runtime {name!r}; known: local, ray")

@@ -1,0 +1,202 @@
+"""Who serves each deployment, shared with every replica by long-poll.
+
+The driver's controller publishes a snapshot (deployments, their router settings and
+running replica actors) to one `MembershipActor` whenever it changes. Each replica actor
+holds a `ReplicaView`: one `Router` per deployment rebuilt from the snapshot, so
+`DeploymentHandle.remote()` inside a replica routes straight to other replica actors.
+Replicas report their routers' load back (in flight, queued and ``report_ongoing``), and
+the controller's autoscaler sees the sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmserve.serve.exceptions import DeploymentUnavailableError
+from llmserve.serve.ray.refs import RayReplicaRef
+from llmserve.serve.router import Router
+from routing import make_policy
+
+log = logging.getLogger("llmserve.serve")
+DeploymentKey = tuple[str, str]  # (app, deployment)
+LISTEN_TIMEOUT_S = 10.0
+REPORT_PERIOD_S = 0.1
+REPORT_HEARTBEAT_S = 1.0
+REPORT_TTL_S = 3.0
+
+
+@dataclass(frozen=True)
+class ReplicaEntry:
+    replica_id: str
+    actor: Any
+    model_ids: frozenset[str] = frozenset()
+
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        return self.replica_id, tuple(sorted(self.model_ids))
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    max_ongoing: int
+    max_queued: int
+    router_config: dict[str, Any] = field(default_factory=dict)
+    replicas: tuple[ReplicaEntry, ...] = ()
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.max_ongoing, self.max_queued, repr(sorted(self.router_config.items())),
+                tuple(r.key() for r in self.replicas))
+
+
+Snapshot = dict[DeploymentKey, DeploymentView]
+
+
+def snapshot_key(snapshot: Snapshot) -> tuple[Any, ...]:
+    return tuple(sorted((k, v.key()) for k, v in snapshot.items()))
+
+
+class MembershipActor:
+    """A small async actor: the latest snapshot, waiters on the next, and load reports."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.snapshot: Snapshot = {}
+        self._next: asyncio.Future[None] | None = None
+        self._loads: dict[str, tuple[float, dict[DeploymentKey, float]]] = {}
+
+    async def publish(self, version: int, snapshot: Snapshot) -> None:
+        self.version, self.snapshot = version, snapshot
+        if self._next is not None and not self._next.done():
+            self._next.set_result(None)
+        self._next = None
+
+    async def listen(self, known_version: int,
+                     timeout_s: float) -> tuple[int, Snapshot] | None:
+        """The snapshot once its version differs from ``known_version`` (None on timeout)."""
+        if known_version != self.version:
+            return self.version, self.snapshot
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._next), timeout_s)
+            return self.version, self.snapshot
+        return None
+
+    async def report(self, source_id: str, loads: dict[DeploymentKey, float]) -> None:
+        self._loads[source_id] = (time.monotonic(), loads)
+
+    async def loads(self) -> dict[DeploymentKey, float]:
+        """Sum of the fresh load reports, per deployment."""
+        now = time.monotonic()
+        total: dict[DeploymentKey, float] = {}
+        for source, (at, loads) in list(self._loads.items()):
+            if now - at > REPORT_TTL_S:
+                del self._loads[source]
+                continue
+            for key, value in loads.items():
+                total[key] = total.get(key, 0.0) + value
+        return total
+
+
+class ReplicaView:
+    """Inside a replica actor: stands in for the serve instance that handles look up."""
+
+    runtime_name = "ray"
+
+    def __init__(self, membership: Any, source_id: str,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.membership = membership
+        self.source_id = source_id
+        self.loop = loop
+        self.controller = self  # handles call `instance.controller.router_for(...)`
+        self.version = -1
+        self._routers: dict[DeploymentKey, Router] = {}
+        self._views: dict[DeploymentKey, DeploymentView] = {}
+        self._refs: dict[str, RayReplicaRef] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def router_for(self, app_name: str, deployment: str) -> Router:
+        router = self._routers.get((app_name, deployment))
+        if router is None:
+            raise DeploymentUnavailableError(
+                f"deployment {deployment!r} of app {app_name!r} does not exist")
+        return router
+
+    def apply(self, version: int, snapshot: Snapshot) -> None:
+        self.version = version
+        for key in set(self._routers) - set(snapshot):
+            self._routers.pop(key).close(f"deployment {key[1]!r} was deleted")
+            self._views.pop(key, None)
+        live: set[str] = set()
+        for key, view in snapshot.items():
+            router = self._router(key, view)
+            refs = []
+            for entry in view.replicas:
+                ref = self._refs.get(entry.replica_id)
+                if ref is None:
+                    ref = self._refs[entry.replica_id] = RayReplicaRef(entry.replica_id,
+                                                                       entry.actor)
+                ref.set_model_ids(entry.model_ids)
+                refs.append(ref)
+                live.add(entry.replica_id)
+            router.set_replicas(refs)
+        for rid in set(self._refs) - live:
+            del self._refs[rid]
+
+    def _router(self, key: DeploymentKey, view: DeploymentView) -> Router:
+        router = self._routers.get(key)
+        old = self._views.get(key)
+        if router is None or old is None or old.router_config != view.router_config:
+            cfg = dict(view.router_config)
+            policy = make_policy(cfg.pop("policy", "power_of_two"), **cfg)
+            fresh = Router(key[1], view.max_ongoing, view.max_queued, policy)
+            if router is not None:
+                router.close(f"deployment {key[1]!r} changed its router")
+            router = self._routers[key] = fresh
+        router.max_ongoing, router.max_queued = view.max_ongoing, view.max_queued
+        self._views[key] = view
+        return router
+
+    def start(self) -> None:
+        self._tasks = [self.loop.create_task(self._listen()),
+                       self.loop.create_task(self._report())]
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                update = await self.membership.listen.remote(self.version, LISTEN_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("membership long-poll failed: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if update is not None:
+                self.apply(*update)
+
+    async def _report(self) -> None:
+        sent: dict[DeploymentKey, float] = {}
+        sent_at = 0.0
+        while True:
+            await asyncio.sleep(REPORT_PERIOD_S)
+            loads = {k: r.load for k, r in self._routers.items() if r.load}
+            now = time.monotonic()
+            if loads != sent or (loads and now - sent_at > REPORT_HEARTBEAT_S):
+                with contextlib.suppress(Exception):
+                    await self.membership.report.remote(self.source_id, loads)
+                    sent, sent_at = loads, now
+
+
+async def install_replica_view(membership: Any, source_id: str) -> ReplicaView:
+    """Make handles inside this replica actor route through a `ReplicaView`."""
+    from llmserve.serve.instance import set_instance
+
+    view = ReplicaView(membership, source_id, asyncio.get_running_loop())
+    update = await membership.listen.remote(-1, 0.0)
+    if update is not None:
+        view.apply(*update)
+    view.start()
+    set_instance(view)
+    return view

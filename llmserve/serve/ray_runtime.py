@@ -1,0 +1,259 @@
+"""The Ray runtime: each replica is a Ray actor, placed with Ray resources.
+
+`RayRuntime` implements the runtime seam (`start_replica`, `stop_replica`, `kill_replica`,
+`shutdown`). The controller and the HTTP proxy stay in the driver process, on the serving
+loop; replicas run `LocalReplica` inside an async actor (`ray/replica_actor.py`), placed
+from the deployment's ``ray_actor_options`` (``num_cpus``, ``num_gpus`` incl. fractions,
+``memory``, ``resources``, ``accelerator_type``, ``runtime_env``) and, when
+``placement_group_bundles`` is given, in bundle 0 of a placement group of its own.
+Handles inside replicas route through a membership snapshot the runtime publishes
+(`ray/membership.py`). ``import ray`` happens only when this runtime is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from llmserve.serve.ray.membership import (
+    DeploymentView,
+    MembershipActor,
+    ReplicaEntry,
+    Snapshot,
+    snapshot_key,
+)
+from llmserve.serve.ray.placement import replica_placement
+from llmserve.serve.ray.refs import RayReplicaRef
+from llmserve.serve.ray.replica_actor import ReplicaActor, ReplicaNodeInfo
+from llmserve.serve.runtime import ReplicaRef, ReplicaSpec
+
+log = logging.getLogger("llmserve.serve")
+PUBLISH_PERIOD_S = 0.05
+LOADS_PERIOD_S = 0.1
+PENDING_WARNING_S = 30.0
+KILL_HOOK_TIMEOUT_S = 10.0
+
+
+class RayRuntime:
+    name = "ray"
+
+    def __init__(self, address: str | None = None, namespace: str | None = None,
+                 **init_kwargs: Any) -> None:
+        """Connect to ``address`` (else ``RAY_ADDRESS``, else a local Ray it starts);
+        reuse the connection when this process already called ``ray.init``."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._started_ray = False
+        if not ray.is_initialized():
+            ray.init(address=address, namespace=namespace, **init_kwargs)
+            self._started_ray = True
+        here = ray.get_runtime_context().get_node_id()
+        self._actor_class: Any = ray.remote(ReplicaActor)
+        self._membership: Any = ray.remote(MembershipActor).options(
+            num_cpus=0, max_concurrency=10_000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+        ).remote()
+        self._refs: dict[str, RayReplicaRef] = {}
+        self._drain_s: dict[str, float] = {}
+        self._controller: Any = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._version = 0
+        self._published: tuple[Any, ...] | None = None
+
+    def attach(self, controller: Any) -> None:
+        """The controller whose deployments the runtime publishes to replicas."""
+        self._controller = controller
+
+    # ---- the runtime seam ----------------------------------------------------------
+    async def start_replica(self, spec: ReplicaSpec) -> ReplicaRef:
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        placement = replica_placement(spec.config.ray_actor_options)
+        self._ensure_publisher()
+        await self._publish()  # the replica's handles must know every deployment
+        options: dict[str, Any] = dict(placement.actor_options)
+        pg = None
+        if placement.uses_placement_group:
+            pg = placement_group(placement.bundles, strategy=placement.strategy,
+                                 name=f"llmserve:{spec.replica_id}")
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+        actor = None
+        try:
+            if pg is not None:
+                await _wait_pending(pg.ready(), f"placement group {placement.bundles} "
+                                    f"({placement.strategy}) for {spec.replica_id}")
+            actor = self._actor_class.options(max_restarts=0, **options).remote(
+                spec, self._membership)
+            info: ReplicaNodeInfo = await _wait_pending(
+                actor.start.remote(), f"actor for {spec.replica_id} ({options})")
+        except BaseException as exc:
+            if actor is not None:
+                ray.kill(actor)
+            if pg is not None:
+                remove_placement_group(pg)
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(
+                    exc.cause, BaseException):
+                raise exc.cause from None
+            raise
+        ref = RayReplicaRef(spec.replica_id, actor, info, pg)
+        ref.start_watch()
+        self._refs[spec.replica_id] = ref
+        self._drain_s[spec.replica_id] = min(2.0, spec.config.graceful_shutdown_timeout_s)
+        log.info("replica %s runs on node %s (%s) with %s", spec.replica_id, info.node_id[:8],
+                 info.node_ip, info.resources)
+        return ref
+
+    async def stop_replica(self, ref: ReplicaRef) -> None:
+        assert isinstance(ref, RayReplicaRef)
+        try:
+            if ref.is_alive:
+                drain_s = self._drain_s.get(ref.replica_id, 0.0)
+                await _call_alive(ref.actor.shutdown.remote(drain_s))
+        finally:
+            ref.mark_dead("replica stopped")
+            self._release(ref)
+
+    async def kill_replica(self, ref: ReplicaRef, reason: str) -> None:
+        """Fail its requests at once; still run its shutdown hook when the actor lives."""
+        assert isinstance(ref, RayReplicaRef)
+        was_alive = ref.is_alive
+        ref.mark_dead(reason)
+        try:
+            if was_alive:
+                await asyncio.wait_for(_call_alive(ref.actor.kill.remote(reason)),
+                                       KILL_HOOK_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("shutdown hook of killed replica %s failed: %r", ref.replica_id, exc)
+        finally:
+            self._release(ref)
+
+    async def shutdown(self) -> None:
+        import ray
+
+        if self._publisher is not None:
+            self._publisher.cancel()
+        for ref in list(self._refs.values()):
+            await self.kill_replica(ref, "serve shut down")
+        with contextlib.suppress(Exception):
+            ray.kill(self._membership)
+        if self._started_ray:
+            ray.shutdown()
+
+    # ---- status --------------------------------------------------------------------
+    def placements(self) -> dict[str, ReplicaNodeInfo]:
+        """Where each running replica is: node id and IP, pid, GPU ids, resources."""
+        return {rid: ref.info for rid, ref in self._refs.items() if ref.info is not None}
+
+    # ---- membership ----------------------------------------------------------------
+    def _ensure_publisher(self) -> None:
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
+
+    async def _publish_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_loads = 0.0
+        while True:
+            try:
+                await self._publish()
+                if loop.time() >= next_loads:
+                    next_loads = loop.time() + LOADS_PERIOD_S
+                    self._apply_loads(await self._membership.loads.remote())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("publishing replica membership failed")
+            await asyncio.sleep(PUBLISH_PERIOD_S)
+
+    async def _publish(self) -> None:
+        snapshot = self._snapshot()
+        key = snapshot_key(snapshot)
+        if key == self._published:
+            return
+        self._version += 1
+        await self._membership.publish.remote(self._version, snapshot)
+        self._published = key
+
+    def _snapshot(self) -> Snapshot:
+        snapshot: Snapshot = {}
+        if self._controller is None:
+            return snapshot
+        for key, state in self._controller.deployments.items():
+            if state.deleting:
+                continue
+            cfg = state.desired.config
+            entries = []
+            for rid in state.router.replica_ids:
+                ref = self._refs.get(rid)
+                if ref is not None and ref.is_alive:
+                    entries.append(ReplicaEntry(rid, ref.actor, ref.multiplexed_model_ids))
+            snapshot[key] = DeploymentView(cfg.max_ongoing_requests, cfg.max_queued_requests,
+                                           dict(cfg.request_router_config), tuple(entries))
+        return snapshot
+
+    def _apply_loads(self, loads: dict[tuple[str, str], float]) -> None:
+        """Load that replicas' own handles put on each deployment, for its autoscaler."""
+        if self._controller is None:
+            return
+        for key, state in self._controller.deployments.items():
+            state.router.reported_ongoing = loads.get(key, 0.0)
+
+    def _release(self, ref: RayReplicaRef) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        ref.stop_watch()
+        self._refs.pop(ref.replica_id, None)
+        self._drain_s.pop(ref.replica_id, None)
+        with contextlib.suppress(Exception):
+            ray.kill(ref.actor)
+        if ref.placement_group is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(ref.placement_group)
+
+
+async def _wait_pending(object_ref: Any, what: str) -> Any:
+    """Await a Ray object, warning while the cluster has no room for it yet."""
+    future = asyncio.ensure_future(object_ref)
+    waited_s = 0.0
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=PENDING_WARNING_S)
+        if done:
+            return future.result()
+        waited_s += PENDING_WARNING_S
+        log.warning("still waiting after %.0f s for the cluster to place the %s",
+                    waited_s, what)
+
+
+async def _call_alive(object_ref: Any) -> None:
+    """Await a control call; an actor that is already gone counts as done."""
+    import ray
+
+    try:
+        await object_ref
+    except ray.exceptions.RayActorError:
+        return
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, BaseException):
+            raise exc.cause from None
+        raise
+
+
+def replica_placements() -> dict[str, ReplicaNodeInfo]:
+    """`RayRuntime.placements()` of the running serve instance ({} on another runtime)."""
+    from llmserve.serve.instance import get_instance
+
+    instance = get_instance()
+    runtime = instance.controller.runtime
+    if not isinstance(runtime, RayRuntime):
+        return {}
+
+    async def collect() -> dict[str, ReplicaNodeInfo]:
+        return runtime.placements()
+
+    return instance.submit(collect())
