@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from routing.policy import RoutingPolicy
@@ -26,15 +27,25 @@ def available_policies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_policy(name: str, **kwargs: Any) -> RoutingPolicy:
-    if name not in _REGISTRY:
-        if ":" not in name:
-            known = ", ".join(available_policies())
-            raise ValueError(f"unknown routing policy {name!r}; known: {known}")
-        target = name
-    else:
-        target = _REGISTRY[name]
+def _factory(name: str) -> Any:
+    target = _REGISTRY.get(name, name)
+    if ":" not in target:
+        known = ", ".join(available_policies())
+        raise ValueError(f"unknown routing policy {name!r}; known: {known}")
     module_name, _, attr = target.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def policy_accepts(name: str, option: str) -> bool:
+    """Whether policy ``name`` takes the keyword ``option`` (e.g. ``block_size``)."""
+    try:
+        parameters = inspect.signature(_factory(name)).parameters
+    except (ValueError, TypeError, ImportError, AttributeError):
+        return False
+    return option in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def make_policy(name: str, **kwargs: Any) -> RoutingPolicy:
+    factory = _factory(name)
     policy: RoutingPolicy = factory(**kwargs)
     return policy

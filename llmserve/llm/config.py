@@ -49,7 +49,7 @@ class LLMConfig(_Strict):
     placement_group_config: dict[str, Any] | None = None
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
     lora_config: LoraConfig | None = None
-    routing_config: dict[str, Any] = Field(default_factory=lambda: {"policy": "power_of_two"})
+    routing_config: dict[str, Any] = Field(default_factory=lambda: {"policy": "prefix_aware"})
     log_engine_metrics: bool = True
     engine_ready_timeout_s: float = Field(default=600.0, gt=0)
 
@@ -71,11 +71,38 @@ class LLMConfig(_Strict):
     def _routing_has_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
         from routing import available_policies
 
-        policy = value.get("policy", "power_of_two")
+        policy = value.get("policy", "prefix_aware")
         if policy not in available_policies() and ":" not in str(policy):
             raise ValueError(f"unknown routing policy {policy!r}; known: "
                              f"{', '.join(available_policies())}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _routing_knows_the_engine(cls, data: Any) -> Any:
+        """Tell the router the engine's ``block_size`` (if its policy takes one; else the
+        policy's default, vLLM's GPU default of 16) and where the tokenizer lives."""
+        if not isinstance(data, dict):
+            return data
+        from routing.registry import policy_accepts
+
+        routing = data.get("routing_config")
+        routing = {"policy": "prefix_aware"} if routing is None else routing
+        if not isinstance(routing, dict):
+            return data
+        routing = dict(routing)
+        loading = data.get("model_loading_config")
+        tokenizer = (loading.get("tokenizer_source") if isinstance(loading, dict)
+                     else getattr(loading, "tokenizer_source", None))
+        if tokenizer and "tokenizer_source" not in routing:
+            routing["tokenizer_source"] = tokenizer
+        engine_kwargs = data.get("engine_kwargs") or {}
+        block_size = engine_kwargs.get("block_size", engine_kwargs.get("block-size"))
+        policy = str(routing.get("policy", "prefix_aware"))
+        if (block_size is not None and "block_size" not in routing
+                and policy_accepts(policy, "block_size")):
+            routing["block_size"] = int(block_size)
+        return {**data, "routing_config": routing}
 
     @model_validator(mode="after")
     def _engine_kwargs_do_not_clash(self) -> LLMConfig:

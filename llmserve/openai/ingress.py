@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -33,6 +34,7 @@ from llmserve.openai.errors import (
 )
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
+from llmserve.openai.prompt import PromptRenderer
 from llmserve.openai.relay import (
     EngineConnectError,
     Outcome,
@@ -41,6 +43,7 @@ from llmserve.openai.relay import (
     read_whole,
 )
 from routing import RouteRequest
+from routing.policy import needs_prompt
 
 log = logging.getLogger("llmserve.openai")
 
@@ -96,6 +99,12 @@ class OpenAiIngress:
         await self.directory.refresh()
         self.directory.start()
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
+        self.prompts: dict[str, PromptRenderer] = {
+            m.model_id: PromptRenderer(m.model_id, _tokenizer_source(m), self.directory.client)
+            for m in models if needs_prompt(self.pools[m.model_id].policy)
+        }
+        for renderer in self.prompts.values():
+            renderer.start_loading()
         self.metrics = IngressMetrics()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
@@ -184,7 +193,7 @@ class OpenAiIngress:
         if "model" not in payload:
             payload["model"] = model
             body = json.dumps(payload).encode()
-        route = RouteRequest(request_id, model, _session_key(request, payload))
+        route = await self._route_request(request_id, path, payload, request, pool)
         headers = {"content-type": "application/json", "x-request-id": request_id}
         outcome = Outcome()
         for _ in range(max(1, len(pool.endpoints))):
@@ -225,6 +234,17 @@ class OpenAiIngress:
                                                             "application/json"))
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
+
+    async def _route_request(self, request_id: str, path: str, payload: dict[str, Any],
+                             request: Request, pool: ModelPool) -> RouteRequest:
+        """What the routing policy sees; the prompt's tokens only if the policy uses them."""
+        session_key = _session_key(request, payload)
+        renderer = self.prompts.get(pool.model_id)
+        if renderer is None:
+            return RouteRequest(request_id, pool.model_id, session_key)
+        engine_url = next((e.url for e in pool.endpoints.values() if e.ready), None)
+        return await renderer.route_request(request_id, path, payload, session_key,
+                                            engine_url)
 
     # ---- local endpoints -------------------------------------------------------------
     async def _list_models(self, request: Request, request_id: str) -> Response:
@@ -289,6 +309,17 @@ class OpenAiIngress:
 
 ingress_deployment = serve.deployment(OpenAiIngress, name="OpenAiIngress",
                                       max_ongoing_requests=100_000)
+
+
+def _tokenizer_source(model: ModelSource) -> str | None:
+    """Where to load the model's tokenizer from: the config, else the model's local files."""
+    explicit = model.routing_config.get("tokenizer_source")
+    if explicit:
+        return str(explicit)
+    if model.handle is not None and model.source:
+        return model.source  # the files the engine loads (a local dir or a hub id)
+    candidate = model.source or model.model_id
+    return candidate if Path(candidate).is_dir() else None  # worker URLs: only local files
 
 
 def _session_key(request: Request, payload: Mapping[str, Any]) -> str | None:

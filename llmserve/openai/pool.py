@@ -21,8 +21,11 @@ from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.policy import notify_finished, notify_replicas_changed, notify_routed
+from routing.registry import policy_accepts
 
 log = logging.getLogger("llmserve.openai")
+
+DEFAULT_POLICY = "prefix_aware"
 
 
 @dataclass
@@ -130,7 +133,7 @@ class EngineDirectory:
     def __init__(self, pools: dict[str, ModelPool], refresh_s: float = 0.5) -> None:
         self.pools = pools
         self.refresh_s = refresh_s
-        self._client = httpx.AsyncClient(trust_env=False)
+        self.client = httpx.AsyncClient(trust_env=False)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -139,11 +142,11 @@ class EngineDirectory:
     async def refresh(self) -> None:
         for pool in self.pools.values():
             await pool.refresh_members()
-        await asyncio.gather(*(p.refresh_stats(self._client) for p in self.pools.values()))
+        await asyncio.gather(*(p.refresh_stats(self.client) for p in self.pools.values()))
 
     async def refresh_pool(self, pool: ModelPool) -> None:
         await pool.refresh_members()
-        await pool.refresh_stats(self._client)
+        await pool.refresh_stats(self.client)
 
     async def _run(self) -> None:
         while True:
@@ -158,11 +161,18 @@ class EngineDirectory:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._client.aclose()
+        await self.client.aclose()
+
+
+# routing_config keys read by the ingress itself, not passed to the policy
+GATEWAY_ROUTING_KEYS = ("tokenizer_source",)
 
 
 def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
               handle: Any = None, urls: Sequence[str] = ()) -> ModelPool:
-    options = dict(routing_config)
-    policy = make_policy(options.pop("policy", "power_of_two"), **options)
+    options = {k: v for k, v in routing_config.items() if k not in GATEWAY_ROUTING_KEYS}
+    name = options.pop("policy", DEFAULT_POLICY)
+    if "block_size" in options and not policy_accepts(name, "block_size"):
+        options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
+    policy = make_policy(name, **options)
     return ModelPool(model_id, make_engine(engine_name), policy, handle, urls)

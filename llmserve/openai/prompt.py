@@ -1,0 +1,145 @@
+"""The prompt as the engine will see it, for routing: chat template applied, tokenised.
+
+Prefix-aware routing matches prompts in the engine's token blocks, so the ingress renders
+``messages`` with the model's own chat template and tokenises with the model's own
+tokenizer (``transformers.AutoTokenizer``, loaded once per model, lazily and off the
+event loop), exactly as vLLM's OpenAI server does (template text, then the tokenizer
+without special tokens; completions: the tokenizer with them). When no tokenizer can be
+loaded (``--worker-urls`` fronting a model the gateway has no files for), it asks the
+engine's own ``/tokenize``; when that fails too it falls back to the prompt's characters
+and says so in the log, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from routing import RouteRequest
+
+log = logging.getLogger("llmserve.openai")
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+class PromptRenderer:
+    """Turns a request body into prompt token ids for one model."""
+
+    def __init__(self, model_id: str, tokenizer_source: str | None,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.model_id = model_id
+        self.tokenizer_source = tokenizer_source
+        self.tokenizer: Any = None
+        self.mode = "pending"  # -> "tokenizer" | "engine" | "text"
+        self._client = client
+        self._loading: asyncio.Task[None] | None = None
+        self._warned = False
+
+    def start_loading(self) -> None:
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        if not self.tokenizer_source:
+            self.mode = "engine"
+            return
+        try:
+            self.tokenizer = await asyncio.to_thread(load_tokenizer, self.tokenizer_source)
+            self.mode = "tokenizer"
+            log.info("routing %r on token ids from %s", self.model_id, self.tokenizer_source)
+        except Exception as exc:  # no files, no network, not a tokenizer: ask the engine
+            log.warning("cannot load the tokenizer of %r from %s (%r); routing will ask the "
+                        "engine's /tokenize", self.model_id, self.tokenizer_source, exc)
+            self.mode = "engine"
+
+    async def route_request(self, request_id: str, path: str, payload: Mapping[str, Any],
+                            session_key: str | None, engine_url: str | None = None
+                            ) -> RouteRequest:
+        """A RouteRequest carrying the prompt's token ids (or, failing that, its text)."""
+        self.start_loading()
+        if self._loading is not None and not self._loading.done():
+            await asyncio.shield(self._loading)
+        tokens: Sequence[int] | None = None
+        text: str | None = None
+        try:
+            if self.mode == "tokenizer":
+                tokens = self.tokenize(path, payload)
+            elif self.mode == "engine" and engine_url is not None:
+                tokens = await self._engine_tokenize(engine_url, path, payload)
+        except Exception as exc:  # a template error is the engine's to report, not ours
+            log.debug("request %s: no prompt tokens for routing: %r", request_id, exc)
+        if tokens is None:
+            text = prompt_text(path, payload)
+            if text is not None and not self._warned:
+                self._warned = True
+                log.warning("routing %r on prompt characters: no tokenizer available, so "
+                            "prefix matches ignore the engine's block boundaries",
+                            self.model_id)
+        return RouteRequest(request_id, self.model_id, session_key, prompt=text,
+                            prompt_token_ids=tuple(tokens) if tokens is not None else None)
+
+    def tokenize(self, path: str, payload: Mapping[str, Any]) -> list[int] | None:
+        tokenizer = self.tokenizer
+        if path == CHAT and isinstance(payload.get("messages"), list):
+            options = dict(payload.get("chat_template_kwargs") or {})
+            if payload.get("continue_final_message"):
+                options["continue_final_message"] = True
+            text = tokenizer.apply_chat_template(
+                payload["messages"], tokenize=False,
+                add_generation_prompt=payload.get("add_generation_prompt", True),
+                tools=payload.get("tools"), **options)
+            add_special = bool(payload.get("add_special_tokens", False))
+            return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        if path == COMPLETIONS:
+            prompt = payload.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+                return [int(t) for t in prompt]
+            if isinstance(prompt, str):
+                add_special = bool(payload.get("add_special_tokens", True))
+                return list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+        return None
+
+    async def _engine_tokenize(self, engine_url: str, path: str,
+                               payload: Mapping[str, Any]) -> list[int] | None:
+        if self._client is None or path not in (CHAT, COMPLETIONS):
+            return None
+        keys = ("model", "messages", "prompt", "add_generation_prompt", "add_special_tokens",
+                "continue_final_message", "chat_template_kwargs", "tools")
+        body = {k: payload[k] for k in keys if k in payload}
+        response = await self._client.post(engine_url + "/tokenize", json=body, timeout=5.0)
+        if response.status_code != 200:
+            self.mode = "text"  # this engine has no usable /tokenize; stop asking
+            return None
+        tokens = response.json().get("tokens")
+        return [int(t) for t in tokens] if isinstance(tokens, list) else None
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def prompt_text(path: str, payload: Mapping[str, Any]) -> str | None:
+    """The prompt's text without a template: messages' contents in order, or the prompt."""
+    if path == CHAT and isinstance(payload.get("messages"), list):
+        parts = []
+        for message in payload["messages"]:
+            if not isinstance(message, Mapping):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+            parts.append(f"{message.get('role', '')}\n{content or ''}\n")
+        return "".join(parts)
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else None
