@@ -83,6 +83,9 @@ class Sleeper:
         await asyncio.sleep(delay_s)
         return os.getpid()
 
+    async def me_and_id(self) -> tuple[object, str]:
+        return current_actor(), serve.get_replica_context().replica_id
+
     async def tokens(self, n: int, delay_s: float) -> AsyncIterator[int]:
         for i in range(n):
             await asyncio.sleep(delay_s)
@@ -97,3 +100,34 @@ class GpuUser:
         ctx = ray.get_runtime_context()
         return {"node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()],
                 "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "at": time.time()}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100,
+                  graceful_shutdown_timeout_s=1)
+class SlowPlain:
+    """Plain HTTP ingress that answers after ``?delay_s=``."""
+
+    async def me_and_id(self) -> tuple[object, str]:
+        return current_actor(), serve.get_replica_context().replica_id
+
+    async def __call__(self, request: Request) -> dict[str, int]:
+        await asyncio.sleep(float(request.query_params.get("delay_s", "0")))
+        return {"pid": os.getpid()}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
+class Fanout:
+    """Calls Sleeper through a handle inside a replica (load reaches Sleeper's autoscaler
+    only through the replicas' load reports)."""
+
+    def __init__(self, sleeper: serve.DeploymentHandle) -> None:
+        self.sleeper = sleeper
+
+    async def __call__(self, delay_s: float) -> int:
+        return int(await self.sleeper.remote(delay_s))
+
+
+def current_actor() -> object:
+    import ray
+
+    return ray.get_runtime_context().current_actor
