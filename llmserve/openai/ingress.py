@@ -103,8 +103,8 @@ class OpenAiIngress:
             m.model_id: PromptRenderer(m.model_id, _tokenizer_source(m), self.directory.client)
             for m in models if needs_prompt(self.pools[m.model_id].policy)
         }
-        for renderer in self.prompts.values():
-            renderer.start_loading()
+        # tokenizers load before the first request, not during it (transformers: seconds)
+        await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {

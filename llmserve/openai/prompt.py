@@ -44,6 +44,12 @@ class PromptRenderer:
         if self._loading is None:
             self._loading = asyncio.get_running_loop().create_task(self._load())
 
+    async def wait_loaded(self) -> None:
+        """Load the tokenizer now (the ingress does this before it takes requests)."""
+        self.start_loading()
+        assert self._loading is not None
+        await asyncio.shield(self._loading)
+
     async def _load(self) -> None:
         if not self.tokenizer_source:
             self.mode = "engine"
