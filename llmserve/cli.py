@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,10 @@ def _run(args: argparse.Namespace) -> int:
     from llmserve.config_file import build_application, load_config_file
 
     config = load_config_file(args.config)
+    if args.address:
+        if args.runtime != "ray":
+            raise ConfigError("--address needs --runtime ray")
+        os.environ["RAY_ADDRESS"] = args.address  # read by ray.init in the Ray runtime
     host = args.host or config.http_options.host
     port = args.port if args.port is not None else config.http_options.port
     for app_config in config.applications:
@@ -116,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="serve the applications of a Ray-Serve-style YAML")
     run.add_argument("config", help="YAML file with an 'applications' list")
-    run.add_argument("--runtime", default="local", choices=["local"])
+    run.add_argument("--runtime", default="local", choices=["local", "ray"])
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to join with --runtime ray (default: RAY_ADDRESS, "
+                          "else a local Ray is started)")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
     run.set_defaults(handler=_run)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from llmserve.serve.ray.membership import (
     DeploymentView,
@@ -30,6 +31,7 @@ from llmserve.serve.ray.replica_actor import ReplicaActor, ReplicaNodeInfo
 from llmserve.serve.runtime import ReplicaRef, ReplicaSpec
 
 log = logging.getLogger("llmserve.serve")
+T = TypeVar("T")
 PUBLISH_PERIOD_S = 0.05
 LOADS_PERIOD_S = 0.1
 PENDING_WARNING_S = 30.0
@@ -150,6 +152,13 @@ class RayRuntime:
         """Where each running replica is: node id and IP, pid, GPU ids, resources."""
         return {rid: ref.info for rid, ref in self._refs.items() if ref.info is not None}
 
+    def actor_of(self, replica_id: str) -> Any:
+        """The Ray actor handle of a running replica (for operators and failure tests)."""
+        ref = self._refs.get(replica_id)
+        if ref is None:
+            raise KeyError(f"no running replica {replica_id!r}")
+        return ref.actor
+
     # ---- membership ----------------------------------------------------------------
     def _ensure_publisher(self) -> None:
         if self._publisher is None or self._publisher.done():
@@ -246,14 +255,29 @@ async def _call_alive(object_ref: Any) -> None:
 
 def replica_placements() -> dict[str, ReplicaNodeInfo]:
     """`RayRuntime.placements()` of the running serve instance ({} on another runtime)."""
+    runtime = _current()
+    return {} if runtime is None else _on_serve_loop(runtime.placements)
+
+
+def replica_actor(replica_id: str) -> Any:
+    """The Ray actor handle of one running replica of the serve instance."""
+    runtime = _current()
+    if runtime is None:
+        raise RuntimeError("serve does not run on the ray runtime")
+    return _on_serve_loop(lambda: runtime.actor_of(replica_id))
+
+
+def _current() -> RayRuntime | None:
     from llmserve.serve.instance import get_instance
 
-    instance = get_instance()
-    runtime = instance.controller.runtime
-    if not isinstance(runtime, RayRuntime):
-        return {}
+    runtime = get_instance().controller.runtime
+    return runtime if isinstance(runtime, RayRuntime) else None
 
-    async def collect() -> dict[str, ReplicaNodeInfo]:
-        return runtime.placements()
 
-    return instance.submit(collect())
+def _on_serve_loop(read: Callable[[], T]) -> T:
+    from llmserve.serve.instance import get_instance
+
+    async def run() -> T:
+        return read()
+
+    return get_instance().submit(run())

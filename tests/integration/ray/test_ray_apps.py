@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +16,9 @@ from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray_runtime import replica_placements
 from tests.integration.ray.apps import Adder, Gateway, Plain
 from tests.integration.ray.conftest import RayCluster
+from tests.integration.serve.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -63,3 +70,45 @@ def test_bad_ray_actor_options_fail_the_deploy(ray_serve: RayCluster) -> None:
         from llmserve.serve.ray.placement import replica_placement
 
         replica_placement({"num_gpus": 1.5})
+
+
+def test_cli_run_joins_the_cluster_as_another_driver(ray_serve: RayCluster,
+                                                     tmp_path: Path) -> None:
+    import ray
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "applications:\n"
+        "  - name: hello\n"
+        "    route_prefix: /hi\n"
+        "    import_path: tests.integration.serve.sample_app:build\n"
+        "    args: {greeting: hallo}\n"
+        "    deployments:\n"
+        "      - name: Hello\n"
+        "        num_replicas: 2\n"
+        "        ray_actor_options: {num_cpus: 0.1}\n"
+    )
+    port = free_port()
+    address = ray_serve.cluster.address  # type: ignore[attr-defined]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmserve.cli", "run", str(config), "--port", str(port),
+         "--runtime", "ray", "--address", address],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while not any("ready at" in line for line in lines):  # the proxy answers earlier
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        response = httpx.get(f"http://127.0.0.1:{port}/hi", timeout=5)
+        assert response.json()["greeting"] == "hallo"
+        replicas = {httpx.get(f"http://127.0.0.1:{port}/hi").json()["replica"]
+                    for _ in range(30)}
+        assert len(replicas) == 2
+        assert ray.available_resources()["CPU"] <= 12 - 0.2 + 1e-6  # its actors are here
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(lines) + out
