@@ -48,7 +48,7 @@ class PrefixAwarePolicy(PolicyBase):
     needs_prompt = True
 
     def __init__(self, block_size: int = 16, max_index_bytes: int = 64 * 1024 * 1024,
-                 balance_abs_threshold: float = 8.0, balance_rel_threshold: float = 1.5,
+                 balance_abs_threshold: float = 4.0, balance_rel_threshold: float = 1.5,
                  min_match_ratio: float = 0.1, rng: random.Random | None = None,
                  hash_fn: HashFn | None = None) -> None:
         if block_size <= 0:

@@ -1,0 +1,1 @@
+"""Routing benchmarks: llmserve's policies against vllm-router on one simulated cluster."""

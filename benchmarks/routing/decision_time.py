@@ -1,0 +1,88 @@
+"""The router's own cost: decision time and memory of ``prefix_aware`` at scale.
+
+64 replicas; the index is filled with ``--prefixes`` cached prompts (each a shared
+``--stem-tokens`` stem out of ``--stems`` plus its own ``--tail-tokens`` tail, routed to a
+random replica), then ``--decisions`` requests (half re-using a cached prompt's stem, half
+new) are timed through ``choose`` + ``on_routed``, the whole routing path after
+tokenisation (block hashing included). Memory is what tracemalloc sees the policy
+allocate, next to the index's own estimate.
+
+Run: ``.venv/bin/python -m benchmarks.routing.decision_time``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import time
+import tracemalloc
+from collections.abc import Sequence
+
+from routing import Candidate, RouteRequest
+from routing.prefix_aware import PrefixAwarePolicy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.routing.decision_time")
+    parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument("--prefixes", type=int, default=100_000)
+    parser.add_argument("--stems", type=int, default=1000)
+    parser.add_argument("--stem-tokens", type=int, default=1024)
+    parser.add_argument("--tail-tokens", type=int, default=256)
+    parser.add_argument("--decisions", type=int, default=5000)
+    parser.add_argument("--max-index-mib", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    stems = [tuple(rng.randrange(128_000) for _ in range(args.stem_tokens))
+             for _ in range(args.stems)]
+
+    def prompt() -> tuple[int, ...]:
+        tail = tuple(rng.randrange(128_000) for _ in range(args.tail_tokens))
+        return rng.choice(stems) + tail
+
+    names = [f"replica-{i:02d}" for i in range(args.replicas)]
+    gc.collect()
+    tracemalloc.start()
+    policy = PrefixAwarePolicy(block_size=16, max_index_bytes=args.max_index_mib << 20,
+                               rng=random.Random(args.seed))
+    policy.on_replicas_changed(names)
+    for i in range(args.prefixes):
+        policy.on_routed(RouteRequest(f"fill-{i}", "m", prompt_token_ids=prompt()),
+                         rng.choice(names))
+    gc.collect()
+    traced_bytes, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    index = policy.indexes["m"]
+
+    samples_us = []
+    for i in range(args.decisions):
+        tokens = prompt() if i % 2 else tuple(rng.randrange(128_000) for _ in range(
+            args.stem_tokens + args.tail_tokens))
+        candidates = [Candidate(n, rng.randrange(8), 0, frozenset(),
+                                {"num_running": float(rng.randrange(8)), "num_waiting": 0.0})
+                      for n in names]
+        request = RouteRequest(f"q-{i}", "m", prompt_token_ids=tokens)
+        start = time.perf_counter_ns()
+        chosen = policy.choose(request, candidates)[0]
+        policy.on_routed(request, chosen.replica_id)
+        samples_us.append((time.perf_counter_ns() - start) / 1000)
+    samples_us.sort()
+    result = {
+        "replicas": args.replicas, "cached_prompts": args.prefixes,
+        "prompt_tokens": args.stem_tokens + args.tail_tokens, "block_size": 16,
+        "index_entries": len(index), "index_estimated_mib": index.estimated_bytes / 2**20,
+        "traced_mib": traced_bytes / 2**20, "evicted_blocks": index.evicted_blocks,
+        "decision_p50_us": statistics.median(samples_us),
+        "decision_p99_us": samples_us[int(0.99 * (len(samples_us) - 1))],
+        "decision_max_us": samples_us[-1],
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Routers under test as subprocesses: the llmserve gateway and the Rust vllm-router."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cluster_procs import _spawn, stop, wait_http_ok
+
+VLLM_ROUTER = Path(sys.executable).parent / "vllm-router"
+
+
+def vllm_router_binary() -> str | None:
+    if VLLM_ROUTER.exists():
+        return str(VLLM_ROUTER)
+    return shutil.which("vllm-router")
+
+
+@contextlib.contextmanager
+def llmserve_gateway(worker_urls: Sequence[str], routing_config: Mapping[str, Any], port: int,
+                     log_path: Path) -> Iterator[str]:
+    args = ["-m", "benchmarks.routing.gateway", "--port", str(port),
+            "--routing-config", json.dumps(dict(routing_config)), "--worker-urls", *worker_urls]
+    proc = _spawn(args, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/v1/models", 60, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def vllm_router(worker_urls: Sequence[str], policy: str, port: int,
+                log_path: Path) -> Iterator[str]:
+    """``vllm-router --policy POLICY`` with its default thresholds."""
+    binary = vllm_router_binary()
+    if binary is None:
+        raise RuntimeError("vllm-router is not installed (pip install vllm-router)")
+    args = ["-c", "import sys; from vllm_router.launch_router import main; "
+            "sys.argv[0] = 'vllm-router'; sys.exit(main())",
+            "--host", "127.0.0.1", "--port", str(port), "--policy", policy,
+            "--log-level", "warning", "--worker-urls", *worker_urls]
+    proc = _spawn(args, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/v1/models", 60, proc)
+        yield url
+    finally:
+        stop(proc)
