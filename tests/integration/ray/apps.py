@@ -131,3 +131,26 @@ def current_actor() -> object:
     import ray
 
     return ray.get_runtime_context().current_actor
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, user_config={"word": "one"})
+class Configurable:
+    def __init__(self) -> None:
+        self.word = ""
+        self.running = 0
+
+    def reconfigure(self, config: dict[str, str]) -> None:
+        self.word = config["word"]
+
+    async def __call__(self) -> tuple[str, int]:
+        return self.word, os.getpid()
+
+    async def hang(self) -> None:
+        self.running += 1
+        try:
+            await asyncio.sleep(60)
+        finally:
+            self.running -= 1
+
+    async def num_running(self) -> int:
+        return self.running

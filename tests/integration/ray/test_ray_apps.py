@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from llmserve import serve
 from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray_runtime import replica_placements
-from tests.integration.ray.apps import Adder, Gateway, Plain
+from tests.integration.ray.apps import Adder, Configurable, Gateway, Plain
 from tests.integration.ray.conftest import RayCluster
 from tests.integration.serve.ports import free_port
 
@@ -112,3 +113,24 @@ def test_cli_run_joins_the_cluster_as_another_driver(ray_serve: RayCluster,
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, "".join(lines) + out
+
+
+def test_user_config_changes_in_place_and_cancel_reaches_the_replica(
+        ray_serve: RayCluster) -> None:
+    handle = serve.run(Configurable.bind(), route_prefix=None, runtime="ray")
+    word, pid = handle.remote().result(timeout_s=30)
+    assert word == "one"
+    changed = Configurable.options(user_config={"word": "two"})
+    serve.run(changed.bind(), route_prefix=None, runtime="ray")
+    deadline = time.monotonic() + 10
+    while handle.remote().result(timeout_s=30) != ("two", pid):  # same actor, new config
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    call = handle.hang.remote()
+    while handle.num_running.remote().result(timeout_s=30) != 1:
+        time.sleep(0.05)
+    call.cancel()
+    deadline = time.monotonic() + 10
+    while handle.num_running.remote().result(timeout_s=30) != 0:  # cancelled over there
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
