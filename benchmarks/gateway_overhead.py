@@ -8,7 +8,7 @@ alternate for ``--rounds`` rounds on one engine, so engine warm-up and machine n
 both alike; the best round of each is compared. Prints output tok/s, TTFT p50/p99 and
 ITL p50/p99 with ratios to bare vLLM, and writes JSON under benchmarks/results/.
 
-Run: ``.venv/bin/python benchmarks/gateway_overhead.py [--rounds 2] [--skip-ray]``
+Run: ``.venv/bin/python -m benchmarks.gateway_overhead [--rounds 2] [--skip-ray]``
 """
 
 from __future__ import annotations

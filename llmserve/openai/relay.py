@@ -138,12 +138,12 @@ class RelayedStream(Response):
         outcome = self.outcome
         await send({"type": "http.response.start", "status": self.upstream.status,
                     "headers": headers})
-        tail = b""  # the end of the stream, where the usage event is
+        previous = last = b""  # the end of the stream holds the usage event
         try:
             async for chunk in self.upstream.content.iter_any():
                 if outcome.first_chunk_s is None:
                     outcome.first_chunk_s = time.monotonic()
-                tail = (tail + chunk)[-8192:]
+                previous, last = last, chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
             error: OpenAIError = (UpstreamTimeout("engine stopped sending tokens in time")
@@ -153,7 +153,7 @@ class RelayedStream(Response):
             await send({"type": "http.response.body", "body": sse_error_event(error),
                         "more_body": False})
             return
-        outcome.usage = _usage_from_sse(tail)
+        outcome.usage = _usage_from_sse(previous + last)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

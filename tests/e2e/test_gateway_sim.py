@@ -78,7 +78,7 @@ def test_two_replicas_share_load_and_api_keys_come_from_env(
 async def _stream_many(url: str, n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=60) as client:
         async def one() -> int:
-            body = {"model": "sim", "messages": CHAT, "max_tokens": 30, "stream": True}
+            body = {"model": "sim", "messages": CHAT, "max_tokens": 60, "stream": True}
             async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                 chunks = [line async for line in r.aiter_lines() if line.startswith("data:")]
                 assert chunks[-1] == "data: [DONE]"
@@ -105,11 +105,11 @@ def test_autoscaling_follows_gateway_load(model_dir: str) -> None:
             await asyncio.sleep(0.1)
 
     async def main() -> list[int]:
-        load = asyncio.ensure_future(_stream_many(url, 12))
+        load = asyncio.ensure_future(_stream_many(url, 16))
         await watch(load)
         return await load
 
-    assert asyncio.run(main()) == [200] * 12
+    assert asyncio.run(main()) == [200] * 16
     assert peak == 2
 
 
