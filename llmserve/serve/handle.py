@@ -217,12 +217,7 @@ class DeploymentResponseGenerator:
             self._loop,
         )
         try:
-            while True:
-                item = await items.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
+            while _has_more(item := await items.get()):
                 yield item
         finally:
             self.cancel()
@@ -235,12 +230,7 @@ class DeploymentResponseGenerator:
             self._forward(self._sync_items.put), self._loop
         )
         try:
-            while True:
-                item = self._sync_items.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
+            while _has_more(item := self._sync_items.get()):
                 yield item
         finally:
             self.cancel()
@@ -269,6 +259,13 @@ class DeploymentResponseGenerator:
 @dataclass
 class _Failure:
     error: BaseException
+
+
+def _has_more(item: Any) -> bool:
+    """False at the end of a forwarded stream; raises the error it carried."""
+    if isinstance(item, _Failure):
+        raise item.error
+    return item is not _END
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
