@@ -35,6 +35,7 @@ log = logging.getLogger("llmserve.serve")
 class LocalReplica:
     def __init__(self, spec: ReplicaSpec, executor: ThreadPoolExecutor) -> None:
         self.spec = spec
+        self.replica_id = spec.replica_id
         self._executor = executor
         self._instance: Any = None
         self._ongoing: set[asyncio.Task[Any]] = set()
@@ -42,10 +43,6 @@ class LocalReplica:
         self._dead_reason: str | None = None
         self._shutdown_done = False
         self._context = ReplicaContext(spec.app_name, spec.deployment_name, spec.replica_id)
-
-    @property
-    def replica_id(self) -> str:
-        return self.spec.replica_id
 
     @property
     def num_ongoing(self) -> int:

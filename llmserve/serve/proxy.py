@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import uuid
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.controller import Controller
@@ -20,6 +21,7 @@ from llmserve.serve.exceptions import (
 from routing import RouteRequest
 
 MODEL_ID_HEADER = b"serve_multiplexed_model_id"
+_ROUTING_HEADERS = frozenset({b"x-request-id", b"x-session-id", MODEL_ID_HEADER})
 _ID_PREFIX = uuid.uuid4().hex[:16] + "-"
 _ids = itertools.count()
 
@@ -56,27 +58,25 @@ class HttpProxy:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, prefix: str,
                        app_name: str) -> None:
-        headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode() or f"{_ID_PREFIX}{next(_ids)}"
-        session = headers.get(b"x-session-id", b"").decode() or None
-        meta = RequestMetadata(request_id, "__call__",
-                               headers.get(MODEL_ID_HEADER, b"").decode(), False, session)
-        request = RouteRequest(request_id, meta.multiplexed_model_id, session)
+        request_id = session = model_id = ""
+        for name, value in scope["headers"]:
+            if name in _ROUTING_HEADERS:
+                if name == b"x-request-id":
+                    request_id = value.decode()
+                elif name == b"x-session-id":
+                    session = value.decode()
+                else:
+                    model_id = value.decode()
+        request_id = request_id or f"{_ID_PREFIX}{next(_ids)}"
+        meta = RequestMetadata(request_id, "__call__", model_id, False, session or None)
+        request = RouteRequest(request_id, model_id, meta.session_key)
         child = dict(scope, root_path=scope.get("root_path", "") + prefix) if prefix else scope
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
             router = self.controller.router_for(app_name, self.controller.ingress_of(app_name))
             while True:
                 replica = await router.acquire(request)
                 try:
-                    await replica.handle_http(meta, child, receive, tracked_send)
+                    await replica.handle_http(meta, child, receive, send)
                     return
                 except ReplicaUnavailableError:
                     continue
@@ -86,7 +86,9 @@ class HttpProxy:
             await _send_error(send, 503, str(exc), "overloaded",
                               retry_after_s=exc.retry_after_s, request_id=request_id)
         except (DeploymentUnavailableError, ReplicaDiedError) as exc:
-            if not started:
+            # The server refuses a second response start (RuntimeError) when the replica
+            # died mid-response; it then closes the connection, which the client sees.
+            with contextlib.suppress(RuntimeError):
                 await _send_error(send, 503, str(exc), "unavailable", request_id=request_id,
                                   retry_after_s=1.0)
 

@@ -36,6 +36,7 @@ PUBLISH_PERIOD_S = 0.05
 LOADS_PERIOD_S = 0.1
 PENDING_WARNING_S = 30.0
 KILL_HOOK_TIMEOUT_S = 10.0
+FLUSH_TIMEOUT_S = 2.0
 
 
 class RayRuntime:
@@ -146,6 +147,12 @@ class RayRuntime:
             ray.kill(self._membership)
         if self._started_ray:
             ray.shutdown()
+
+    async def flush(self) -> None:
+        """Publish membership now and wait (bounded) until every replica applied it, so
+        handles inside replicas see what `serve.run` just deployed."""
+        await self._publish()
+        await self._membership.wait_applied.remote(self._version, FLUSH_TIMEOUT_S)
 
     # ---- status --------------------------------------------------------------------
     def placements(self) -> dict[str, ReplicaNodeInfo]:

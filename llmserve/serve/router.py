@@ -128,6 +128,13 @@ class Router:
             waiter.future.set_result(replica)
 
     def _pick(self, request: RouteRequest) -> ReplicaRef | None:
+        if len(self._replicas) == 1:  # nothing to choose: skip building candidates
+            (rid, replica), = self._replicas.items()
+            if self._ongoing[rid] >= self.max_ongoing or not replica.is_alive:
+                return None
+            self._ongoing[rid] += 1
+            notify_routed(self.policy, request, rid)
+            return replica
         candidates = self._candidates(request)
         if not candidates:
             return None

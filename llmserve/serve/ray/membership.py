@@ -67,6 +67,7 @@ class MembershipActor:
         self.snapshot: Snapshot = {}
         self._next: asyncio.Future[None] | None = None
         self._loads: dict[str, tuple[float, dict[DeploymentKey, float]]] = {}
+        self._applied: dict[str, int] = {}  # source -> the version it last asked past
 
     async def publish(self, version: int, snapshot: Snapshot) -> None:
         self.version, self.snapshot = version, snapshot
@@ -74,9 +75,13 @@ class MembershipActor:
             self._next.set_result(None)
         self._next = None
 
-    async def listen(self, known_version: int,
-                     timeout_s: float) -> tuple[int, Snapshot] | None:
-        """The snapshot once its version differs from ``known_version`` (None on timeout)."""
+    async def listen(self, known_version: int, timeout_s: float,
+                     source_id: str = "") -> tuple[int, Snapshot] | None:
+        """The snapshot once its version differs from ``known_version`` (None on timeout).
+
+        A source asking past ``known_version`` has applied it (see `wait_applied`)."""
+        if source_id:
+            self._applied[source_id] = known_version
         if known_version != self.version:
             return self.version, self.snapshot
         if self._next is None:
@@ -85,6 +90,17 @@ class MembershipActor:
             await asyncio.wait_for(asyncio.shield(self._next), timeout_s)
             return self.version, self.snapshot
         return None
+
+    async def wait_applied(self, version: int, timeout_s: float) -> bool:
+        """Wait until every replica in the snapshot has applied ``version`` (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            members = {r.replica_id for view in self.snapshot.values() for r in view.replicas}
+            if all(self._applied.get(m, -1) >= version for m in members):
+                return True
+            await asyncio.sleep(0.005)
+        return False
 
     async def report(self, source_id: str, loads: dict[DeploymentKey, float]) -> None:
         self._loads[source_id] = (time.monotonic(), loads)
@@ -168,7 +184,8 @@ class ReplicaView:
     async def _listen(self) -> None:
         while True:
             try:
-                update = await self.membership.listen.remote(self.version, LISTEN_TIMEOUT_S)
+                update = await self.membership.listen.remote(self.version, LISTEN_TIMEOUT_S,
+                                                             self.source_id)
             except Exception as exc:
                 log.warning("membership long-poll failed: %r", exc)
                 await asyncio.sleep(1.0)
