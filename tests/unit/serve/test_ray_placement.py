@@ -76,3 +76,15 @@ async def test_membership_long_poll_and_load_reports() -> None:
     await broker.report("G#1", {("app", "A"): 2.0})
     await broker.report("G#2", {("app", "A"): 1.5, ("app", "B"): 1.0})
     assert await broker.loads() == {("app", "A"): 3.5, ("app", "B"): 1.0}
+
+
+async def test_wait_applied_waits_for_every_replica_view() -> None:
+    broker = MembershipActor()
+    view = DeploymentView(5, -1, {}, (ReplicaEntry("A#1", object()),
+                                      ReplicaEntry("B#1", object())))
+    await broker.publish(1, {("app", "A"): view})
+    assert not await broker.wait_applied(1, 0.02)  # nobody has applied version 1
+    await broker.listen(1, 0, source_id="A#1")
+    assert not await broker.wait_applied(1, 0.02)
+    await broker.listen(1, 0, source_id="B#1")
+    assert await broker.wait_applied(1, 0.02)
