@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
-from routing.load import is_overloaded, replica_load
+from routing.load import replica_load
 from routing.policy import Candidate, PolicyBase, RouteRequest
 from routing.prefix_index import PrefixIndex
 
@@ -91,17 +91,17 @@ class PrefixAwarePolicy(PolicyBase):
         if not candidates:
             return []
         min_load = min(loads.values())
+        # is_overloaded(load, min_load, abs, rel), as one bound: load > bound
+        bound = max(min_load + self.balance_abs_threshold, min_load * self.balance_rel_threshold)
         blocks = match.blocks if match is not None else {}
         index = self.indexes.get(match.index_key) if match is not None else None
-
-        def key(c: Candidate) -> tuple[bool, int, float, int, float]:
-            load = loads[c.replica_id]
-            overloaded = is_overloaded(load, min_load, self.balance_abs_threshold,
-                                       self.balance_rel_threshold)
-            cached = index.cached_blocks(c.replica_id) if index is not None else 0
-            return (overloaded, -blocks.get(c.replica_id, 0), load, cached, self._rng.random())
-
-        return sorted(candidates, key=key)
+        cached = index.cached_blocks if index is not None else _no_blocks
+        rand = self._rng.random
+        keyed = [(loads[c.replica_id] > bound, -blocks.get(c.replica_id, 0),
+                  loads[c.replica_id], cached(c.replica_id), rand(), i)
+                 for i, c in enumerate(candidates)]
+        keyed.sort()
+        return [candidates[k[-1]] for k in keyed]
 
     # ---- hooks ------------------------------------------------------------------------
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
@@ -119,6 +119,10 @@ class PrefixAwarePolicy(PolicyBase):
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
         for index in self.indexes.values():
             index.retain_replicas(replica_ids)
+
+
+def _no_blocks(replica_id: str) -> int:
+    return 0
 
 
 def request_tokens(request: RouteRequest) -> Sequence[int] | None:

@@ -69,19 +69,19 @@ def ask(url: str, system: str, question: str) -> None:
 
 def test_repeated_prefixes_land_on_the_engine_that_cached_them(cluster: dict[str, Any]) -> None:
     url, engines = cluster["url"], cluster["engines"]
-    systems = {g: " ".join(f"policy {g} clause {i} applies." for i in range(60))
+    systems = {g: " ".join(f"policy {g} clause {i} applies." for i in range(20))  # ~350 tokens
                for g in ("alpha", "beta")}
     served_by: dict[str, list[int]] = {g: [] for g in systems}
     hits_by: dict[str, list[float]] = {g: [] for g in systems}
-    for question in range(3):
-        for group, system in systems.items():
-            before = engine_counters(engines)
-            ask(url, system, f"question {question} from {group}?")
-            after = engine_counters(engines)
-            ran = [i for i in range(2) if after[i][0] > before[i][0]]
-            assert len(ran) == 1
-            served_by[group].append(ran[0])
-            hits_by[group].append(after[ran[0]][1] - before[ran[0]][1])
+    # an order that round robin over two engines would split: a, a, b, b, a, b
+    for question, group in enumerate(["alpha", "alpha", "beta", "beta", "alpha", "beta"]):
+        before = engine_counters(engines)
+        ask(url, systems[group], f"question {question} from {group}?")
+        after = engine_counters(engines)
+        ran = [i for i in range(2) if after[i][0] > before[i][0]]
+        assert len(ran) == 1
+        served_by[group].append(ran[0])
+        hits_by[group].append(after[ran[0]][1] - before[ran[0]][1])
     # each group sticks to one engine, and the two groups use both engines
     assert all(len(set(engines_used)) == 1 for engines_used in served_by.values())
     assert {served_by["alpha"][0], served_by["beta"][0]} == {0, 1}
@@ -89,4 +89,4 @@ def test_repeated_prefixes_land_on_the_engine_that_cached_them(cluster: dict[str
     for group in systems:
         first, *repeats = hits_by[group]
         assert first == 0
-        assert all(hits >= 10 * BLOCK for hits in repeats), hits_by
+        assert all(hits >= 8 * BLOCK for hits in repeats), hits_by
