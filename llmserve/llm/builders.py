@@ -14,6 +14,7 @@ from llmserve.llm.server import LLMServer
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.serve import Application, deployment
 from llmserve.serve.exceptions import ConfigError
+from llmserve.serve.ray.placement import placement_group_config_to_options
 
 KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
@@ -27,6 +28,14 @@ def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
     config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
     options = {"health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 60.0,
                **config.deployment_config}
+    if config.placement_group_config or config.accelerator_type:
+        actor_options = dict(options.get("ray_actor_options") or {})
+        if config.placement_group_config:
+            actor_options.update(placement_group_config_to_options(
+                config.placement_group_config))
+        if config.accelerator_type:
+            actor_options.setdefault("accelerator_type", config.accelerator_type)
+        options["ray_actor_options"] = actor_options
     server = deployment(LLMServer, name=f"{name_prefix}{config.model_id}", **options)
     return server.bind(config)
 

@@ -183,3 +183,13 @@ def _running_total(metrics_url: str) -> float:
     text = httpx.get(metrics_url).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:request_success_total"))
+
+
+def test_placement_group_and_accelerator_reach_the_replica_options(model_dir: str) -> None:
+    cfg = sim_config(model_dir, accelerator_type="H100",
+                     placement_group_config={"bundles": [{"GPU": 2}], "strategy": "STRICT_PACK"})
+    app = build_openai_app({"llm_configs": [cfg]})
+    server = next(n for n in app.walk() if n.deployment.name == "LLMServer:sim")
+    assert server.deployment.config.ray_actor_options == {
+        "placement_group_bundles": [{"GPU": 2}], "placement_group_strategy": "STRICT_PACK",
+        "accelerator_type": "H100"}
