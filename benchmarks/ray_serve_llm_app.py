@@ -14,6 +14,8 @@ import threading
 
 
 def main() -> None:
+    # Keep Ray's nodes (and engines) on loopback: this benchmark runs on one machine.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--model-id", default="tiny")

@@ -47,8 +47,12 @@ PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
 
 GUARD_SOURCE = """\
-import os, signal, subprocess, sys
+import ctypes, os, signal, subprocess, sys
 parent_pid, command = int(sys.argv[1]), sys.argv[2:]
+def term_when_guard_dies():
+    # If the guard itself is SIGKILLed (Ray reaps a dead worker's children that way),
+    # the engine still gets SIGTERM and shuts down its own subprocesses.
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)
 def kill_group(*_):
     os.killpg(0, signal.SIGKILL)
 signal.signal(signal.SIGUSR1, kill_group)
@@ -57,7 +61,7 @@ signal.signal(signal.SIGINT, lambda *_: None)
 if os.getppid() != parent_pid:
     kill_group()
 try:
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, preexec_fn=term_when_guard_dies)
 except OSError as error:
     print(f"cannot start {command[0]!r}: {error}", flush=True)
     sys.exit(127)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable
@@ -21,6 +22,7 @@ from engines.process import EngineProcess, free_port, kill_group
 from engines.protocol import EngineSpec
 from engines.registry import make_engine
 from llmserve.llm.config import LLMConfig
+from llmserve.serve.context import NODE_IP_ENV
 
 log = logging.getLogger("llmserve.llm")
 MAX_RESTARTS_IN_A_ROW = 3
@@ -58,10 +60,12 @@ class LLMServer:
         env = dict(cfg.runtime_env.env_vars)
         kwargs: dict[str, Any] = {"python_executable": cfg.runtime_env.python} \
             if cfg.runtime_env.python else {}
+        host = os.environ.get(NODE_IP_ENV, "127.0.0.1")  # reachable from the ingress
         return EngineSpec(
             model_source=cfg.model_loading_config.source,
             served_model_name=cfg.model_id,
-            port=free_port(),
+            host=host,
+            port=free_port(host),
             engine_kwargs=cfg.engine_kwargs,
             env=env,
             tokenizer_source=cfg.model_loading_config.tokenizer_source,

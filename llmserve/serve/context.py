@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+# Set by a runtime whose replicas run on several machines: the address other nodes reach
+# this replica's node at (servers a replica starts, e.g. an engine, should bind to it).
+NODE_IP_ENV = "LLMSERVE_NODE_IP"
+
 
 @dataclass(frozen=True)
 class RequestMetadata:

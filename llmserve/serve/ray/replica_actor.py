@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.types import Message
 
-from llmserve.serve.context import RequestMetadata
+from llmserve.serve.context import NODE_IP_ENV, RequestMetadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
 from llmserve.serve.local_runtime import LocalReplica
 from llmserve.serve.runtime import ReplicaSpec
@@ -54,10 +54,11 @@ class ReplicaActor:
         from llmserve.serve.ray.membership import install_replica_view
 
         await install_replica_view(self._membership, self.spec.replica_id)
+        util: Any = ray.util
+        os.environ[NODE_IP_ENV] = util.get_node_ip_address()
         self._replica = LocalReplica(self.spec, self._executor)
         await self._replica.start()
         ctx: Any = ray.get_runtime_context()
-        util: Any = ray.util
         pg = ctx.get_placement_group_id()
         return ReplicaNodeInfo(
             node_id=ctx.get_node_id(),

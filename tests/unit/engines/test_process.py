@@ -180,3 +180,25 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+async def test_engine_stops_when_its_guard_is_sigkilled(tmp_path: Path) -> None:
+    """Ray reaps a dead worker's direct children with SIGKILL: the guard cannot react,
+    so the engine must learn of it itself (PDEATHSIG set by the guard)."""
+    process = EngineProcess([sys.executable, "-c", "import time; time.sleep(60)"],
+                            name="guarded", log_path=tmp_path / "guarded.log")
+    await process.start()
+    try:
+        assert process.pid is not None
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        deadline = time.monotonic() + 5
+        while not children.read_text().split() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        engine = int(children.read_text().split()[0])
+        os.kill(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while pid_alive(engine) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not pid_alive(engine)
+    finally:
+        await process.stop()
