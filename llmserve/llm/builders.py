@@ -65,7 +65,7 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
                                    handle, source=config.model_loading_config.source))
     sources += discover_workers(urls, merged.get("worker_engine", "vllm"),
-                                merged.get("routing_config") or {"policy": "power_of_two"})
+                                merged.get("routing_config") or {"policy": "prefix_aware"})
     _check_unique([s.model_id for s in sources])
     settings = _settings(merged)
     ingress = ingress_deployment
