@@ -194,6 +194,8 @@ class OpenAiIngress:
             payload["model"] = model
             body = json.dumps(payload).encode()
         route = await self._route_request(request_id, path, payload, request, pool)
+        if pool.membership_changed():  # a replica came or went since the last refresh
+            await self.directory.refresh_pool(pool)
         headers = {"content-type": "application/json", "x-request-id": request_id}
         outcome = Outcome()
         for _ in range(max(1, len(pool.endpoints))):

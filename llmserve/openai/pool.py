@@ -84,6 +84,14 @@ class ModelPool:
         """A connection to it failed: stop routing there until its stats answer again."""
         endpoint.ready = False
 
+    def membership_changed(self) -> bool:
+        """The deployment's running replicas differ from the engines we know (cheap)."""
+        if self.handle is None:
+            return False
+        from llmserve.serve.handle import replica_ids
+
+        return set(replica_ids(self.handle)) != self.endpoints.keys()
+
     async def refresh_members(self) -> None:
         if self.handle is None:
             return
