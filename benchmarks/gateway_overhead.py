@@ -14,7 +14,6 @@ Run: ``.venv/bin/python -m benchmarks.gateway_overhead [--rounds 2] [--skip-ray]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
 import os
@@ -28,7 +27,7 @@ import httpx
 
 from benchmarks.loadgen import COMPLETIONS, LoadConfig, run_load, summarize
 from benchmarks.workloads import WorkloadParams, build_workload
-from engines.process import EngineProcess, free_port
+from engines.process import free_port
 from engines.protocol import EngineSpec
 from engines.vllm.engine import VllmEngine
 from llmserve.llm.tiny_model import cached_tiny_model
@@ -119,10 +118,15 @@ def main() -> None:
     model_dir = cached_tiny_model()
     spec = EngineSpec(model_source=str(model_dir), served_model_name="tiny", port=free_port(),
                       engine_kwargs=ENGINE_KWARGS)
-    loop = asyncio.new_event_loop()
-    engine = loop.run_until_complete(EngineProcess.launch(VllmEngine(), spec))
+    # A plain subprocess logging to a file: nothing in this process (which also runs the
+    # load generator) has to drain the engine's output.
+    engine_cmd = VllmEngine()
+    with (RESULTS / "gateway_overhead_vllm.log").open("wb") as log:
+        engine = subprocess.Popen(engine_cmd.command(spec), env=engine_cmd.env(spec),
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     runs: dict[str, list[dict[str, Any]]] = {"bare vLLM": [], "llmserve": []}
     try:
+        wait_http(spec.base_url + "/health", engine, 300)
         gateway, gateway_url = start_gateway(spec.base_url)
         try:
             load_once(spec.base_url, model_dir, args)  # warm-up round
@@ -133,7 +137,11 @@ def main() -> None:
             gateway.terminate()
             gateway.wait(30)
     finally:
-        loop.run_until_complete(engine.stop())
+        engine.terminate()
+        try:
+            engine.wait(60)
+        except subprocess.TimeoutExpired:
+            engine.kill()
     results = {name: best(r) for name, r in runs.items()}
     if not args.skip_ray:
         results["Ray Serve LLM"] = run_ray(model_dir, args)
