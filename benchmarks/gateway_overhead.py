@@ -51,13 +51,14 @@ def load_once(base_url: str, model_dir: Path, args: argparse.Namespace) -> dict[
     return summary
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float,
+              poll_timeout_s: float = 2.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=poll_timeout_s).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -86,7 +87,7 @@ def run_ray(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
                                  "--engine-kwargs", json.dumps(ENGINE_KWARGS)],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, 300)
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, 300, poll_timeout_s=30)
         load_once(f"http://127.0.0.1:{port}", model_dir, args)  # warm-up round
         return load_once(f"http://127.0.0.1:{port}", model_dir, args)
     except RuntimeError as exc:
@@ -97,7 +98,8 @@ def run_ray(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
+                       capture_output=True, check=False)
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:

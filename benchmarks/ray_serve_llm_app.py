@@ -28,7 +28,8 @@ def main() -> None:
     from ray.serve.llm import LLMConfig, build_openai_app
 
     env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    # Logical CPUs: the proxy, controller, ingress and engine replica each hold one.
+    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": env})
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     config = LLMConfig(
         model_loading_config={"model_id": args.model_id, "model_source": args.model},
