@@ -82,8 +82,14 @@ def gateway(worker_urls: Sequence[str], policy: str, port: int,
     """The llmserve OpenAI gateway fronting running engines; yields its base URL."""
     args = ["-m", "llmserve.cli", "--log-level", "WARNING", "serve", "--port", str(port),
             "--routing", policy, "--worker-urls", *worker_urls]
+    with serving(args, log_path, f"http://127.0.0.1:{port}") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(args: Sequence[str], log_path: Path, url: str) -> Iterator[str]:
+    """Run ``python ARGS`` until the block ends; yields ``url`` once its /v1/models answers."""
     proc = _spawn(args, log_path)
-    url = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{url}/v1/models", 60, proc)
         yield url

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster_procs import _spawn, stop, wait_http_ok
+from benchmarks.cluster_procs import serving
 
 VLLM_ROUTER = Path(sys.executable).parent / "vllm-router"
 
@@ -26,13 +26,8 @@ def llmserve_gateway(worker_urls: Sequence[str], routing_config: Mapping[str, An
                      log_path: Path) -> Iterator[str]:
     args = ["-m", "benchmarks.routing.gateway", "--port", str(port),
             "--routing-config", json.dumps(dict(routing_config)), "--worker-urls", *worker_urls]
-    proc = _spawn(args, log_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{url}/v1/models", 60, proc)
+    with serving(args, log_path, f"http://127.0.0.1:{port}") as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @contextlib.contextmanager
@@ -46,10 +41,5 @@ def vllm_router(worker_urls: Sequence[str], policy: str, port: int,
             "sys.argv[0] = 'vllm-router'; sys.exit(main())",
             "--host", "127.0.0.1", "--port", str(port), "--policy", policy,
             "--log-level", "warning", "--worker-urls", *worker_urls]
-    proc = _spawn(args, log_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{url}/v1/models", 60, proc)
+    with serving(args, log_path, f"http://127.0.0.1:{port}") as url:
         yield url
-    finally:
-        stop(proc)
