@@ -73,13 +73,14 @@ class LLMServer:
         )
 
     async def _launch(self) -> EngineProcess:
-        self.spec = self._spec()
+        spec = self._spec()
         started = time.monotonic()
         log.info("%s: starting %s engine for %r on %s", self.replica_id, self.engine.name,
-                 self.config.model_id, self.spec.base_url)
-        process = await EngineProcess.launch(self.engine, self.spec,
+                 self.config.model_id, spec.base_url)
+        process = await EngineProcess.launch(self.engine, spec,
                                              ready_timeout_s=self.config.engine_ready_timeout_s)
         log.info("%s: engine ready in %.1f s", self.replica_id, time.monotonic() - started)
+        self.spec = spec  # report the new address only once the engine answers there
         return process
 
     async def _supervise(self) -> None:

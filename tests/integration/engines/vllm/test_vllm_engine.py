@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,22 +101,36 @@ async def test_stats_count_prefix_cache_hits(server: Server) -> None:
 
 
 async def test_stats_see_running_and_waiting_requests(server: Server) -> None:
-    # Long enough that several stats updates land while they run (gauges are refreshed
-    # per engine step, and a busy 2-core machine can finish short requests in between).
+    """Keep 8 long requests in flight until /metrics shows them (up to 30 s), then until it
+    shows the engine idle: vLLM CPU publishes its gauges with a lag that varies with load."""
     body = {"model": "tiny", "prompt": "Count:", "max_tokens": 900, "ignore_eos": True}
-    requests = [
-        asyncio.create_task(server.client.post("/v1/completions", json=body)) for _ in range(8)
-    ]
+    loop = asyncio.get_running_loop()
+
+    def send() -> asyncio.Task[Any]:
+        return asyncio.create_task(server.client.post("/v1/completions", json=body))
+
+    in_flight = [send() for _ in range(8)]
+    finished: list[Any] = []
     busiest = EngineStats()
-    while not all(request.done() for request in requests):
+    deadline = loop.time() + 30
+    while busiest.num_running + busiest.num_waiting < 2 and loop.time() < deadline:
         stats = await server.stats()
         if stats.num_running + stats.num_waiting > busiest.num_running + busiest.num_waiting:
             busiest = stats
+        for task in [t for t in in_flight if t.done()]:
+            in_flight.remove(task)
+            finished.append(task.result())
+            in_flight.append(send())
         await asyncio.sleep(0.05)
+    finished += await asyncio.gather(*in_flight)
     assert busiest.num_running + busiest.num_waiting >= 2
     assert busiest.kv_cache_usage > 0.0
-    assert all(request.result().status_code == 200 for request in requests)
+    assert all(response.status_code == 200 for response in finished)
+    deadline = loop.time() + 30
     idle = await server.stats()
+    while (idle.num_running, idle.num_waiting) != (0, 0) and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+        idle = await server.stats()
     assert (idle.num_running, idle.num_waiting) == (0, 0)
 
 
