@@ -77,8 +77,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def measure_handles(n: int) -> dict[str, Any]:
-    driver = serve.run(Driver.bind(NoOp.bind()), route_prefix=None, name="bench")
+def measure_handles(n: int, runtime: str = "local",
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Handle hops to a no-op deployment; ``options`` apply to both deployments."""
+    opts = options or {}
+    app = Driver.options(**opts).bind(NoOp.options(**opts).bind())
+    driver = serve.run(app, route_prefix=None, name="bench", runtime=runtime)
     driver.measure.remote(200).result()  # warm up
     in_loop = driver.measure.remote(n).result()
     noop = serve.get_deployment_handle("NoOp", "bench")

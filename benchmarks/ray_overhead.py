@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core_overhead import (
-    Driver,
     HttpNoOp,
-    NoOp,
     free_port,
     load,
-    percentile,
+    measure_handles,
     wait_ready,
 )
 from llmserve import serve
@@ -49,23 +47,6 @@ class Work:
 
         return (ray.get_runtime_context().current_actor,
                 serve.get_replica_context().replica_id)
-
-
-def measure_handles(runtime: str, n: int) -> dict[str, Any]:
-    app = Driver.options(**NO_CPU).bind(NoOp.options(**NO_CPU).bind())
-    driver = serve.run(app, route_prefix=None, name="bench", runtime=runtime)
-    driver.measure.remote(200).result()  # warm up
-    in_replica = driver.measure.remote(n).result()
-    noop = serve.get_deployment_handle("NoOp", "bench")
-    thread = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        noop.remote().result()
-        thread.append((time.perf_counter_ns() - start) / 1000)
-    serve.shutdown()
-    return {"in_replica_us": {"p50": percentile(in_replica, 50),
-                              "p99": percentile(in_replica, 99)},
-            "from_thread_us": {"p50": percentile(thread, 50), "p99": percentile(thread, 99)}}
 
 
 def measure_http(runtime: str, seconds: int, connections: int) -> float:
@@ -146,7 +127,7 @@ def main() -> None:
         return
     result: dict[str, Any] = {"handle": {}, "http_rps": {}}
     for runtime in ("local", "ray"):
-        result["handle"][runtime] = measure_handles(runtime, args.calls)
+        result["handle"][runtime] = measure_handles(args.calls, runtime, NO_CPU)
         result["http_rps"][runtime] = measure_http(runtime, args.seconds, args.connections)
     result["recovery"] = measure_recovery(clients=16, seconds=6)
     result["http_client"] = "wrk" if shutil.which("wrk") else "aiohttp"
