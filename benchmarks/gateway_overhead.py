@@ -66,10 +66,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float,
     raise RuntimeError(f"{url} did not come up in {timeout_s:.0f} s")
 
 
-def start_gateway(engine_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(engine_url: str, model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``llmserve serve --worker-urls`` with the model's files, as a deployment would have
+    them (the gateway tokenises prompts for prefix-aware routing with the model's own
+    tokenizer; without the files it would ask the engine's ``/tokenize`` per request)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llmserve.cli", "--log-level", "WARNING",
-                             "serve", "--port", str(port), "--worker-urls", engine_url],
+                             "serve", "--port", str(port), "--model", str(model_dir),
+                             "--worker-urls", engine_url],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", proc, 60)
@@ -129,7 +133,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"bare vLLM": [], "llmserve": []}
     try:
         wait_http(spec.base_url + "/health", engine, 300)
-        gateway, gateway_url = start_gateway(spec.base_url)
+        gateway, gateway_url = start_gateway(spec.base_url, model_dir)
         try:
             load_once(spec.base_url, model_dir, args)  # warm-up round
             for _ in range(args.rounds):

@@ -56,11 +56,13 @@ def _serve(args: argparse.Namespace) -> int:
     from llmserve import serve
     from llmserve.llm import LLMConfig, build_openai_app
 
-    routing = {"policy": args.routing} if args.routing else None
+    routing = _routing_config(args)
     app_args: dict[str, Any] = {}
     if args.worker_urls:
         app_args["worker_urls"] = args.worker_urls
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
+        if args.model:  # the engines' files: route on their tokenizer's token ids
+            routing = {"tokenizer_source": args.model, **(routing or {})}
         if routing:
             app_args["routing_config"] = routing
     else:
@@ -88,6 +90,21 @@ def _serve(args: argparse.Namespace) -> int:
     print(_snippet(url or "", args), flush=True)
     serve.run_until_signal()
     return 0
+
+
+def _routing_config(args: argparse.Namespace) -> dict[str, Any] | None:
+    routing: dict[str, Any] = {}
+    if args.routing_config:
+        try:
+            routing = json.loads(args.routing_config)
+        except ValueError as exc:
+            raise ConfigError(f"--routing-config is not valid JSON: {exc}") from None
+        if not isinstance(routing, dict):
+            raise ConfigError("--routing-config must be a JSON object, e.g. "
+                              '\'{"policy": "prefix_aware", "block_size": 16}\'')
+    if args.routing:
+        routing["policy"] = args.routing
+    return routing or None
 
 
 def _snippet(url: str, args: argparse.Namespace) -> str:
@@ -130,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     srv = commands.add_parser("serve", help="serve one model behind the OpenAI API")
-    srv.add_argument("--model", help="model directory (or tokenizer directory for sim)")
+    srv.add_argument("--model", help="model directory (or tokenizer directory for sim); with "
+                     "--worker-urls, the engines' model files, used for its tokenizer")
     srv.add_argument("--model-id", help="the name clients use (default: directory name)")
     srv.add_argument("--engine", default="vllm", choices=["vllm", "sim", "sglang"])
     srv.add_argument("--replicas", type=int, default=1)
@@ -139,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", action="append", default=[],
                      help="accepted API key (repeatable); none = no auth")
     srv.add_argument("--routing", help="routing policy name (see routing/)")
+    srv.add_argument("--routing-config", metavar="JSON",
+                     help='full routing_config, e.g. \'{"policy": "prefix_aware", '
+                          '"load_guard_abs": 8}\' (--routing overrides its policy)')
     srv.add_argument("--worker-urls", nargs="+", default=[],
                      help="front engine servers that already run instead of launching any")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",

@@ -24,7 +24,7 @@ def vllm_router_binary() -> str | None:
 @contextlib.contextmanager
 def llmserve_gateway(worker_urls: Sequence[str], routing_config: Mapping[str, Any], port: int,
                      log_path: Path) -> Iterator[str]:
-    args = ["-m", "benchmarks.routing.gateway", "--port", str(port),
+    args = ["-m", "llmserve.cli", "--log-level", "WARNING", "serve", "--port", str(port),
             "--routing-config", json.dumps(dict(routing_config)), "--worker-urls", *worker_urls]
     with serving(args, log_path, f"http://127.0.0.1:{port}") as url:
         yield url

@@ -99,8 +99,7 @@ class PromptRenderer:
                 payload["messages"], tokenize=False,
                 add_generation_prompt=payload.get("add_generation_prompt", True),
                 tools=payload.get("tools"), **options)
-            add_special = bool(payload.get("add_special_tokens", False))
-            return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+            return self.encode(text, bool(payload.get("add_special_tokens", False)))
         if path == COMPLETIONS:
             prompt = payload.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1:
@@ -108,9 +107,16 @@ class PromptRenderer:
             if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
                 return [int(t) for t in prompt]
             if isinstance(prompt, str):
-                add_special = bool(payload.get("add_special_tokens", True))
-                return list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+                return self.encode(prompt, bool(payload.get("add_special_tokens", True)))
         return None
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        """Token ids as ``tokenizer(text)["input_ids"]``; a fast tokenizer's Rust core is
+        called directly (the transformers wrapper around it costs several times more)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return list(backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     async def _engine_tokenize(self, engine_url: str, path: str,
                                payload: Mapping[str, Any]) -> list[int] | None:

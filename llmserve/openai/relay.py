@@ -1,8 +1,11 @@
 """Forward a request body to an engine's OpenAI endpoint and relay its answer.
 
-Streams are relayed chunk by chunk as the engine sends them (no re-batching). A client
-disconnect closes the upstream connection, which makes the engine abort the request.
-Only what metrics need is parsed: the first chunk's arrival and the ``usage`` object.
+Streams are relayed piece by piece as the engine sends them (no re-batching). Under
+uvicorn each piece goes from the engine socket's ``data_received`` straight into the
+client's transport, framed exactly as uvicorn frames a chunked body: no coroutine switch
+per token. Any other ASGI server gets the same bytes through plain ASGI ``send``. A client
+disconnect closes the upstream connection, which makes the engine abort the request. Only
+what metrics need is parsed: the first piece's arrival and the ``usage`` object.
 """
 
 from __future__ import annotations
@@ -12,15 +15,22 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmserve.openai.errors import BadGateway, OpenAIError, UpstreamTimeout, sse_error_event
+from llmserve.openai.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamReadTimeout,
+    UpstreamResponse,
+)
 
 log = logging.getLogger("llmserve.openai")
 
@@ -43,32 +53,24 @@ class Outcome:
 
 class Relay:
     def __init__(self, connect_timeout_s: float = 5.0, read_timeout_s: float | None = 600.0):
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
-                                              sock_read=read_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  auto_decompress=False)
-        return self._session
+        self.pool = UpstreamPool(connect_timeout_s, read_timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.pool.close()
 
     async def open(self, url: str, body: bytes, headers: dict[str, str],
-                   method: str = "POST") -> aiohttp.ClientResponse:
+                   method: str = "POST") -> UpstreamResponse:
         try:
-            return await self.session().request(method, url, data=body, headers=headers)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+            return await self.pool.request(method, url, body, headers)
+        except UpstreamConnectError as exc:
             raise EngineConnectError(f"cannot reach engine at {url}: {exc}") from exc
-        except TimeoutError as exc:
+        except UpstreamReadTimeout as exc:
             raise UpstreamTimeout(f"engine at {url} did not answer in time") from exc
+        except UpstreamError as exc:
+            raise BadGateway(f"engine connection failed: {exc}") from exc
 
 
-async def read_whole(upstream: aiohttp.ClientResponse, outcome: Outcome,
+async def read_whole(upstream: UpstreamResponse, outcome: Outcome,
                      receive: Receive) -> bytes | None:
     """Read a non-streamed answer; None when the client left first (upstream closed)."""
     reading = asyncio.ensure_future(upstream.read())
@@ -77,16 +79,18 @@ async def read_whole(upstream: aiohttp.ClientResponse, outcome: Outcome,
         done, _ = await asyncio.wait({reading, leaving}, return_when=asyncio.FIRST_COMPLETED)
         if reading not in done:
             outcome.disconnected = True
+            upstream.close()
             return None
         body = reading.result()
-    except aiohttp.ClientError as exc:
-        raise BadGateway(f"engine connection failed: {exc}") from exc
-    except TimeoutError as exc:
+    except UpstreamReadTimeout as exc:
+        upstream.close()
         raise UpstreamTimeout("engine did not finish in time") from exc
+    except UpstreamError as exc:
+        upstream.close()
+        raise BadGateway(f"engine connection failed: {exc}") from exc
     finally:
         for task in (reading, leaving):
             task.cancel()
-        upstream.release()
     outcome.first_chunk_s = time.monotonic()
     outcome.status = upstream.status
     if upstream.status == 200 and b'"usage"' in body:
@@ -105,7 +109,7 @@ async def wait_disconnect(receive: Receive) -> None:
 class RelayedStream(Response):
     """An ASGI response that relays an upstream SSE stream as it arrives."""
 
-    def __init__(self, upstream: aiohttp.ClientResponse, headers: dict[str, str],
+    def __init__(self, upstream: UpstreamResponse, headers: dict[str, str],
                  outcome: Outcome, on_done: Callable[[Outcome], None]) -> None:
         self.status_code = upstream.status
         self.background = None
@@ -115,46 +119,154 @@ class RelayedStream(Response):
         self.upstream = upstream
         self.outcome = outcome
         self.on_done = on_done
+        self.writer: DirectWriter | AsgiWriter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = self.outcome
         outcome.status = self.upstream.status
-        relay = asyncio.ensure_future(self._relay(send, self.raw_headers))
+        reusable = False
         leaving = asyncio.ensure_future(wait_disconnect(receive))
         try:
+            await send({"type": "http.response.start", "status": self.upstream.status,
+                        "headers": self.raw_headers})
+            writer = self.writer = direct_writer(send, scope) or AsgiWriter(send)
+            tap = Tap(outcome, writer.write)
+            writer.upstream = self.upstream
+            self.upstream.stream_to(tap)
+            relay = asyncio.ensure_future(writer.run(self.upstream))
             await asyncio.wait({relay, leaving}, return_when=asyncio.FIRST_COMPLETED)
             if not relay.done():
                 outcome.disconnected = True
                 log.info("client left mid-stream; aborting the engine request")
                 relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await relay
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+                return
+            error = relay.exception()
+            if error is None:
+                outcome.usage = _usage_from_sse(tap.previous + tap.last)
+                reusable = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            failure: OpenAIError = (
+                UpstreamTimeout("engine stopped sending tokens in time")
+                if isinstance(error, UpstreamReadTimeout)
+                else BadGateway(f"engine failed mid-stream: {error}"))
+            outcome.error = failure.message
+            await send({"type": "http.response.body", "body": sse_error_event(failure),
+                        "more_body": False})
         finally:
             leaving.cancel()
-            self.upstream.close()  # closing (not releasing) makes the engine abort
+            if reusable:
+                self.upstream.release()
+            else:
+                self.upstream.close()  # closing the connection makes the engine abort
             self.on_done(outcome)
 
-    async def _relay(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
-        outcome = self.outcome
-        await send({"type": "http.response.start", "status": self.upstream.status,
-                    "headers": headers})
-        previous = last = b""  # the end of the stream holds the usage event
+
+class Tap:
+    """Sees every piece on its way through: first-token time and the stream's tail."""
+
+    __slots__ = ("last", "outcome", "previous", "write")
+
+    def __init__(self, outcome: Outcome, write: Callable[[bytes], None]) -> None:
+        self.outcome = outcome
+        self.write = write
+        self.previous = self.last = b""  # the end of the stream holds the usage event
+
+    def __call__(self, piece: bytes) -> None:
+        if self.outcome.first_chunk_s is None:
+            self.outcome.first_chunk_s = time.monotonic()
+        self.previous, self.last = self.last, piece
+        self.write(piece)
+
+
+class DirectWriter:
+    """Writes chunked-body frames straight to uvicorn's transport, as uvicorn would."""
+
+    def __init__(self, cycle: Any) -> None:
+        self.transport = cycle.transport
+        self.flow = cycle.flow
+        self.upstream: UpstreamResponse | None = None
+        self._resuming: asyncio.Task[None] | None = None
+
+    def write(self, piece: bytes) -> None:
+        if self.transport.is_closing():
+            return  # the client is gone; the disconnect watcher closes the upstream
+        self.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        if self.flow.write_paused and self._resuming is None and self.upstream is not None:
+            self.upstream.conn.pause_reading()  # a slow client slows the engine socket
+            self._resuming = asyncio.ensure_future(self._resume_when_drained())
+
+    async def _resume_when_drained(self) -> None:
+        await self.flow.drain()
+        self._resuming = None
+        if self.upstream is not None:
+            self.upstream.conn.resume_reading()
+
+    async def run(self, upstream: UpstreamResponse) -> None:
         try:
-            async for chunk in self.upstream.content.iter_any():
-                if outcome.first_chunk_s is None:
-                    outcome.first_chunk_s = time.monotonic()
-                previous, last = last, chunk
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error: OpenAIError = (UpstreamTimeout("engine stopped sending tokens in time")
-                                  if isinstance(exc, TimeoutError)
-                                  else BadGateway(f"engine failed mid-stream: {exc}"))
-            outcome.error = error.message
-            await send({"type": "http.response.body", "body": sse_error_event(error),
-                        "more_body": False})
-            return
-        outcome.usage = _usage_from_sse(previous + last)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await upstream.wait_done()
+        finally:
+            if self._resuming is not None:
+                self._resuming.cancel()
+
+
+def direct_writer(send: Send, scope: Scope) -> DirectWriter | None:
+    """A DirectWriter when ``send`` is uvicorn's and it chose chunked framing, else None."""
+    cycle = getattr(send, "__self__", None)
+    if cycle is None or scope.get("method") == "HEAD":
+        return None
+    needed = ("transport", "flow", "chunked_encoding", "response_complete")
+    if not all(hasattr(cycle, name) for name in needed):
+        return None
+    if cycle.chunked_encoding is not True or cycle.response_complete:
+        return None
+    return DirectWriter(cycle)
+
+
+class AsgiWriter:
+    """Relays pieces through plain ASGI ``send`` (servers other than uvicorn)."""
+
+    max_queued = 64
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.queue: deque[bytes] = deque()
+        self.ready = asyncio.Event()
+        self.upstream: UpstreamResponse | None = None
+        self._paused = False
+
+    def write(self, piece: bytes) -> None:
+        self.queue.append(piece)
+        self.ready.set()
+        if len(self.queue) >= self.max_queued and not self._paused and self.upstream:
+            self._paused = True
+            self.upstream.conn.pause_reading()
+
+    async def run(self, upstream: UpstreamResponse) -> None:
+        finished = asyncio.ensure_future(upstream.wait_done())
+        try:
+            while True:
+                waiting = asyncio.ensure_future(self.ready.wait())
+                await asyncio.wait({finished, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                self.ready.clear()
+                await self._flush(upstream)
+                if finished.done():
+                    await self._flush(upstream)
+                    finished.result()  # raises the upstream's error, if any
+                    return
+        finally:
+            finished.cancel()
+
+    async def _flush(self, upstream: UpstreamResponse) -> None:
+        while self.queue:
+            await self.send({"type": "http.response.body", "body": self.queue.popleft(),
+                             "more_body": True})
+        if self._paused:
+            self._paused = False
+            upstream.conn.resume_reading()
 
 
 def _usage_from_sse(chunk: bytes) -> dict[str, Any] | None:

@@ -113,3 +113,17 @@ def test_without_tokenizer_or_engine_it_routes_on_text(caplog: pytest.LogCapture
     with caplog.at_level("WARNING", logger="llmserve.openai"):
         assert asyncio.run(text_only()) == ("hello", None)
     assert "prompt characters" in caplog.text
+
+
+def test_fast_encode_equals_the_transformers_call(model_dir: str) -> None:
+    """The renderer calls the tokenizer's Rust core directly: same ids as the wrapper."""
+    renderer = PromptRenderer("m", model_dir, None)
+    asyncio.run(renderer.wait_loaded())
+    tokenizer = renderer.tokenizer
+    assert tokenizer.backend_tokenizer is not None
+    chat = tokenizer.apply_chat_template(messages(1, 2), tokenize=False,
+                                         add_generation_prompt=True)
+    for text in (chat, "Hello, world!  Ünïcödé\n\ttabs", "", " ".join(["word"] * 500)):
+        for special in (True, False):
+            expected = tokenizer(text, add_special_tokens=special)["input_ids"]
+            assert renderer.encode(text, special) == expected

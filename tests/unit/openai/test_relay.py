@@ -1,0 +1,136 @@
+"""RelayedStream under real uvicorn: the direct path and the plain-ASGI path relay alike."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from llmserve.openai.relay import (
+    AsgiWriter,
+    DirectWriter,
+    Outcome,
+    Relay,
+    RelayedStream,
+)
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+
+
+def sse_pieces(count: int, size: int) -> list[bytes]:
+    pieces = [b"data: " + json.dumps({"i": i, "pad": "x" * size}).encode() + b"\n\n"
+              for i in range(count)]
+    pieces.append(b"data: " + json.dumps({"choices": [], "usage": USAGE}).encode() + b"\n\n")
+    pieces.append(b"data: [DONE]\n\n")
+    return pieces
+
+
+CONNECTIONS: list[int] = []
+
+
+async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Streams the SSE pieces each request body asks for, one chunk each; keep-alive."""
+    CONNECTIONS.append(1)
+    try:
+        while not reader.at_eof():
+            await answer(reader, writer)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+
+
+async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    ask = json.loads(await reader.readexactly(length))
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                 b"transfer-encoding: chunked\r\n\r\n")
+    for piece in sse_pieces(ask["count"], ask["size"]):
+        writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+class Gateway:
+    """An ASGI app relaying every request to the scripted engine."""
+
+    def __init__(self, engine_url: str, plain_asgi: bool) -> None:
+        self.engine_url = engine_url
+        self.plain_asgi = plain_asgi
+        self.relay = Relay()
+        self.outcomes: list[Outcome] = []
+        self.writers: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        upstream = await self.relay.open(self.engine_url + "/v1/completions", body, {})
+        outcome = Outcome()
+        if self.plain_asgi:
+            async def plain(message: Any) -> None:  # hides uvicorn's cycle behind a closure
+                await send(message)
+        stream = RelayedStream(upstream, {"x-request-id": "r"}, outcome, self.outcomes.append)
+        await stream(scope, receive, plain if self.plain_asgi else send)
+        self.writers.append(type(stream.writer).__name__)
+
+
+@pytest.fixture
+async def engine_url() -> AsyncIterator[str]:
+    CONNECTIONS.clear()
+    server = await asyncio.start_server(engine, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+
+
+async def serve_gateway(app: Gateway) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", http="httptools")
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, task, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("plain_asgi", [False, True], ids=["direct", "plain-asgi"])
+@pytest.mark.parametrize("slow_client", [False, True], ids=["fast-client", "slow-client"])
+async def test_stream_relayed_intact(engine_url: str, plain_asgi: bool,
+                                     slow_client: bool) -> None:
+    app = Gateway(engine_url, plain_asgi)
+    server, task, url = await serve_gateway(app)
+    count, size = (300, 8000) if slow_client else (50, 10)  # 2.4 MB overflows the buffers
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(2):  # the second request reuses the engine connection
+                async with client.stream("POST", url, json={"count": count,
+                                                            "size": size}) as response:
+                    assert response.headers["content-type"] == "text/event-stream"
+                    assert response.headers["x-request-id"] == "r"
+                    if slow_client:
+                        await asyncio.sleep(0.5)  # let the gateway's writes back up
+                    got = b"".join([part async for part in response.aiter_raw()])
+                assert got == b"".join(sse_pieces(count, size))
+    finally:
+        server.should_exit = True
+        await task
+        await app.relay.close()
+    assert [o.usage for o in app.outcomes] == [USAGE, USAGE]
+    assert all(o.first_chunk_s is not None and o.error is None for o in app.outcomes)
+    expected = (AsgiWriter if plain_asgi else DirectWriter).__name__
+    assert app.writers == [expected, expected]
+    assert len(CONNECTIONS) == 1  # keep-alive: one engine connection served both
