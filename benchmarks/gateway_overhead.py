@@ -8,24 +8,32 @@ alternate for ``--rounds`` rounds on one engine, so engine warm-up and machine n
 both alike; the best round of each is compared. Prints output tok/s, TTFT p50/p99 and
 ITL p50/p99 with ratios to bare vLLM, and writes JSON under benchmarks/results/.
 
-Run: ``.venv/bin/python -m benchmarks.gateway_overhead [--rounds 2] [--skip-ray]``
+Each figure is the median over the rounds (on a 2-core machine one round's throughput
+swings by 20% with whatever else runs). A final pair of sequential (concurrency 1) runs
+shows the latency the gateway adds to one request when nothing queues.
+
+Run: ``.venv/bin/python -m benchmarks.gateway_overhead [--rounds 4] [--skip-ray]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from benchmarks.loadgen import COMPLETIONS, LoadConfig, run_load, summarize
+from benchmarks.routing.procs import vllm_router, vllm_router_binary
 from benchmarks.workloads import WorkloadParams, build_workload
 from engines.process import free_port
 from engines.protocol import EngineSpec
@@ -64,6 +72,16 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float,
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{url} did not come up in {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def gateway(engine_url: str, model_dir: Path) -> Iterator[str]:
+    proc, url = start_gateway(engine_url, model_dir)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def start_gateway(engine_url: str, model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -106,18 +124,25 @@ def run_ray(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
                        capture_output=True, check=False)
 
 
-def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(runs, key=lambda r: r["output_throughput"])
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each field's median over the rounds (rounds listed too, for the record)."""
+    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in FIELDS}
+    merged["completed"] = min(r["completed"] for r in runs)
+    merged["client_cpu_util"] = max(r["client_cpu_util"] for r in runs)
+    merged["rounds"] = [{k: r[k] for k in FIELDS} for r in runs]
+    return merged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--num-requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--skip-vllm-router", action="store_true",
+                        help="leave out the Rust vllm-router (run when it is installed)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -130,34 +155,42 @@ def main() -> None:
     with (RESULTS / "gateway_overhead_vllm.log").open("wb") as log:
         engine = subprocess.Popen(engine_cmd.command(spec), env=engine_cmd.env(spec),
                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    runs: dict[str, list[dict[str, Any]]] = {"bare vLLM": [], "llmserve": []}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    single: dict[str, dict[str, Any]] = {}
     try:
         wait_http(spec.base_url + "/health", engine, 300)
-        gateway, gateway_url = start_gateway(spec.base_url, model_dir)
-        try:
+        with contextlib.ExitStack() as stack:
+            systems = {"bare vLLM": spec.base_url,
+                       "llmserve": stack.enter_context(gateway(spec.base_url, model_dir))}
+            if vllm_router_binary() is not None and not args.skip_vllm_router:
+                systems["vllm-router"] = stack.enter_context(vllm_router(
+                    [spec.base_url], "round_robin", free_port(),
+                    RESULTS / "gateway_overhead_vllm_router.log"))
             load_once(spec.base_url, model_dir, args)  # warm-up round
             for _ in range(args.rounds):
-                runs["bare vLLM"].append(load_once(spec.base_url, model_dir, args))
-                runs["llmserve"].append(load_once(gateway_url, model_dir, args))
-        finally:
-            gateway.terminate()
-            gateway.wait(30)
+                for name, url in systems.items():
+                    runs.setdefault(name, []).append(load_once(url, model_dir, args))
+            one = argparse.Namespace(**{**vars(args), "concurrency": 1, "num_requests": 40})
+            for name, url in systems.items():
+                single[name] = load_once(url, model_dir, one)
     finally:
         engine.terminate()
         try:
             engine.wait(60)
         except subprocess.TimeoutExpired:
             engine.kill()
-    results = {name: best(r) for name, r in runs.items()}
+    results = {name: median_of(r) for name, r in runs.items()}
     if not args.skip_ray:
         results["Ray Serve LLM"] = run_ray(model_dir, args)
-    report(results, args)
+    report(results, single, args)
 
 
-def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+def report(results: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]],
+           args: argparse.Namespace) -> None:
     bare = results["bare vLLM"]
     print(f"workload: {args.num_requests} requests, {args.concurrency} concurrent, "
-          f"{args.input_len} in / {args.output_len} out tokens, ignore_eos")
+          f"{args.input_len} in / {args.output_len} out tokens, ignore_eos; "
+          f"medians of {args.rounds} alternating rounds")
     print(f"{'system':<14} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
           f"{'ITL p50':>8} {'ITL p99':>8} {'tok/s x':>8} {'TTFT p50 x':>10}")
     for name, r in results.items():
@@ -168,10 +201,21 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
               f"{r['p99_ttft_ms']:>7.0f}ms {r['median_itl_ms']:>6.1f}ms {r['p99_itl_ms']:>6.1f}ms "
               f"{r['output_throughput'] / bare['output_throughput']:>8.2f} "
               f"{r['median_ttft_ms'] / bare['median_ttft_ms']:>10.2f}")
+    for name, r in results.items():
+        if "rounds" in r:
+            print(f"  {name} rounds, out tok/s: "
+                  + " ".join(f"{x['output_throughput']:.0f}" for x in r["rounds"]))
+    base = single["bare vLLM"]["median_ttft_ms"]
+    print("one request at a time (40 requests), TTFT p50: " + ", ".join(
+        f"{name} {r['median_ttft_ms']:.1f} ms"
+        + (f" ({r['median_ttft_ms'] - base:+.1f})" if name != "bare vLLM" else "")
+        for name, r in single.items()))
     out = RESULTS / "gateway_overhead.json"
+    keys = (*FIELDS, "completed", "client_cpu_util", "skipped", "rounds")
     out.write_text(json.dumps({"args": vars(args), "results": {
-        name: {k: r.get(k) for k in (*FIELDS, "completed", "client_cpu_util", "skipped")}
-        for name, r in results.items()}}, indent=2))
+        name: {k: r.get(k) for k in keys} for name, r in results.items()},
+        "sequential": {name: {k: r.get(k) for k in FIELDS} for name, r in single.items()}},
+        indent=2))
     print(f"wrote {out}")
 
 
