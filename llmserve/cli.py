@@ -124,6 +124,18 @@ def _snippet(url: str, args: argparse.Namespace) -> str:
     )
 
 
+def _status(args: argparse.Namespace) -> int:
+    from llmserve.status_view import fetch_status, format_status
+
+    try:
+        data = fetch_status(args.address)
+    except OSError as exc:
+        print(f"llmserve: no status from {args.address}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else format_status(data), flush=True)
+    return 0
+
+
 def _make_tiny_model(args: argparse.Namespace) -> int:
     from llmserve.llm.tiny_model import make_tiny_model_cli
 
@@ -165,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
     srv.set_defaults(handler=_serve)
+
+    status = commands.add_parser(
+        "status", help="applications, deployments and replicas (node, resources, state)")
+    status.add_argument("--address", default="http://127.0.0.1:8000",
+                        help="the HTTP proxy of the running serve instance")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(handler=_status)
 
     tiny = commands.add_parser("make-tiny-model", help="build a small random Llama locally")
     tiny.add_argument("dir")

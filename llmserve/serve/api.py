@@ -75,8 +75,7 @@ def status() -> ServeStatus:
     controller = instance.controller
 
     async def collect() -> ServeStatus:
-        apps = {name: controller.app_status(name) for name in controller.apps}
-        return ServeStatus(instance.runtime_name, instance.http_url, apps)
+        return controller.serve_status(instance.http_url)
 
     return instance.submit(collect())
 

@@ -18,7 +18,7 @@ from llmserve.serve.exceptions import ConfigError, DeploymentUnavailableError
 from llmserve.serve.handle import DeploymentHandle
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import Runtime
-from llmserve.serve.status import ApplicationStatus, DeploymentStatusCode
+from llmserve.serve.status import ApplicationStatus, DeploymentStatusCode, ServeStatus
 
 log = logging.getLogger("llmserve.serve")
 
@@ -163,6 +163,10 @@ class Controller:
     def _update_route_table(self) -> None:
         table = [(prefix.rstrip("/"), app) for prefix, app in self.routes().items()]
         self.route_table = sorted(table, key=lambda entry: len(entry[0]), reverse=True)
+
+    def serve_status(self, http_url: str | None) -> ServeStatus:
+        apps = {name: self.app_status(name) for name in self.apps}
+        return ServeStatus(self.runtime.name, http_url, apps)
 
     def app_status(self, name: str) -> ApplicationStatus:
         record = self.apps[name]

@@ -165,7 +165,8 @@ class DeploymentState:
     # ---- status --------------------------------------------------------------------
     def status(self) -> DeploymentStatus:
         replicas = [
-            ReplicaStatus(r.replica_id, r.state, r.version, self._ongoing(r))
+            ReplicaStatus(r.replica_id, r.state, r.version, self._ongoing(r),
+                          r.ref.node if r.ref is not None else None)
             for r in self.replicas
         ]
         return DeploymentStatus(self.name, self.status_code(), self.last_error,

@@ -11,6 +11,8 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,7 +28,9 @@ from llmserve.serve.context import (
 )
 from llmserve.serve.exceptions import ReplicaDiedError, ReplicaUnavailableError
 from llmserve.serve.multiplex import loaded_model_ids
+from llmserve.serve.ray.placement import declared_resources
 from llmserve.serve.runtime import ReplicaRef, ReplicaSpec
+from llmserve.serve.status import ReplicaNode
 
 _DONE = object()
 log = logging.getLogger("llmserve.serve")
@@ -55,6 +59,13 @@ class LocalReplica:
     @property
     def is_alive(self) -> bool:
         return self._dead_reason is None
+
+    @property
+    def node(self) -> ReplicaNode:
+        """This process on this host, holding what its options declare (nothing reserves
+        it on the local runtime)."""
+        return ReplicaNode("local", "127.0.0.1", socket.gethostname(), os.getpid(),
+                           declared_resources(self.spec.config.ray_actor_options))
 
     async def start(self) -> None:
         set_replica_context(self._context)

@@ -18,6 +18,7 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from llmserve.serve.status import status_to_json
 from routing import RouteRequest
 
 MODEL_ID_HEADER = b"serve_multiplexed_model_id"
@@ -42,6 +43,10 @@ class HttpProxy:
             return
         if path == "/-/routes":
             await _send_json(send, 200, self.controller.routes())
+            return
+        if path == "/-/status":
+            status = self.controller.serve_status(_own_url(scope))
+            await _send_json(send, 200, status_to_json(status))
             return
         match = self._match(path)
         if match is None:
@@ -91,6 +96,11 @@ class HttpProxy:
             with contextlib.suppress(RuntimeError):
                 await _send_error(send, 503, str(exc), "unavailable", request_id=request_id,
                                   retry_after_s=1.0)
+
+
+def _own_url(scope: Scope) -> str | None:
+    server = scope.get("server")
+    return f"{scope.get('scheme', 'http')}://{server[0]}:{server[1]}" if server else None
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

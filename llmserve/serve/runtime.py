@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from llmserve.serve.config import DeploymentConfig
 from llmserve.serve.context import RequestMetadata
+from llmserve.serve.status import ReplicaNode
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class ReplicaRef(Protocol):
 
     @property
     def is_alive(self) -> bool: ...
+
+    @property
+    def node(self) -> ReplicaNode | None:
+        """Where it runs and what it holds, for status."""
 
     async def call(self, meta: RequestMetadata, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> Any: ...

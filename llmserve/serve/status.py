@@ -1,9 +1,10 @@
-"""What `serve.status()` returns: plain frozen dataclasses."""
+"""What `serve.status()` returns: plain frozen dataclasses (and their JSON form)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class ReplicaState(StrEnum):
@@ -21,11 +22,25 @@ class DeploymentStatusCode(StrEnum):
 
 
 @dataclass(frozen=True)
+class ReplicaNode:
+    """Where a replica runs and what it holds (Ray's assignment; declared options on the
+    local runtime)."""
+
+    node_id: str
+    node_ip: str
+    hostname: str
+    pid: int
+    resources: dict[str, float] = field(default_factory=dict)
+    gpu_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ReplicaStatus:
     replica_id: str
     state: ReplicaState
     version: str
     num_ongoing_requests: int
+    node: ReplicaNode | None = None  # None while the replica is still being placed
 
 
 @dataclass(frozen=True)
@@ -56,3 +71,13 @@ class ServeStatus:
     runtime: str
     http_url: str | None
     applications: dict[str, ApplicationStatus] = field(default_factory=dict)
+
+
+def status_to_json(status: ServeStatus) -> dict[str, Any]:
+    """Plain JSON-ready dicts (what ``GET /-/status`` returns)."""
+    data = asdict(status)
+    for app_name, app in status.applications.items():
+        for dep_name, dep in app.deployments.items():
+            data["applications"][app_name]["deployments"][dep_name]["running_replicas"] = (
+                dep.running_replicas)
+    return data

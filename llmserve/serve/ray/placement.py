@@ -104,3 +104,16 @@ def placement_group_config_to_options(config: Mapping[str, Any]) -> dict[str, An
     if "strategy" in config:
         out["placement_group_strategy"] = config["strategy"]
     return out
+
+
+def declared_resources(options: Mapping[str, Any] | None) -> dict[str, float]:
+    """What ``ray_actor_options`` ask for, as Ray resource names (no defaults added)."""
+    opts = dict(options or {})
+    wanted: dict[str, float] = {}
+    for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        if isinstance(opts.get(key), int | float):
+            wanted[name] = float(opts[key])
+    for name, amount in dict(opts.get("resources") or {}).items():
+        if isinstance(amount, int | float):
+            wanted[str(name)] = float(amount)
+    return wanted

@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.exceptions import ReplicaDiedError, ReplicaUnavailableError
 from llmserve.serve.ray.replica_actor import ReplicaNodeInfo
+from llmserve.serve.status import ReplicaNode
 
 log = logging.getLogger("llmserve.serve")
 STATS_TIMEOUT_S = 2.0
@@ -59,6 +60,14 @@ class RayReplicaRef:
     @property
     def is_alive(self) -> bool:
         return self._dead_reason is None
+
+    @property
+    def node(self) -> ReplicaNode | None:
+        info = self.info
+        if info is None:
+            return None
+        return ReplicaNode(info.node_id, info.node_ip, info.hostname, info.pid,
+                           dict(info.resources), list(info.gpu_ids))
 
     def mark_dead(self, reason: str) -> None:
         if self._dead_reason is None:

@@ -88,3 +88,12 @@ async def test_wait_applied_waits_for_every_replica_view() -> None:
     assert not await broker.wait_applied(1, 0.02)
     await broker.listen(1, 0, source_id="B#1")
     assert await broker.wait_applied(1, 0.02)
+
+
+def test_declared_resources_names_what_the_options_ask_for() -> None:
+    from llmserve.serve.ray.placement import declared_resources
+
+    assert declared_resources(None) == {}
+    assert declared_resources({"num_cpus": 0.5, "num_gpus": 1, "memory": 2**30,
+                               "resources": {"worker": 1}, "runtime_env": {}}) == {
+        "CPU": 0.5, "GPU": 1.0, "memory": float(2**30), "worker": 1.0}
