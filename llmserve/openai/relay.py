@@ -119,7 +119,7 @@ class RelayedStream(Response):
         self.upstream = upstream
         self.outcome = outcome
         self.on_done = on_done
-        self.writer: DirectWriter | AsgiWriter | None = None
+        self.writer: Writer | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = self.outcome
@@ -129,11 +129,10 @@ class RelayedStream(Response):
         try:
             await send({"type": "http.response.start", "status": self.upstream.status,
                         "headers": self.raw_headers})
-            writer = self.writer = direct_writer(send, scope) or AsgiWriter(send)
-            tap = Tap(outcome, writer.write)
-            writer.upstream = self.upstream
-            self.upstream.stream_to(tap)
-            relay = asyncio.ensure_future(writer.run(self.upstream))
+            writer = self.writer = (direct_writer(send, scope, outcome, self.upstream)
+                                    or AsgiWriter(outcome, self.upstream, send))
+            self.upstream.stream_to(writer.write)
+            relay = asyncio.ensure_future(writer.run())
             await asyncio.wait({relay, leaving}, return_when=asyncio.FIRST_COMPLETED)
             if not relay.done():
                 outcome.disconnected = True
@@ -144,7 +143,7 @@ class RelayedStream(Response):
                 return
             error = relay.exception()
             if error is None:
-                outcome.usage = _usage_from_sse(tap.previous + tap.last)
+                outcome.usage = _usage_from_sse(writer.previous + writer.last)
                 reusable = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
@@ -164,55 +163,63 @@ class RelayedStream(Response):
             self.on_done(outcome)
 
 
-class Tap:
-    """Sees every piece on its way through: first-token time and the stream's tail."""
+class Writer:
+    """Takes each piece on its way to the client; notes first-token time and the tail."""
 
-    __slots__ = ("last", "outcome", "previous", "write")
-
-    def __init__(self, outcome: Outcome, write: Callable[[bytes], None]) -> None:
+    def __init__(self, outcome: Outcome, upstream: UpstreamResponse) -> None:
         self.outcome = outcome
-        self.write = write
+        self.upstream = upstream
         self.previous = self.last = b""  # the end of the stream holds the usage event
 
-    def __call__(self, piece: bytes) -> None:
+    def note(self, piece: bytes) -> None:
         if self.outcome.first_chunk_s is None:
             self.outcome.first_chunk_s = time.monotonic()
         self.previous, self.last = self.last, piece
-        self.write(piece)
-
-
-class DirectWriter:
-    """Writes chunked-body frames straight to uvicorn's transport, as uvicorn would."""
-
-    def __init__(self, cycle: Any) -> None:
-        self.transport = cycle.transport
-        self.flow = cycle.flow
-        self.upstream: UpstreamResponse | None = None
-        self._resuming: asyncio.Task[None] | None = None
 
     def write(self, piece: bytes) -> None:
-        if self.transport.is_closing():
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+
+class DirectWriter(Writer):
+    """Writes chunked-body frames straight to uvicorn's transport, as uvicorn would."""
+
+    def __init__(self, outcome: Outcome, upstream: UpstreamResponse, cycle: Any) -> None:
+        super().__init__(outcome, upstream)
+        self.transport = cycle.transport
+        self.flow = cycle.flow
+        self._resuming: asyncio.Task[None] | None = None
+
+    def write(self, piece: bytes) -> None:  # the per-token path: kept to one frame
+        outcome = self.outcome
+        if outcome.first_chunk_s is None:
+            outcome.first_chunk_s = time.monotonic()
+        self.previous, self.last = self.last, piece
+        transport = self.transport
+        if transport.is_closing():
             return  # the client is gone; the disconnect watcher closes the upstream
-        self.transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-        if self.flow.write_paused and self._resuming is None and self.upstream is not None:
+        transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        if self.flow.write_paused and self._resuming is None:
             self.upstream.conn.pause_reading()  # a slow client slows the engine socket
             self._resuming = asyncio.ensure_future(self._resume_when_drained())
 
     async def _resume_when_drained(self) -> None:
         await self.flow.drain()
         self._resuming = None
-        if self.upstream is not None:
-            self.upstream.conn.resume_reading()
+        self.upstream.conn.resume_reading()
 
-    async def run(self, upstream: UpstreamResponse) -> None:
+    async def run(self) -> None:
         try:
-            await upstream.wait_done()
+            await self.upstream.wait_done()
         finally:
             if self._resuming is not None:
                 self._resuming.cancel()
 
 
-def direct_writer(send: Send, scope: Scope) -> DirectWriter | None:
+def direct_writer(send: Send, scope: Scope, outcome: Outcome,
+                  upstream: UpstreamResponse) -> DirectWriter | None:
     """A DirectWriter when ``send`` is uvicorn's and it chose chunked framing, else None."""
     cycle = getattr(send, "__self__", None)
     if cycle is None or scope.get("method") == "HEAD":
@@ -222,51 +229,52 @@ def direct_writer(send: Send, scope: Scope) -> DirectWriter | None:
         return None
     if cycle.chunked_encoding is not True or cycle.response_complete:
         return None
-    return DirectWriter(cycle)
+    return DirectWriter(outcome, upstream, cycle)
 
 
-class AsgiWriter:
+class AsgiWriter(Writer):
     """Relays pieces through plain ASGI ``send`` (servers other than uvicorn)."""
 
     max_queued = 64
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, outcome: Outcome, upstream: UpstreamResponse, send: Send) -> None:
+        super().__init__(outcome, upstream)
         self.send = send
         self.queue: deque[bytes] = deque()
         self.ready = asyncio.Event()
-        self.upstream: UpstreamResponse | None = None
         self._paused = False
 
     def write(self, piece: bytes) -> None:
+        self.note(piece)
         self.queue.append(piece)
         self.ready.set()
-        if len(self.queue) >= self.max_queued and not self._paused and self.upstream:
+        if len(self.queue) >= self.max_queued and not self._paused:
             self._paused = True
             self.upstream.conn.pause_reading()
 
-    async def run(self, upstream: UpstreamResponse) -> None:
-        finished = asyncio.ensure_future(upstream.wait_done())
+    async def run(self) -> None:
+        finished = asyncio.ensure_future(self.upstream.wait_done())
         try:
             while True:
                 waiting = asyncio.ensure_future(self.ready.wait())
                 await asyncio.wait({finished, waiting}, return_when=asyncio.FIRST_COMPLETED)
                 waiting.cancel()
                 self.ready.clear()
-                await self._flush(upstream)
+                await self._flush()
                 if finished.done():
-                    await self._flush(upstream)
+                    await self._flush()
                     finished.result()  # raises the upstream's error, if any
                     return
         finally:
             finished.cancel()
 
-    async def _flush(self, upstream: UpstreamResponse) -> None:
+    async def _flush(self) -> None:
         while self.queue:
             await self.send({"type": "http.response.body", "body": self.queue.popleft(),
                              "more_body": True})
         if self._paused:
             self._paused = False
-            upstream.conn.resume_reading()
+            self.upstream.conn.resume_reading()
 
 
 def _usage_from_sse(chunk: bytes) -> dict[str, Any] | None:
