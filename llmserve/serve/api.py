@@ -37,7 +37,7 @@ def run(target: Application | Deployment, *, name: str = "default",
     if route_prefix is not None:
         instance.ensure_http()
     instance.submit(instance.controller.deploy_app(app, name, route_prefix))
-    flush = getattr(instance.controller.runtime, "flush", None)
+    flush = getattr(getattr(instance.controller, "runtime", None), "flush", None)
     if flush is not None:  # Ray: replicas' handles learn the new replicas before we return
         instance.submit(flush())
     handle = DeploymentHandle(app.deployment.name, name)
@@ -75,7 +75,7 @@ def status() -> ServeStatus:
     controller = instance.controller
 
     async def collect() -> ServeStatus:
-        return controller.serve_status(instance.http_url)
+        return await controller.fetch_status(instance.http_url)
 
     return instance.submit(collect())
 

@@ -17,7 +17,7 @@ from llmserve.serve.deployment_state import DeploymentState, DesiredDeployment
 from llmserve.serve.exceptions import ConfigError, DeploymentUnavailableError
 from llmserve.serve.handle import DeploymentHandle
 from llmserve.serve.router import Router
-from llmserve.serve.runtime import Runtime
+from llmserve.serve.runtime import ReplicaRef, Runtime
 from llmserve.serve.status import ApplicationStatus, DeploymentStatusCode, ServeStatus
 
 log = logging.getLogger("llmserve.serve")
@@ -109,6 +109,22 @@ class Controller:
         else:
             state.update(desired)
 
+    def restore_app(self, app: Application, name: str, route_prefix: str | None,
+                    adopted: dict[str, list[tuple[str, str, ReplicaRef]]],
+                    targets: dict[str, int]) -> None:
+        """Re-create an application from a checkpoint, adopting its running replicas
+        (``deployment -> [(replica_id, version, ref)]``); reconcile starts only what is
+        missing."""
+        nodes = app.walk()
+        names = [node.deployment.name for node in nodes]
+        self.apps[name] = AppRecord(name, route_prefix, app.deployment.name, names)
+        self._update_route_table()
+        for node in nodes:
+            self._deploy(name, node)
+            dep = node.deployment.name
+            self.deployments[(name, dep)].adopt(adopted.get(dep, []), targets.get(dep, 0))
+        self.wake()
+
     async def _wait_settled(self, app_name: str) -> None:
         while True:
             record = self.apps.get(app_name)
@@ -163,6 +179,9 @@ class Controller:
     def _update_route_table(self) -> None:
         table = [(prefix.rstrip("/"), app) for prefix, app in self.routes().items()]
         self.route_table = sorted(table, key=lambda entry: len(entry[0]), reverse=True)
+
+    async def fetch_status(self, http_url: str | None) -> ServeStatus:
+        return self.serve_status(http_url)
 
     def serve_status(self, http_url: str | None) -> ServeStatus:
         apps = {name: self.app_status(name) for name in self.apps}

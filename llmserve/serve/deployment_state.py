@@ -103,6 +103,21 @@ class DeploymentState:
                 self._spawn(self._reconfigure(record, desired.config.user_config))
         self.wake()
 
+    def adopt(self, replicas: list[tuple[str, str, ReplicaRef]], target_replicas: int) -> None:
+        """Take over running replicas ``(replica_id, version, ref)`` a previous controller
+        started (the detached controller after a restart), instead of starting new ones;
+        an empty version means the deployment's current one."""
+        for replica_id, version, ref in replicas:
+            record = ReplicaRecord(replica_id, version or self.desired.version,
+                                   ReplicaState.RUNNING, ref,
+                                   self.clock() + self.desired.config.health_check_period_s)
+            self.replicas.append(record)
+            _skip_ids_past(replica_id)
+        if self.desired.config.autoscaling is not None:
+            self.target_replicas = target_replicas
+        self._sync_router()
+        self.wake()
+
     def delete(self) -> None:
         self.deleting = True
         self.target_replicas = 0
@@ -301,3 +316,12 @@ class DeploymentState:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _skip_ids_past(replica_id: str) -> None:
+    """New replica ids must not repeat an adopted one's ``<deployment>#<n>``."""
+    global _ids
+    number = replica_id.rpartition("#")[2]
+    if number.isdigit():
+        upcoming = next(_ids)
+        _ids = itertools.count(max(upcoming, int(number) + 1))

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from llmserve.serve.control_plane import ControlPlane
 from llmserve.serve.controller import Controller
 from llmserve.serve.proxy import HttpProxy
 from llmserve.serve.runtime import Runtime, make_runtime
@@ -29,15 +30,27 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 class ServeInstance:
     def __init__(self, runtime: str, host: str, port: int) -> None:
-        runtime_impl = make_runtime(runtime)  # in the caller's thread: it may connect to Ray
         self.runtime_name = runtime
         self.host = host
         self.port = port
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llmserve-loop",
                                         daemon=True)
-        self._thread.start()
-        self.controller: Controller = self.submit(self._make_controller(runtime_impl))
+        # in the caller's thread: both may connect to Ray
+        if runtime == "ray-detached":  # the controller is a detached Ray actor
+            from llmserve.serve.ray.driver_control import (
+                DetachedControlPlane,
+                connect_controller,
+            )
+
+            actor, membership, started_ray = connect_controller()
+            self._thread.start()
+            self.controller: ControlPlane = self.submit(
+                DetachedControlPlane.create(actor, membership, started_ray))
+        else:
+            runtime_impl = make_runtime(runtime)
+            self._thread.start()
+            self.controller = self.submit(self._make_controller(runtime_impl))
         self._server: Any = None
         self.http_port: int | None = None
 

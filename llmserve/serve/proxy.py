@@ -11,7 +11,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
-from llmserve.serve.controller import Controller
+from llmserve.serve.control_plane import ControlPlane
 from llmserve.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -28,7 +28,7 @@ _ids = itertools.count()
 
 
 class HttpProxy:
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: ControlPlane) -> None:
         self.controller = controller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,7 +45,7 @@ class HttpProxy:
             await _send_json(send, 200, self.controller.routes())
             return
         if path == "/-/status":
-            status = self.controller.serve_status(_own_url(scope))
+            status = await self.controller.fetch_status(_own_url(scope))
             await _send_json(send, 200, status_to_json(status))
             return
         match = self._match(path)

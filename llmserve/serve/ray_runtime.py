@@ -37,15 +37,28 @@ LOADS_PERIOD_S = 0.1
 PENDING_WARNING_S = 30.0
 KILL_HOOK_TIMEOUT_S = 10.0
 FLUSH_TIMEOUT_S = 2.0
+ADOPT_TIMEOUT_S = 10.0
+NAMESPACE = "llmserve"
+MEMBERSHIP_NAME = "llmserve_membership"
+REPLICA_NAME_PREFIX = "llmserve_replica:"
+
+
+def replica_actor_name(app_name: str, replica_id: str) -> str:
+    """The name of a detached replica actor (in namespace ``llmserve``)."""
+    return f"{REPLICA_NAME_PREFIX}{app_name}:{replica_id}"
 
 
 class RayRuntime:
     name = "ray"
 
     def __init__(self, address: str | None = None, namespace: str | None = None,
-                 **init_kwargs: Any) -> None:
+                 detached: bool = False, **init_kwargs: Any) -> None:
         """Connect to ``address`` (else ``RAY_ADDRESS``, else a local Ray it starts);
-        reuse the connection when this process already called ``ray.init``."""
+        reuse the connection when this process already called ``ray.init``.
+
+        ``detached``: the membership actor and replica actors are detached and named (in
+        namespace ``llmserve``) so they outlive this process; the detached controller
+        actor (`ray/controller_actor.py`) runs the runtime this way."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -53,17 +66,26 @@ class RayRuntime:
         if not ray.is_initialized():
             ray.init(address=address, namespace=namespace, **init_kwargs)
             self._started_ray = True
+        self.detached = detached
         here = ray.get_runtime_context().get_node_id()
         self._actor_class: Any = ray.remote(ReplicaActor)
+        options: dict[str, Any] = {}
+        if detached:
+            options = {"name": MEMBERSHIP_NAME, "namespace": NAMESPACE,
+                       "lifetime": "detached", "get_if_exists": True}
         self._membership: Any = ray.remote(MembershipActor).options(
             num_cpus=0, max_concurrency=10_000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True), **options,
         ).remote()
         self._refs: dict[str, RayReplicaRef] = {}
         self._drain_s: dict[str, float] = {}
+        self._names: dict[str, str] = {}  # replica id -> actor name (detached ones)
         self._controller: Any = None
         self._publisher: asyncio.Task[None] | None = None
-        self._version = 0
+        # a restarted controller continues the membership's versions (listeners wait for
+        # a version other than the one they know)
+        membership: Any = self._membership
+        self._version = int(ray.get(membership.current_version.remote())) if detached else 0
         self._published: tuple[Any, ...] | None = None
 
     def attach(self, controller: Any) -> None:
@@ -80,10 +102,14 @@ class RayRuntime:
         self._ensure_publisher()
         await self._publish()  # the replica's handles must know every deployment
         options: dict[str, Any] = dict(placement.actor_options)
+        lifetime: dict[str, Any] = {"lifetime": "detached"} if self.detached else {}
+        if self.detached:
+            options.update(name=replica_actor_name(spec.app_name, spec.replica_id),
+                           namespace=NAMESPACE, **lifetime)
         pg = None
         if placement.uses_placement_group:
             pg = placement_group(placement.bundles, strategy=placement.strategy,
-                                 name=f"llmserve:{spec.replica_id}")
+                                 name=f"llmserve:{spec.replica_id}", **lifetime)
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
         actor = None
@@ -108,9 +134,58 @@ class RayRuntime:
         ref.start_watch()
         self._refs[spec.replica_id] = ref
         self._drain_s[spec.replica_id] = min(2.0, spec.config.graceful_shutdown_timeout_s)
+        self._names[spec.replica_id] = replica_actor_name(spec.app_name, spec.replica_id)
         log.info("replica %s runs on node %s (%s) with %s", spec.replica_id, info.node_id[:8],
                  info.node_ip, info.resources)
         return ref
+
+    async def adopt_replica(self, app_name: str, replica_id: str,
+                            drain_s: float) -> RayReplicaRef | None:
+        """The running detached actor of a replica a previous controller started, as a
+        ref; None when it is gone or never finished starting."""
+        import ray
+        from ray.util import get_placement_group
+
+        try:
+            actor = ray.get_actor(replica_actor_name(app_name, replica_id), NAMESPACE)
+            info: ReplicaNodeInfo | None = await asyncio.wait_for(
+                actor.node_info.remote(), ADOPT_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("cannot adopt replica %s: %r", replica_id, exc)
+            return None
+        if info is None:
+            ray.kill(actor)
+            return None
+        pg = None
+        if info.placement_group_id is not None:
+            with contextlib.suppress(Exception):
+                pg = get_placement_group(f"llmserve:{replica_id}")
+        ref = RayReplicaRef(replica_id, actor, info, pg)
+        ref.start_watch()
+        self._refs[replica_id] = ref
+        self._drain_s[replica_id] = drain_s
+        self._names[replica_id] = replica_actor_name(app_name, replica_id)
+        log.info("adopted replica %s on node %s (pid %d)", replica_id, info.node_id[:8],
+                 info.pid)
+        return ref
+
+    def kill_orphans(self) -> list[str]:
+        """Kill detached replica actors this runtime neither started nor adopted (a
+        previous controller started them after its last checkpoint)."""
+        import ray
+        from ray.util import list_named_actors
+
+        killed = []
+        owned = set(self._names.values())
+        for entry in list_named_actors(all_namespaces=True):
+            name, namespace = entry["name"], entry["namespace"]  # type: ignore[index]
+            if (namespace != NAMESPACE or not name.startswith(REPLICA_NAME_PREFIX)
+                    or name in owned):
+                continue
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(name, NAMESPACE))
+                killed.append(name)
+        return killed
 
     async def stop_replica(self, ref: ReplicaRef) -> None:
         assert isinstance(ref, RayReplicaRef)
@@ -148,11 +223,12 @@ class RayRuntime:
         if self._started_ray:
             ray.shutdown()
 
-    async def flush(self) -> None:
+    async def flush(self) -> int:
         """Publish membership now and wait (bounded) until every replica applied it, so
-        handles inside replicas see what `serve.run` just deployed."""
+        handles inside replicas see what `serve.run` just deployed; the version."""
         await self._publish()
         await self._membership.wait_applied.remote(self._version, FLUSH_TIMEOUT_S)
+        return self._version
 
     # ---- status --------------------------------------------------------------------
     def placements(self) -> dict[str, ReplicaNodeInfo]:
@@ -167,6 +243,11 @@ class RayRuntime:
         return ref.actor
 
     # ---- membership ----------------------------------------------------------------
+    def start_publishing(self) -> None:
+        """Publish membership from now on (a recovering controller calls it once it has
+        restored its applications, so replicas never see an empty snapshot)."""
+        self._ensure_publisher()
+
     def _ensure_publisher(self) -> None:
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
@@ -199,17 +280,22 @@ class RayRuntime:
         snapshot: Snapshot = {}
         if self._controller is None:
             return snapshot
+        apps = self._controller.apps
         for key, state in self._controller.deployments.items():
             if state.deleting:
                 continue
+            app = apps.get(key[0])
+            is_ingress = app is not None and app.ingress == key[1]
             cfg = state.desired.config
             entries = []
             for rid in state.router.replica_ids:
                 ref = self._refs.get(rid)
                 if ref is not None and ref.is_alive:
                     entries.append(ReplicaEntry(rid, ref.actor, ref.multiplexed_model_ids))
-            snapshot[key] = DeploymentView(cfg.max_ongoing_requests, cfg.max_queued_requests,
-                                           dict(cfg.request_router_config), tuple(entries))
+            snapshot[key] = DeploymentView(
+                cfg.max_ongoing_requests, cfg.max_queued_requests,
+                dict(cfg.request_router_config), tuple(entries),
+                app.route_prefix if is_ingress and app is not None else None, is_ingress)
         return snapshot
 
     def _apply_loads(self, loads: dict[tuple[str, str], float]) -> None:
@@ -226,6 +312,7 @@ class RayRuntime:
         ref.stop_watch()
         self._refs.pop(ref.replica_id, None)
         self._drain_s.pop(ref.replica_id, None)
+        self._names.pop(ref.replica_id, None)
         with contextlib.suppress(Exception):
             ray.kill(ref.actor)
         if ref.placement_group is not None:
@@ -266,18 +353,21 @@ def replica_placements() -> dict[str, ReplicaNodeInfo]:
     return {} if runtime is None else _on_serve_loop(runtime.placements)
 
 
-def replica_actor(replica_id: str) -> Any:
-    """The Ray actor handle of one running replica of the serve instance."""
+def replica_actor(replica_id: str, app_name: str = "default") -> Any:
+    """The Ray actor handle of one running replica of the serve instance (a detached
+    controller's replicas are found by name)."""
     runtime = _current()
     if runtime is None:
-        raise RuntimeError("serve does not run on the ray runtime")
+        import ray
+
+        return ray.get_actor(replica_actor_name(app_name, replica_id), NAMESPACE)
     return _on_serve_loop(lambda: runtime.actor_of(replica_id))
 
 
 def _current() -> RayRuntime | None:
     from llmserve.serve.instance import get_instance
 
-    runtime = get_instance().controller.runtime
+    runtime = getattr(get_instance().controller, "runtime", None)
     return runtime if isinstance(runtime, RayRuntime) else None
 
 

@@ -87,4 +87,4 @@ def make_runtime(name: str) -> Runtime:
         from llmserve.serve.ray_runtime import RayRuntime
 
         return RayRuntime()
-    raise ValueError(f"unknown runtime {name!r}; known: local, ray")
+    raise ValueError(f"unknown runtime {name!r}; known: local, ray, ray-detached")

@@ -46,10 +46,12 @@ class DeploymentView:
     max_queued: int
     router_config: dict[str, Any] = field(default_factory=dict)
     replicas: tuple[ReplicaEntry, ...] = ()
+    route_prefix: str | None = None  # set on an application's ingress deployment only
+    is_ingress: bool = False
 
     def key(self) -> tuple[Any, ...]:
         return (self.max_ongoing, self.max_queued, repr(sorted(self.router_config.items())),
-                tuple(r.key() for r in self.replicas))
+                tuple(r.key() for r in self.replicas), self.route_prefix, self.is_ingress)
 
 
 Snapshot = dict[DeploymentKey, DeploymentView]
@@ -74,6 +76,9 @@ class MembershipActor:
         if self._next is not None and not self._next.done():
             self._next.set_result(None)
         self._next = None
+
+    async def current_version(self) -> int:
+        return self.version
 
     async def listen(self, known_version: int, timeout_s: float,
                      source_id: str = "") -> tuple[int, Snapshot] | None:

@@ -47,6 +47,11 @@ class ReplicaActor:
         self._membership = membership
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="llmserve-replica")
         self._replica: LocalReplica | None = None
+        self._info: ReplicaNodeInfo | None = None
+
+    async def node_info(self) -> ReplicaNodeInfo | None:
+        """Where it runs, once started (a restarted controller re-adopts it with this)."""
+        return self._info
 
     async def start(self) -> ReplicaNodeInfo:
         import ray
@@ -60,7 +65,7 @@ class ReplicaActor:
         await self._replica.start()
         ctx: Any = ray.get_runtime_context()
         pg = ctx.get_placement_group_id()
-        return ReplicaNodeInfo(
+        self._info = ReplicaNodeInfo(
             node_id=ctx.get_node_id(),
             node_ip=util.get_node_ip_address(),
             hostname=socket.gethostname(),
@@ -69,6 +74,7 @@ class ReplicaActor:
             resources={k: float(v) for k, v in ctx.get_assigned_resources().items()},
             placement_group_id=pg,
         )
+        return self._info
 
     @property
     def replica(self) -> LocalReplica:

@@ -1,0 +1,189 @@
+"""The detached controller: a named Ray actor that outlives the driver and its own death.
+
+`ControllerActor` runs the same `Controller` and `RayRuntime` the driver runs on the
+plain ``ray`` runtime, on an event loop thread of its own, with detached named replica
+and membership actors. Every change of applications or running replicas is checkpointed
+to Ray's GCS key-value store; when the actor is killed, Ray restarts it
+(``max_restarts=-1``), and ``__init__`` reads the checkpoint back and re-adopts the
+replica actors that still run instead of starting new ones (`RayRuntime.adopt_replica`).
+Replica actors started after the last checkpoint are killed as orphans and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from llmserve.serve.controller import Controller
+from llmserve.serve.ray_runtime import NAMESPACE, RayRuntime
+from llmserve.serve.runtime import ReplicaRef
+from llmserve.serve.status import ReplicaState, ServeStatus
+
+log = logging.getLogger("llmserve.serve")
+T = TypeVar("T")
+CONTROLLER_NAME = "llmserve_controller"
+CHECKPOINT_KEY = b"llmserve:checkpoint"
+CHECKPOINT_PERIOD_S = 0.1
+ADOPT_DRAIN_S = 2.0
+CURRENT = ""  # a checkpointed replica version meaning "the deployment's current version"
+
+
+@dataclass(frozen=True)
+class AppCheckpoint:
+    name: str
+    route_prefix: str | None
+    app_bytes: bytes  # the Application as the driver cloudpickled it
+    replicas: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    targets: dict[str, int] = field(default_factory=dict)  # autoscaled replica counts
+
+
+def save_checkpoint(data: bytes) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(CHECKPOINT_KEY, data, overwrite=True, namespace=NAMESPACE)
+
+
+def load_checkpoint() -> dict[str, AppCheckpoint]:
+    from ray.experimental import internal_kv
+
+    data = internal_kv._internal_kv_get(CHECKPOINT_KEY, namespace=NAMESPACE)
+    return {} if not data else dict(pickle.loads(data))
+
+
+def clear_checkpoint() -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(CHECKPOINT_KEY, namespace=NAMESPACE)
+
+
+class ControllerActor:
+    """Wrapped by ``ray.remote`` (detached, named, restartable). Only plain methods, so
+    Ray runs it as a threaded actor; they wait on the controller's own event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="llmserve-controller")
+        self._thread.start()
+        self.core = CheckpointedController(RayRuntime(detached=True))
+        self._submit(self.core.start())
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def ping(self) -> int:
+        """This actor's pid (a restart changes it)."""
+        return os.getpid()
+
+    def deploy(self, app_bytes: bytes, name: str, route_prefix: str | None) -> int:
+        """Deploy (or update) an application; the membership version that has it."""
+        return self._submit(self.core.deploy(app_bytes, name, route_prefix))
+
+    def delete(self, name: str, wait: bool = True) -> None:
+        self._submit(self.core.delete(name, wait))
+
+    def status(self) -> ServeStatus:
+        return self._submit(self.core.controller.fetch_status(None))
+
+    def shutdown(self) -> None:
+        """Delete every application, stop the replicas and forget the checkpoint."""
+        self._submit(self.core.shutdown())
+
+
+class CheckpointedController:
+    """A `Controller` on a detached `RayRuntime` whose state is checkpointed to the GCS."""
+
+    def __init__(self, runtime: RayRuntime) -> None:
+        self.runtime = runtime
+        self.controller = Controller(runtime)
+        runtime.attach(self.controller)
+        self._app_bytes: dict[str, bytes] = {}
+        self._saved: bytes | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._recover(await asyncio.to_thread(load_checkpoint))
+        self.runtime.start_publishing()
+        self.controller.start()
+        self._task = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+
+    async def deploy(self, app_bytes: bytes, name: str, route_prefix: str | None) -> int:
+        import ray
+
+        app = ray.cloudpickle.loads(app_bytes)
+        self._app_bytes[name] = app_bytes  # checkpointed once the controller has the app
+        await self.controller.deploy_app(app, name, route_prefix)
+        version = await self.runtime.flush()
+        await self._save()
+        return version
+
+    async def delete(self, name: str, wait: bool) -> None:
+        await self.controller.delete_app(name, wait)
+        self._app_bytes.pop(name, None)
+        await self._save()
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._app_bytes.clear()
+        await self.controller.shutdown()
+        await asyncio.to_thread(clear_checkpoint)
+
+    # ---- checkpoint ----------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, AppCheckpoint]:
+        out: dict[str, AppCheckpoint] = {}
+        for name, record in self.controller.apps.items():
+            if name not in self._app_bytes:
+                continue
+            replicas: dict[str, list[tuple[str, str]]] = {}
+            targets: dict[str, int] = {}
+            for dep in record.deployments:
+                state = self.controller.deployments[(name, dep)]
+                targets[dep] = state.target_replicas
+                replicas[dep] = [
+                    (r.replica_id, CURRENT if r.version == state.desired.version else r.version)
+                    for r in state.replicas if r.state is ReplicaState.RUNNING]
+            out[name] = AppCheckpoint(name, record.route_prefix, self._app_bytes[name],
+                                      replicas, targets)
+        return out
+
+    async def _save(self) -> None:
+        data = pickle.dumps(self._checkpoint())
+        if data != self._saved:
+            await asyncio.to_thread(save_checkpoint, data)
+            self._saved = data
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_PERIOD_S)
+            try:
+                await self._save()
+            except Exception:
+                log.exception("checkpointing the controller's state failed")
+
+    async def _recover(self, checkpoint: dict[str, AppCheckpoint]) -> None:
+        import ray
+
+        for app in checkpoint.values():
+            adopted: dict[str, list[tuple[str, str, ReplicaRef]]] = {}
+            for dep, replicas in app.replicas.items():
+                refs = await asyncio.gather(*(
+                    self.runtime.adopt_replica(app.name, rid, ADOPT_DRAIN_S)
+                    for rid, _ in replicas))
+                adopted[dep] = [(rid, version, ref) for (rid, version), ref
+                                in zip(replicas, refs, strict=True) if ref is not None]
+            self._app_bytes[app.name] = app.app_bytes
+            self.controller.restore_app(ray.cloudpickle.loads(app.app_bytes), app.name,
+                                        app.route_prefix, adopted, app.targets)
+            log.info("recovered application %s: adopted %s", app.name,
+                     {d: [r[0] for r in rs] for d, rs in adopted.items()})
+        with contextlib.suppress(Exception):
+            for name in self.runtime.kill_orphans():
+                log.warning("killed orphan replica actor %s", name)
