@@ -1,4 +1,5 @@
-"""Failure recovery on the Ray runtime: kill a replica actor under steady HTTP load.
+"""Failure recovery on the Ray runtime: kill a replica actor, then the detached
+controller, under steady HTTP load.
 
 A local multi-node Ray test cluster (a head and two workers with declared GPUs, as in the
 Ray tests), a plain HTTP deployment with ``--replicas`` replicas on the workers, and
@@ -8,6 +9,11 @@ actor is killed (``ray.kill``). Printed, from the moment of the kill:
 - ``replaced_after_s``: until a replacement replica is RUNNING in `serve.status()`;
 - ``replacement_serves_after_s``: until the replacement answered a request;
 - ``last_failure_after_s``: until the last request that did not succeed ended;
+Then the same app on ``runtime="ray-detached"``, and the controller actor is killed (Ray
+restarts it): ``controller_back_after_s`` (it answers again, new pid) and
+``same_replicas_running_after_s`` (its status shows the same replicas RUNNING, adopted,
+not restarted), with the same counts.
+
 - counts: ``ok``, ``error_response`` (a non-200 answer with an OpenAI-style error body),
   ``connection_closed`` (the replica died mid-response: the proxy closes the connection),
   ``hung`` (no answer within ``--request-timeout-s``; must be 0).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -146,6 +153,53 @@ async def kill_a_replica(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def kill_the_controller(args: argparse.Namespace) -> dict[str, Any]:
+    """``runtime="ray-detached"``: kill the controller actor (Ray restarts it)."""
+    import ray
+
+    from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
+    from llmserve.serve.ray_runtime import NAMESPACE
+
+    url = f"{serve.http_url()}/"
+    before = running_replicas("Answer")
+    controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
+    old_pid = ray.get(controller.ping.remote())
+    log, stop = LoadLog(), asyncio.Event()
+    load = asyncio.create_task(closed_loop(url, args.clients, args.delay_s,
+                                           args.request_timeout_s, stop, log))
+    await asyncio.sleep(args.warmup_s)
+    ok_before = log.ok
+    killed_at = time.monotonic()
+    ray.kill(controller, no_restart=False)
+
+    def restarted() -> bool:
+        with contextlib.suppress(Exception):
+            return bool(ray.get(controller.ping.remote(), timeout=1) != old_pid)
+        return False
+
+    def readopted() -> bool:
+        with contextlib.suppress(Exception):
+            return running_replicas("Answer") == before
+        return False
+
+    back = await wait_until(restarted, 60.0)
+    adopted = await wait_until(readopted, 60.0)
+    await asyncio.sleep(args.after_s)
+    stop.set()
+    await load
+    late_failures = [at - killed_at for at in log.failures_at if at >= killed_at]
+    return {
+        "replicas": args.replicas, "clients": args.clients, "delay_s": args.delay_s,
+        "controller_back_after_s": back,
+        "same_replicas_running_after_s": None if adopted is None or back is None
+        else back + adopted,
+        "replicas_after": sorted(running_replicas("Answer")),
+        "last_failure_after_s": max(late_failures) if late_failures else 0.0,
+        "ok_before_kill": ok_before,
+        **{k: v for k, v in asdict(log).items() if k not in ("failures_at", "served_by")},
+    }
+
+
 def start_cluster() -> Any:
     import ray
     from ray.cluster_utils import Cluster
@@ -176,9 +230,12 @@ def main() -> None:
 
     cluster = start_cluster()
     try:
-        serve.run(Answer.options(num_replicas=args.replicas).bind(), name=APP, port=0,
-                  runtime="ray")
+        app = Answer.options(num_replicas=args.replicas).bind()
+        serve.run(app, name=APP, port=0, runtime="ray")
         result = {"replica_kill": asyncio.run(kill_a_replica(args))}
+        serve.shutdown()
+        serve.run(app, name=APP, port=0, runtime="ray-detached")
+        result["controller_kill"] = asyncio.run(kill_the_controller(args))
     finally:
         serve.shutdown()
         ray.shutdown()
