@@ -107,8 +107,11 @@ class DetachedControlPlane(ReplicaView):
         """Stop every application and the detached actors (the cluster keeps nothing)."""
         import ray
 
+        from llmserve.serve.ray.proxy_actor import stop_node_proxies
+
         for task in self._tasks:
             task.cancel()
+        stop_node_proxies()
         try:
             await _unwrap(self.actor.shutdown.remote())
         finally:
