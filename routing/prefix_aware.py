@@ -65,9 +65,7 @@ class PrefixAwarePolicy(PolicyBase):
 
     # ---- the decision -----------------------------------------------------------------
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-        match = self.match(request)
-        loads = {c.replica_id: replica_load(c) for c in candidates}
-        return self.rank(match, candidates, loads)
+        return self.rank(self.match(request), candidates)
 
     def match(self, request: RouteRequest) -> PrefixMatch | None:
         """Hash the prompt and look it up; remembered until ``on_routed``."""
@@ -86,20 +84,24 @@ class PrefixAwarePolicy(PolicyBase):
             self._pending.popitem(last=False)
         return found
 
-    def rank(self, match: PrefixMatch | None, candidates: Sequence[Candidate],
-             loads: dict[str, float]) -> list[Candidate]:
+    def rank(self, match: PrefixMatch | None,
+             candidates: Sequence[Candidate]) -> list[Candidate]:
+        """Best first: not overloaded, longest cached prefix, least loaded, fewest cached
+        blocks, random. One pass over the candidates (this runs per request: 64 replicas
+        cost ~20 µs here, most of a decision)."""
         if not candidates:
             return []
-        min_load = min(loads.values())
+        loads = [replica_load(c) for c in candidates]
+        min_load = min(loads)
         # is_overloaded(load, min_load, abs, rel), as one bound: load > bound
         bound = max(min_load + self.balance_abs_threshold, min_load * self.balance_rel_threshold)
         blocks = match.blocks if match is not None else {}
         index = self.indexes.get(match.index_key) if match is not None else None
-        cached = index.cached_blocks if index is not None else _no_blocks
+        cached = index.blocks_per_replica if index is not None else {}
         rand = self._rng.random
-        keyed = [(loads[c.replica_id] > bound, -blocks.get(c.replica_id, 0),
-                  loads[c.replica_id], cached(c.replica_id), rand(), i)
-                 for i, c in enumerate(candidates)]
+        keyed = [(load > bound, -blocks.get(c.replica_id, 0) if blocks else 0, load,
+                  cached.get(c.replica_id, 0), rand(), i)
+                 for i, (c, load) in enumerate(zip(candidates, loads, strict=True))]
         keyed.sort()
         return [candidates[k[-1]] for k in keyed]
 
@@ -119,10 +121,6 @@ class PrefixAwarePolicy(PolicyBase):
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
         for index in self.indexes.values():
             index.retain_replicas(replica_ids)
-
-
-def _no_blocks(replica_id: str) -> int:
-    return 0
 
 
 def request_tokens(request: RouteRequest) -> Sequence[int] | None:

@@ -49,6 +49,11 @@ class PrefixIndex:
     def replica_ids(self) -> list[str]:
         return list(self._bits)
 
+    @property
+    def blocks_per_replica(self) -> dict[str, int]:
+        """``cached_blocks`` of every replica (read-only by convention: the live dict)."""
+        return self._blocks_of
+
     def cached_blocks(self, replica_id: str) -> int:
         """Blocks inserted for ``replica_id`` and not known to be evicted (approximate)."""
         return self._blocks_of.get(replica_id, 0)
