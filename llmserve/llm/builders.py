@@ -14,7 +14,7 @@ from llmserve.llm.server import LLMServer
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.serve import Application, deployment
 from llmserve.serve.exceptions import ConfigError
-from llmserve.serve.ray.placement import placement_group_config_to_options
+from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to_options
 
 KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
@@ -68,10 +68,17 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
                                 merged.get("routing_config") or {"policy": "prefix_aware"})
     _check_unique([s.model_id for s in sources])
     settings = _settings(merged)
-    ingress = ingress_deployment
-    if merged.get("ingress_deployment_config"):
-        ingress = ingress.options(**merged["ingress_deployment_config"])
-    return ingress.bind(sources, settings)
+    return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings)
+
+
+def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The ingress deployment's options. On Ray it runs in the HTTP proxy's process
+    (``in_proxy``) unless told otherwise: it talks HTTP to the engines itself, so token
+    streams then cross no Ray call."""
+    options = dict(args.get("ingress_deployment_config") or {})
+    options["ray_actor_options"] = {IN_PROXY_KEY: True,
+                                    **(options.get("ray_actor_options") or {})}
+    return options
 
 
 def _settings(args: Mapping[str, Any]) -> IngressSettings:

@@ -7,7 +7,10 @@ from the deployment's ``ray_actor_options`` (``num_cpus``, ``num_gpus`` incl. fr
 ``memory``, ``resources``, ``accelerator_type``, ``runtime_env``) and, when
 ``placement_group_bundles`` is given, in bundle 0 of a placement group of its own.
 Handles inside replicas route through a membership snapshot the runtime publishes
-(`ray/membership.py`). ``import ray`` happens only when this runtime is made.
+(`ray/membership.py`). A deployment with ``ray_actor_options={"in_proxy": True}`` (the
+OpenAI ingress by default) runs its replicas in this process instead, next to the HTTP
+proxy, as on the local runtime: requests reach it without a Ray call, and it talks HTTP
+to its engines itself. ``import ray`` happens only when this runtime is made.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from llmserve.serve.local_runtime import LocalReplica, LocalRuntime
 from llmserve.serve.ray.membership import (
     DeploymentView,
     MembershipActor,
@@ -78,6 +82,7 @@ class RayRuntime:
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True), **options,
         ).remote()
         self._refs: dict[str, RayReplicaRef] = {}
+        self._in_process = LocalRuntime()  # replicas that run in the proxy's process
         self._drain_s: dict[str, float] = {}
         self._names: dict[str, str] = {}  # replica id -> actor name (detached ones)
         self._controller: Any = None
@@ -100,6 +105,11 @@ class RayRuntime:
 
         placement = replica_placement(spec.config.ray_actor_options)
         self._ensure_publisher()
+        if placement.in_proxy and not self.detached:
+            # The detached controller runs in an actor of its own, away from every proxy,
+            # so there the replica gets an actor like any other.
+            log.info("replica %s runs in the proxy's process", spec.replica_id)
+            return await self._in_process.start_replica(spec)
         await self._publish()  # the replica's handles must know every deployment
         options: dict[str, Any] = dict(placement.actor_options)
         lifetime: dict[str, Any] = {"lifetime": "detached"} if self.detached else {}
@@ -188,6 +198,9 @@ class RayRuntime:
         return killed
 
     async def stop_replica(self, ref: ReplicaRef) -> None:
+        if isinstance(ref, LocalReplica):
+            await self._in_process.stop_replica(ref)
+            return
         assert isinstance(ref, RayReplicaRef)
         try:
             if ref.is_alive:
@@ -199,6 +212,9 @@ class RayRuntime:
 
     async def kill_replica(self, ref: ReplicaRef, reason: str) -> None:
         """Fail its requests at once; still run its shutdown hook when the actor lives."""
+        if isinstance(ref, LocalReplica):
+            await self._in_process.kill_replica(ref, reason)
+            return
         assert isinstance(ref, RayReplicaRef)
         was_alive = ref.is_alive
         ref.mark_dead(reason)
@@ -220,6 +236,7 @@ class RayRuntime:
             await self.kill_replica(ref, "serve shut down")
         with contextlib.suppress(Exception):
             ray.kill(self._membership)
+        await self._in_process.shutdown()
         if self._started_ray:
             ray.shutdown()
 
@@ -303,7 +320,7 @@ class RayRuntime:
         if self._controller is None:
             return
         for key, state in self._controller.deployments.items():
-            state.router.reported_ongoing = loads.get(key, 0.0)
+            state.router.remote_ongoing = loads.get(key, 0.0)
 
     def _release(self, ref: RayReplicaRef) -> None:
         import ray

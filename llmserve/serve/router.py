@@ -38,6 +38,7 @@ class Router:
         self._waiters: deque[_Waiter] = deque()
         self._closed_reason: str | None = None
         self.reported_ongoing = 0.0  # load served outside the router (see report_ongoing)
+        self.remote_ongoing = 0.0  # load other processes' routers report (Ray runtime)
 
     @property
     def num_queued(self) -> int:
@@ -50,7 +51,7 @@ class Router:
     @property
     def load(self) -> float:
         """What the autoscaler sees: in flight, queued and reported from outside."""
-        return self.num_ongoing + self.num_queued + self.reported_ongoing
+        return self.num_ongoing + self.num_queued + self.reported_ongoing + self.remote_ongoing
 
     @property
     def replica_ids(self) -> list[str]:

@@ -15,6 +15,7 @@ from llmserve.serve.exceptions import ConfigError
 
 ACTOR_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env"}
 PLACEMENT_KEYS = {"placement_group_bundles", "placement_group_strategy"}
+IN_PROXY_KEY = "in_proxy"  # run in the HTTP proxy's process, not in an actor of its own
 STRATEGIES = {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"}
 DEFAULT_NUM_CPUS = 1.0  # as Ray Serve: a replica reserves one CPU unless told otherwise
 
@@ -26,6 +27,7 @@ class ReplicaPlacement:
     actor_options: dict[str, Any]
     bundles: list[dict[str, float]] = field(default_factory=list)
     strategy: str = "PACK"
+    in_proxy: bool = False
 
     @property
     def uses_placement_group(self) -> bool:
@@ -36,13 +38,18 @@ def replica_placement(options: Mapping[str, Any] | None) -> ReplicaPlacement:
     """Validate ``ray_actor_options`` and split them into actor options and bundles.
 
     With bundles, the actor runs in bundle 0: resources it does not name default to that
-    bundle's, and those it names must fit in it.
+    bundle's, and those it names must fit in it. ``in_proxy: True`` asks for the replica
+    to run in the HTTP proxy's process instead (an ingress that talks HTTP to its
+    backends itself); the other keys are still validated.
     """
     opts = dict(options or {})
-    unknown = sorted(set(opts) - ACTOR_KEYS - PLACEMENT_KEYS)
+    known = ACTOR_KEYS | PLACEMENT_KEYS | {IN_PROXY_KEY}
+    unknown = sorted(set(opts) - known)
     if unknown:
-        raise ConfigError(f"unknown ray_actor_options keys: {unknown}; known: "
-                          f"{sorted(ACTOR_KEYS | PLACEMENT_KEYS)}")
+        raise ConfigError(f"unknown ray_actor_options keys: {unknown}; known: {sorted(known)}")
+    in_proxy = opts.pop(IN_PROXY_KEY, False)
+    if not isinstance(in_proxy, bool):
+        raise ConfigError(f"ray_actor_options.{IN_PROXY_KEY} must be true or false")
     bundles = _bundles(opts.pop("placement_group_bundles", None))
     strategy = str(opts.pop("placement_group_strategy", "PACK")).upper()
     if strategy not in STRATEGIES:
@@ -63,7 +70,7 @@ def replica_placement(options: Mapping[str, Any] | None) -> ReplicaPlacement:
         opts.setdefault("num_cpus", DEFAULT_NUM_CPUS)
     if resources:
         opts["resources"] = resources
-    return ReplicaPlacement(opts, bundles, strategy)
+    return ReplicaPlacement(opts, bundles, strategy, in_proxy)
 
 
 def _bundles(value: Any) -> list[dict[str, float]]:

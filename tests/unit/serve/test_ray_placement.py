@@ -26,8 +26,15 @@ def test_actor_options_pass_through() -> None:
     assert replica_placement(opts).actor_options == opts
 
 
+def test_in_proxy_is_split_from_the_actor_options() -> None:
+    placement = replica_placement({"in_proxy": True, "num_cpus": 0.1})
+    assert placement.in_proxy and placement.actor_options == {"num_cpus": 0.1}
+    assert not replica_placement({"num_cpus": 0.1}).in_proxy
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"num_cpu": 1}, "unknown ray_actor_options keys"),
+    ({"in_proxy": "yes"}, "true or false"),
     ({"num_gpus": 1.5}, "whole number"),
     ({"num_gpus": -1}, ">= 0"),
     ({"resources": {"GPU": 1}}, "num_gpus"),
