@@ -12,7 +12,10 @@ only generates load. Against each, rounds alternate between the gateway and the 
 engine's own OpenAI server (bare vLLM), so the ratio compares like with like on a noisy
 machine. Prints output tok/s, TTFT and ITL p50/p99, TPOT p50 (medians over the rounds)
 and ratios (TPOT, not ITL: under load vLLM sends several tokens in one chunk, so the ITL
-median can be 0), and writes JSON under benchmarks/results/.
+median can be 0), and the gateway's CPU milliseconds per 1000 output tokens: CPU time of
+the server process and its descendants (Ray's GCS, raylet and workers included; the
+engine's processes not), which shifts far less than wall-clock figures when other jobs
+share the machine. Writes JSON under benchmarks/results/.
 
 Run: ``.venv/bin/python -m benchmarks.ray_gateway_overhead [--rounds 3]``
 """
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODES = ("local", "ray-actor", "ray")
 FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms",
-          "median_tpot_ms")
+          "median_tpot_ms", "cpu_ms_per_1k_tokens")
 
 
 def serve_app(mode: str, port: int, url_file: Path) -> None:
@@ -61,6 +64,34 @@ def serve_app(mode: str, port: int, url_file: Path) -> None:
         timeout_s=60)
     url_file.write_text(info.url)
     run_until_signal()
+
+
+def gateway_cpu_s(server_pid: int) -> float:
+    """CPU seconds used so far by the server process and its descendants (Ray's GCS,
+    raylet and actor workers included), the engine's processes left out."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(server_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            if "vllm" in " ".join(proc.cmdline()).lower() or proc.name().startswith("VLLM"):
+                continue
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            continue  # gone since the listing
+    return total
+
+
+def gateway_round(url: str, pid: int, model_dir: Path,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """One load round through the gateway, with the gateway's CPU ms per 1000 tokens."""
+    before = gateway_cpu_s(pid)
+    summary = load_once(url, model_dir, args)
+    tokens = summary["completed"] * args.output_len
+    summary["cpu_ms_per_1k_tokens"] = (gateway_cpu_s(pid) - before) * 1e6 / max(tokens, 1)
+    return summary
 
 
 def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -86,7 +117,7 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
             load_once(gateway, model_dir, args)  # warm-up round
             runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "bare": []}
             for _ in range(args.rounds):
-                runs["gateway"].append(load_once(gateway, model_dir, args))
+                runs["gateway"].append(gateway_round(gateway, proc.pid, model_dir, args))
                 runs["bare"].append(load_once(engine, model_dir, args))
             return {name: median_of(r) for name, r in runs.items()}
         finally:
@@ -102,9 +133,10 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each field's median over the rounds (the rounds kept for the record)."""
-    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in FIELDS}
+    fields = [k for k in FIELDS if k in runs[0]]
+    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in fields}
     merged["completed"] = min(r["completed"] for r in runs)
-    merged["rounds"] = [{k: r[k] for k in FIELDS} for r in runs]
+    merged["rounds"] = [{k: r[k] for k in fields} for r in runs]
     return merged
 
 
@@ -117,7 +149,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
           f"{args.input_len} in / {args.output_len} out tokens, ignore_eos; "
           f"medians of {args.rounds} rounds alternating gateway / bare engine")
     print(f"{'system':<20} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
-          f"{'ITL p50':>8} {'ITL p99':>8} {'TPOT p50':>9} {'tok/s x':>8} {'TPOT x':>7}")
+          f"{'ITL p50':>8} {'ITL p99':>8} {'TPOT p50':>9} {'tok/s x':>8} {'TPOT x':>7} "
+          f"{'gateway CPU ms/1k tok':>22}")
     for mode, pair in results.items():
         bare = pair["bare"]
         for name in ("bare", "gateway"):
@@ -130,7 +163,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
                   f"{r['p99_ttft_ms']:>7.0f}ms {r['median_itl_ms']:>6.1f}ms "
                   f"{r['p99_itl_ms']:>6.1f}ms {r['median_tpot_ms']:>7.1f}ms "
                   f"{r['output_throughput'] / bare['output_throughput']:>8.2f} "
-                  f"{r['median_tpot_ms'] / bare['median_tpot_ms']:>7.2f}")
+                  f"{r['median_tpot_ms'] / max(bare['median_tpot_ms'], 1e-9):>7.2f} "
+                  f"{r.get('cpu_ms_per_1k_tokens', float('nan')):>22.0f}")
     local = results.get("local", {}).get("gateway")
     for mode in ("ray-actor", "ray"):
         if local is not None and mode in results:
@@ -138,7 +172,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
             print(f"{mode} / local gateway: out tok/s "
                   f"x{r['output_throughput'] / local['output_throughput']:.2f}, TTFT p50 "
                   f"x{r['median_ttft_ms'] / local['median_ttft_ms']:.2f}, TPOT p50 "
-                  f"x{r['median_tpot_ms'] / local['median_tpot_ms']:.2f}")
+                  f"x{r['median_tpot_ms'] / max(local['median_tpot_ms'], 1e-9):.2f}, gateway "
+                  f"CPU per token x{r['cpu_ms_per_1k_tokens'] / local['cpu_ms_per_1k_tokens']:.2f}")
 
 
 def main() -> None:
