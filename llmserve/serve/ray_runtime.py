@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from llmserve.serve.local_runtime import LocalReplica, LocalRuntime
+from llmserve.serve.local_runtime import LocalReplica
+from llmserve.serve.ray.in_proxy import InProxyReplica
 from llmserve.serve.ray.membership import (
     DeploymentView,
     MembershipActor,
@@ -82,7 +84,8 @@ class RayRuntime:
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True), **options,
         ).remote()
         self._refs: dict[str, RayReplicaRef] = {}
-        self._in_process = LocalRuntime()  # replicas that run in the proxy's process
+        # replicas that run in the proxy's process (sync methods in these threads)
+        self._in_proxy_executor = ThreadPoolExecutor(32, thread_name_prefix="llmserve-replica")
         self._drain_s: dict[str, float] = {}
         self._names: dict[str, str] = {}  # replica id -> actor name (detached ones)
         self._controller: Any = None
@@ -109,7 +112,9 @@ class RayRuntime:
             # The detached controller runs in an actor of its own, away from every proxy,
             # so there the replica gets an actor like any other.
             log.info("replica %s runs in the proxy's process", spec.replica_id)
-            return await self._in_process.start_replica(spec)
+            replica = InProxyReplica(spec, self._in_proxy_executor)
+            await replica.start()
+            return replica
         await self._publish()  # the replica's handles must know every deployment
         options: dict[str, Any] = dict(placement.actor_options)
         lifetime: dict[str, Any] = {"lifetime": "detached"} if self.detached else {}
@@ -199,7 +204,10 @@ class RayRuntime:
 
     async def stop_replica(self, ref: ReplicaRef) -> None:
         if isinstance(ref, LocalReplica):
-            await self._in_process.stop_replica(ref)
+            try:
+                await ref.run_shutdown_hook()
+            finally:
+                ref.kill("replica stopped")
             return
         assert isinstance(ref, RayReplicaRef)
         try:
@@ -213,7 +221,8 @@ class RayRuntime:
     async def kill_replica(self, ref: ReplicaRef, reason: str) -> None:
         """Fail its requests at once; still run its shutdown hook when the actor lives."""
         if isinstance(ref, LocalReplica):
-            await self._in_process.kill_replica(ref, reason)
+            ref.kill(reason)
+            await ref.run_shutdown_hook()
             return
         assert isinstance(ref, RayReplicaRef)
         was_alive = ref.is_alive
@@ -236,7 +245,7 @@ class RayRuntime:
             await self.kill_replica(ref, "serve shut down")
         with contextlib.suppress(Exception):
             ray.kill(self._membership)
-        await self._in_process.shutdown()
+        self._in_proxy_executor.shutdown(wait=False, cancel_futures=True)
         if self._started_ray:
             ray.shutdown()
 

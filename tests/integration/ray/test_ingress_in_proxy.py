@@ -55,15 +55,17 @@ def _stream(url: str, model_id: str, on_chunk: Any = None) -> int:
     return chunks
 
 
-def _ingress_pids(app_name: str) -> list[int]:
+def _ingress_nodes(app_name: str) -> list[tuple[str, int]]:
+    """(Ray node id, pid) of each ingress replica, as status shows them."""
     deployment = serve.status().applications[app_name].deployments["OpenAiIngress"]
-    return [r.node.pid for r in deployment.replicas if r.node is not None]
+    return [(r.node.node_id, r.node.pid) for r in deployment.replicas if r.node is not None]
 
 
 def test_openai_ingress_runs_in_the_proxy_process(ray_serve: RayCluster) -> None:
     serve.run(_app("sim"), port=0, runtime="ray")
     url = str(serve.http_url())
-    assert _ingress_pids("default") == [os.getpid()]
+    # status shows it in this (the driver's) process, on the head node
+    assert _ingress_nodes("default") == [(ray_serve.head_node_id, os.getpid())]
     assert not [rid for rid in replica_placements() if rid.startswith("OpenAiIngress")]
     assert [rid for rid in replica_placements() if rid.startswith("LLMServer:sim#")]
 
@@ -78,7 +80,7 @@ def test_openai_ingress_runs_in_the_proxy_process(ray_serve: RayCluster) -> None
 def test_in_proxy_false_puts_the_ingress_in_an_actor(ray_serve: RayCluster) -> None:
     serve.run(_app("sim", {"in_proxy": False, "num_cpus": 0.1}), port=0, runtime="ray")
     url = str(serve.http_url())
-    (pid,) = _ingress_pids("default")
+    ((_, pid),) = _ingress_nodes("default")
     assert pid != os.getpid()
     assert [rid for rid in replica_placements() if rid.startswith("OpenAiIngress")]
     assert _stream(url, "sim") == TOKENS
