@@ -18,7 +18,7 @@ from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to
 
 KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
-              "worker_engine"}
+              "worker_engine", "max_ongoing_requests_per_model"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
@@ -45,6 +45,7 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
 
     ``args`` follows Ray Serve LLM's builder: ``{"llm_configs": [LLMConfig | dict | path]}``
     plus ingress options (``api_keys``, ``max_request_body_bytes``, ``request_timeout_s``,
+    ``max_ongoing_requests_per_model``: beyond it a model answers 429 with Retry-After,
     ``ingress_deployment_config``) and ``worker_urls`` to front engine servers that are
     already running instead of launching any.
     """
@@ -83,10 +84,14 @@ def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def _settings(args: Mapping[str, Any]) -> IngressSettings:
     values = {k: args[k] for k in ("api_keys", "max_request_body_bytes", "request_timeout_s",
-                                   "stats_refresh_s") if k in args}
+                                   "stats_refresh_s", "max_ongoing_requests_per_model")
+              if k in args}
     if "api_keys" not in values and os.environ.get(API_KEYS_ENV):
         values["api_keys"] = [k for k in os.environ[API_KEYS_ENV].split(",") if k]
-    return IngressSettings.from_mapping(values)
+    try:
+        return IngressSettings.from_mapping(values)
+    except ValueError as exc:
+        raise ConfigError(f"build_openai_app: {exc}") from None
 
 
 def discover_workers(urls: Sequence[str], engine: str,

@@ -60,6 +60,12 @@ class Overloaded(OpenAIError):
     code = "overloaded"
 
 
+class TooManyRequests(OpenAIError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class EngineUnavailable(OpenAIError):
     status_code = 503
     error_type = "server_error"

@@ -29,6 +29,7 @@ from llmserve.openai.errors import (
     ModelNotFound,
     NotFound,
     OpenAIError,
+    TooManyRequests,
     Unauthorized,
     error_response,
 )
@@ -61,6 +62,7 @@ class IngressSettings:
     max_request_body_bytes: int = 32 * 1024 * 1024
     request_timeout_s: float | None = 600.0
     stats_refresh_s: float = 0.5
+    max_ongoing_requests_per_model: int | None = None  # beyond it: 429 + Retry-After
 
     @classmethod
     def from_mapping(cls, value: Mapping[str, Any]) -> IngressSettings:
@@ -71,7 +73,18 @@ class IngressSettings:
                                                  cls.max_request_body_bytes)),
             request_timeout_s=value.get("request_timeout_s", cls.request_timeout_s),
             stats_refresh_s=float(value.get("stats_refresh_s", cls.stats_refresh_s)),
+            max_ongoing_requests_per_model=_positive_or_none(
+                value.get("max_ongoing_requests_per_model")),
         )
+
+
+def _positive_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"max_ongoing_requests_per_model must be a positive integer or "
+                         f"null, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -190,6 +203,10 @@ class OpenAiIngress:
         body = await self._read_body(request)
         payload, model = self._parse(body, path)
         pool = self.pools[model]
+        limit = self.settings.max_ongoing_requests_per_model
+        if limit is not None and pool.in_flight >= limit:
+            raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
+                                  f"retry shortly", retry_after_s=1.0)
         if "model" not in payload:
             payload["model"] = model
             body = json.dumps(payload).encode()

@@ -193,3 +193,40 @@ def test_placement_group_and_accelerator_reach_the_replica_options(model_dir: st
     assert server.deployment.config.ray_actor_options == {
         "placement_group_bundles": [{"GPU": 2}], "placement_group_strategy": "STRICT_PACK",
         "accelerator_type": "H100"}
+
+
+@pytest.mark.usefixtures("fresh_serve")
+def test_requests_beyond_a_models_limit_get_429_with_retry_after(model_dir: str) -> None:
+    slow = sim_config(model_dir, engine_kwargs={"time_scale": 0.02})
+    serve.run(build_openai_app({"llm_configs": [slow], "max_ongoing_requests_per_model": 2}),
+              port=0)
+    url = serve.http_url()
+    body = {"model": "sim", "messages": CHAT, "max_tokens": 500, "stream": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"{url}/v1/chat/completions", json=body) as first, \
+                client.stream("POST", f"{url}/v1/chat/completions", json=body) as second:
+            # both are streaming: two slots taken (keep the line iterators: dropping one
+            # closes its connection, which the gateway rightly takes as the client leaving)
+            lines = [held.iter_lines() for held in (first, second)]
+            assert (first.status_code, second.status_code) == (200, 200)
+            assert all(next(it).startswith("data: ") for it in lines)
+            refused = client.post(f"{url}/v1/chat/completions", json=body)
+        # leaving both streams aborts them and frees their slots
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert refused.headers["x-request-id"]
+        deadline = time.monotonic() + 10
+        while True:
+            again = client.post(f"{url}/v1/chat/completions",
+                                json={"model": "sim", "messages": CHAT, "max_tokens": 2})
+            if again.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert again.status_code == 200
+
+
+def test_bad_request_limit_is_a_config_error(model_dir: str) -> None:
+    with pytest.raises(ConfigError, match="max_ongoing_requests_per_model"):
+        build_openai_app({"llm_configs": [sim_config(model_dir)],
+                          "max_ongoing_requests_per_model": 0})
