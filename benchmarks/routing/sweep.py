@@ -1,0 +1,128 @@
+"""TTFT at the highest load both routers sustain: a request-rate sweep.
+
+The issue's target compares ``prefix_aware`` with ``power_of_two`` "at the highest load
+both sustain". This script runs ``run.py``'s setup (a fresh simulated 8-replica cluster
+per run, the llmserve gateway in front) for each workload at rising request rates, and
+calls a rate *sustained* by a router when at least ``--sustain`` of its requests met the
+SLO (TTFT <= 1 s, TPOT <= 50 ms) and every request completed. It prints, per workload,
+each rate's TTFT p90 for both routers and the ratio at the highest rate both sustained.
+
+Run: ``.venv/bin/python -m benchmarks.routing.sweep`` (about 10 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.routing.run import RESULT_DIR, default_model_dir, make_workload, run_one
+
+ROUTERS = ("llmserve:prefix_aware", "llmserve:power_of_two")
+
+
+def sustained(result: dict[str, Any], sustain: float) -> bool:
+    done = result.get("completed") or 0
+    if done == 0 or result.get("failed"):
+        return False
+    good = (result.get("request_goodput") or 0.0) / (result.get("request_throughput") or 1.0)
+    return bool(good >= sustain)
+
+
+def cell(result: dict[str, Any], sustain: float) -> dict[str, Any]:
+    return {"p90_ttft_ms": result.get("p90_ttft_ms"),
+            "sustained": sustained(result, sustain),
+            "throughput": result.get("request_throughput"),
+            "goodput": result.get("request_goodput"),
+            "hit_rate": result.get("prefix_cache_hit_rate")}
+
+
+def from_files(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """The table rebuilt from the per-run results a sweep left in ``--result-dir``."""
+    table: dict[str, list[dict[str, Any]]] = {}
+    for name in args.workloads:
+        for qps in args.qps:
+            folder = args.result_dir / f"qps{qps:g}"
+            row: dict[str, Any] = {"qps": qps}
+            for router_name in ROUTERS:
+                path = folder / f"{name}-{router_name.replace(':', '-')}.json"
+                if path.exists():
+                    row[router_name] = cell(json.loads(path.read_text()), args.sustain)
+            if all(r in row for r in ROUTERS):
+                table.setdefault(name, []).append(row)
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.routing.sweep",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=["shared-prefix", "multi-turn"])
+    parser.add_argument("--qps", nargs="+", type=float, default=[64, 96, 128, 160, 192])
+    parser.add_argument("--sustain", type=float, default=0.9,
+                        help="share of requests within the SLO for a rate to count")
+    parser.add_argument("--time-scale", type=float, default=0.25)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--result-dir", type=Path, default=RESULT_DIR / "sweep")
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the table from a finished sweep's files; run nothing")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        report(from_files(args), args)
+        return 0
+    # run.py's defaults for everything the sweep does not vary
+    base = argparse.Namespace(model_dir=None, replicas=8, profile="llama-3.1-8b-h100",
+                              kv_blocks=2048, time_scale=args.time_scale, qps=0.0,
+                              requests=args.requests, output_len=64, seed=0, port=19000,
+                              result_dir=args.result_dir)
+    model_dir = default_model_dir()
+    args.result_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    table: dict[str, list[dict[str, Any]]] = {}
+    for name in args.workloads:
+        workload = make_workload(name, base, model_dir)
+        for qps in args.qps:
+            row: dict[str, Any] = {"qps": qps}
+            for router_name in ROUTERS:
+                run_args = argparse.Namespace(**{**vars(base), "qps": qps,
+                                                 "result_dir": args.result_dir / f"qps{qps:g}"})
+                run_args.result_dir.mkdir(parents=True, exist_ok=True)
+                result = run_one(run_args, model_dir, workload, router_name)
+                row[router_name] = cell(result, args.sustain)
+            table.setdefault(name, []).append(row)
+            if not any(row[r]["sustained"] for r in ROUTERS):
+                break  # neither keeps up; higher rates only queue more
+    report(table, args)
+    (args.result_dir / "sweep.json").write_text(json.dumps(table, indent=1))
+    print(f"wrote {args.result_dir} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def report(table: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    ours, theirs = ROUTERS
+    for name, rows in table.items():
+        print(f"\n{name} (req/s simulated; * = sustained: >= {args.sustain:.0%} within SLO)")
+        print(f"{'qps':>6} {'prefix_aware p90':>18} {'power_of_two p90':>18} {'ratio':>6} "
+              f"{'req/s done (pa / p2c)':>22}")
+        both = None
+        for row in rows:
+            a, b = row[ours], row[theirs]
+            ratio = a["p90_ttft_ms"] / b["p90_ttft_ms"] if b["p90_ttft_ms"] else float("nan")
+            print(f"{row['qps']:>6g} {a['p90_ttft_ms']:>16.0f}{'*' if a['sustained'] else ' '} "
+                  f"{b['p90_ttft_ms']:>16.0f}{'*' if b['sustained'] else ' '} {ratio:>6.2f} "
+                  f"{a['throughput']:>11.1f} / {b['throughput']:<8.1f}")
+            if a["sustained"] and b["sustained"]:
+                both = (row["qps"], ratio)
+        if both is None:
+            print("no rate was sustained by both routers")
+        else:
+            print(f"highest rate both sustain: {both[0]:g} req/s; TTFT p90 ratio {both[1]:.2f} "
+                  f"(target <= 0.33)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
