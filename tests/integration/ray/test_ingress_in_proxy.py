@@ -18,7 +18,7 @@ import pytest
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
 from llmserve.serve.instance import get_instance
-from llmserve.serve.ray_runtime import replica_placements
+from llmserve.serve.ray_runtime import replica_actor, replica_placements
 from tests.fixtures_engines import cached_tiny_model
 from tests.integration.ray.conftest import RayCluster
 
@@ -83,4 +83,18 @@ def test_in_proxy_false_puts_the_ingress_in_an_actor(ray_serve: RayCluster) -> N
     ((_, pid),) = _ingress_nodes("default")
     assert pid != os.getpid()
     assert [rid for rid in replica_placements() if rid.startswith("OpenAiIngress")]
+    assert _stream(url, "sim") == TOKENS
+
+
+def test_the_detached_controller_gives_the_ingress_an_actor(ray_serve: RayCluster) -> None:
+    # the controller actor runs away from every proxy: in_proxy does not apply there
+    import ray
+
+    serve.run(_app("sim"), port=0, runtime="ray-detached")
+    url = str(serve.http_url())
+    deployment = serve.status().applications["default"].deployments["OpenAiIngress"]
+    (replica,) = deployment.replicas
+    actor = replica_actor(replica.replica_id)  # its named, detached actor
+    info = ray.get(actor.node_info.remote(), timeout=30)
+    assert replica.node is not None and info.pid == replica.node.pid != os.getpid()
     assert _stream(url, "sim") == TOKENS
