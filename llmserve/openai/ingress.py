@@ -315,12 +315,15 @@ class OpenAiIngress:
             await asyncio.sleep(0.1)
 
     def __del__(self) -> Any:
-        if not hasattr(self, "directory"):
+        """The replica's shutdown hook (the runtime awaits the coroutine), once: when the
+        garbage collector calls it again later there is nothing left to close."""
+        if not hasattr(self, "directory") or getattr(self, "_closed", False):
             return None
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return None
+        self._closed = True
         return self._close()
 
     async def _close(self) -> None:

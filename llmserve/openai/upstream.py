@@ -39,6 +39,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.parked_s = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -193,6 +194,11 @@ async def wait_reading(conn: UpstreamConnection, future: asyncio.Future[None],
             return
 
 
+# Parked connections idle longer than this are dropped instead of reused: engines'
+# servers (uvicorn: 5 s) close idle connections, and reusing one at that instant fails.
+MAX_IDLE_S = 4.0
+
+
 class UpstreamPool:
     """Keep-alive connections per engine address."""
 
@@ -204,6 +210,7 @@ class UpstreamPool:
         self._all: set[UpstreamConnection] = set()
 
     def park(self, conn: UpstreamConnection) -> None:
+        conn.parked_s = conn.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
@@ -237,6 +244,9 @@ class UpstreamPool:
         while idle:  # a parked connection may have been closed by the engine meanwhile
             conn = idle.pop()
             if conn.closed:
+                continue
+            if conn.loop.time() - conn.parked_s > MAX_IDLE_S:
+                conn.close()  # the engine may be closing it right now
                 continue
             try:
                 return await self._send(conn, raw)

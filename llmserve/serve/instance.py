@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from llmserve.serve.control_plane import ControlPlane
 from llmserve.serve.controller import Controller
-from llmserve.serve.proxy import HttpProxy
+from llmserve.serve.proxy import KEEP_ALIVE_S, HttpProxy
 from llmserve.serve.runtime import Runtime, make_runtime
 
 T = TypeVar("T")
@@ -76,6 +76,7 @@ class ServeInstance:
 
         config = uvicorn.Config(HttpProxy(self.controller), host=self.host, port=self.port,
                                 log_level="warning", lifespan="off", access_log=False,
+                                timeout_keep_alive=KEEP_ALIVE_S,
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         task = asyncio.get_running_loop().create_task(server.serve())

@@ -22,6 +22,11 @@ from llmserve.serve.status import status_to_json
 from routing import RouteRequest
 
 MODEL_ID_HEADER = b"serve_multiplexed_model_id"
+# Idle keep-alive connections stay open this long (nginx's default). Longer than common
+# clients' own idle expiry (httpx 5 s, aiohttp 15 s), so a client never reuses a
+# connection the server is closing at that instant (uvicorn's 5 s default made long
+# multi-turn think times fail with "Can not write request body").
+KEEP_ALIVE_S = 75
 _ROUTING_HEADERS = frozenset({b"x-request-id", b"x-session-id", MODEL_ID_HEADER})
 _ID_PREFIX = uuid.uuid4().hex[:16] + "-"
 _ids = itertools.count()

@@ -46,10 +46,11 @@ class ProxyActor:
     async def _serve(self, host: str, port: int) -> int:
         import uvicorn
 
-        from llmserve.serve.proxy import HttpProxy
+        from llmserve.serve.proxy import KEEP_ALIVE_S, HttpProxy
 
         config = uvicorn.Config(HttpProxy(self.plane), host=host, port=port,
-                                log_level="warning", lifespan="off", access_log=False)
+                                log_level="warning", lifespan="off", access_log=False,
+                                timeout_keep_alive=KEEP_ALIVE_S)
         server = uvicorn.Server(config)
         task = asyncio.get_running_loop().create_task(server.serve())
         while not server.started:

@@ -16,6 +16,7 @@ from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
 from llmserve.serve.ray_runtime import NAMESPACE, replica_actor
 from tests.integration.ray.apps import SlowPlain
 from tests.integration.ray.conftest import RayCluster
+from tests.integration.ray.http_load import load_with_kill
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 
@@ -34,23 +35,6 @@ def _replicas() -> dict[str, tuple[str, int]]:
             time.sleep(0.2)
 
 
-async def _load(url: str, n: int, kill: object) -> dict[int, int]:
-    codes: dict[int, int] = {}
-    async with httpx.AsyncClient(timeout=30) as client:
-        async def one(i: int) -> None:
-            await asyncio.sleep(i * 0.02)
-            response = await client.get(f"{url}/slow", params={"delay_s": 0.3})
-            if response.status_code != 200:
-                assert response.json()["error"]["code"] == "unavailable"
-            codes[response.status_code] = codes.get(response.status_code, 0) + 1
-
-        tasks = [asyncio.create_task(one(i)) for i in range(n)]
-        await asyncio.sleep(0.3)
-        kill()  # type: ignore[operator]
-        await asyncio.gather(*tasks)  # a hung request times out and fails the test
-    return codes
-
-
 def test_controller_kill_under_load_then_readopts_the_same_replicas(
         ray_serve: RayCluster) -> None:
     import ray
@@ -63,7 +47,8 @@ def test_controller_kill_under_load_then_readopts_the_same_replicas(
     controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
     controller_pid = ray.get(controller.ping.remote())
 
-    codes = asyncio.run(_load(url, 60, lambda: ray.kill(controller, no_restart=False)))
+    codes = asyncio.run(load_with_kill(
+        url, 60, lambda: ray.kill(controller, no_restart=False), delay_s=0.3, kill_after_s=0.3))
     assert sum(codes.values()) == 60 and codes.get(200, 0) == 60  # replicas kept serving
 
     deadline = time.monotonic() + 30

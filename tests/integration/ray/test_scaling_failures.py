@@ -7,7 +7,6 @@ import asyncio
 import threading
 import time
 
-import httpx
 import pytest
 
 from llmserve import serve
@@ -15,6 +14,7 @@ from llmserve.serve.exceptions import ReplicaDiedError
 from llmserve.serve.ray_runtime import replica_placements
 from tests.integration.ray.apps import Fanout, Sleeper, SlowPlain
 from tests.integration.ray.conftest import RayCluster
+from tests.integration.ray.http_load import load_with_kill
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -147,23 +147,6 @@ def test_killing_a_streaming_replica_ends_the_stream_with_an_error(
     assert got[:4] == [0, 1, 2, 3] and len(got) < 100
 
 
-async def _hammer_http(url: str, n: int, kill: object) -> dict[int, int]:
-    codes: dict[int, int] = {}
-    async with httpx.AsyncClient(timeout=30) as client:
-        async def one(i: int) -> None:
-            await asyncio.sleep(i * 0.02)
-            response = await client.get(f"{url}/slow", params={"delay_s": 0.5})
-            if response.status_code != 200:
-                assert response.json()["error"]["code"] == "unavailable"
-            codes[response.status_code] = codes.get(response.status_code, 0) + 1
-
-        tasks = [asyncio.create_task(one(i)) for i in range(n)]
-        await asyncio.sleep(0.4)
-        kill()  # type: ignore[operator]
-        await asyncio.gather(*tasks)
-    return codes
-
-
 def test_killing_an_ingress_replica_under_http_load(ray_serve: RayCluster) -> None:
     import ray
 
@@ -176,7 +159,7 @@ def test_killing_an_ingress_replica_under_http_load(ray_serve: RayCluster) -> No
         clock.start(replica)
         ray.kill(victim)
 
-    codes = asyncio.run(_hammer_http(str(serve.http_url()), 60, kill))
+    codes = asyncio.run(load_with_kill(str(serve.http_url()), 60, kill))
     assert sum(codes.values()) == 60
     assert set(codes) <= {200, 503} and codes.get(503, 0) < 30
     assert codes[200] > 30

@@ -83,6 +83,22 @@ def test_plain_call_ingress_returns_json() -> None:
     assert httpx.get(f"{serve.http_url()}/x/y").json() == {"path": "/x/y"}
 
 
+def test_idle_keep_alive_connection_outlives_clients_expiry() -> None:
+    """A client that reuses a connection after 6 s idle (past uvicorn's 5 s default, and
+    httpx's own 5 s expiry) still finds it open: no "Can not write request body"."""
+    serve.run(Plain.bind(), port=0)
+    limits = httpx.Limits(keepalive_expiry=30)
+    with httpx.Client(limits=limits) as client:
+        ports = []
+        for pause_s in (6, 0):
+            with client.stream("GET", f"{serve.http_url()}/a") as response:
+                response.read()
+                stream = response.extensions["network_stream"]
+                ports.append(stream.get_extra_info("client_addr")[1])
+            time.sleep(pause_s)
+    assert ports[0] == ports[1]  # the same connection served both
+
+
 @serve.deployment(max_ongoing_requests=1, max_queued_requests=1)
 class Slow:
     async def __call__(self, request: object) -> str:

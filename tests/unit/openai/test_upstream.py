@@ -193,3 +193,23 @@ async def test_malformed_answer_is_an_error(serve_with) -> None:  # type: ignore
     with pytest.raises(UpstreamError):
         await pool.request("POST", url + "/", b"", {})
     await pool.close()
+
+
+async def test_connections_idle_too_long_are_not_reused(  # type: ignore[no-untyped-def]
+        serve_with, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmserve.openai import upstream
+
+    monkeypatch.setattr(upstream, "MAX_IDLE_S", 0.05)
+    requests: list[tuple[bytes, bytes]] = []
+    state, url = await serve_with(keep_alive_echo(requests))
+    pool = UpstreamPool()
+    first = await pool.request("POST", url + "/", b"1", {})
+    assert await first.read() == b"1"
+    second = await pool.request("POST", url + "/", b"2", {})  # at once: reused
+    assert await second.read() == b"2"
+    assert state.connections == 1
+    await asyncio.sleep(0.1)
+    third = await pool.request("POST", url + "/", b"3", {})  # idle too long: a new one
+    assert await third.read() == b"3"
+    assert state.connections == 2
+    await pool.close()
