@@ -210,9 +210,9 @@ class OpenAiIngress:
         if "model" not in payload:
             payload["model"] = model
             body = json.dumps(payload).encode()
-        route = await self._route_request(request_id, path, payload, request, pool)
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
+        route = await self._route_request(request_id, path, payload, request, pool)
         headers = {"content-type": "application/json", "x-request-id": request_id}
         outcome = Outcome()
         for _ in range(max(1, len(pool.endpoints))):
@@ -259,10 +259,11 @@ class OpenAiIngress:
         """What the routing policy sees; the prompt's tokens only if the policy uses them."""
         session_key = _session_key(request, payload)
         renderer = self.prompts.get(pool.model_id)
-        if renderer is None or pool.num_ready() < 2:
-            # With one engine there is nothing to choose: skip rendering and tokenising
-            # (a tenth of a millisecond or more per request). The prefix index then
-            # learns only once a second replica is up.
+        if renderer is None or len(pool.endpoints) < 2:
+            # A model with one engine has nothing to choose: skip rendering and tokenising
+            # (a tenth of a millisecond or more per request). Its prefix index starts
+            # learning once a second replica joins. (Not when one of several is briefly
+            # not ready: what is routed meanwhile must still be learned.)
             return RouteRequest(request_id, pool.model_id, session_key)
         engine_url = next((e.url for e in pool.endpoints.values() if e.ready), None)
         return await renderer.route_request(request_id, path, payload, session_key,

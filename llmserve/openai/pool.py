@@ -61,9 +61,6 @@ class ModelPool:
     def in_flight(self) -> int:
         return sum(e.in_flight for e in self.endpoints.values())
 
-    def num_ready(self) -> int:
-        return sum(1 for e in self.endpoints.values() if e.ready)
-
     def choose(self, request: RouteRequest) -> Endpoint | None:
         ready = [e for e in self.endpoints.values() if e.ready]
         if not ready:
