@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +124,15 @@ def run_ray(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
                        capture_output=True, check=False)
 
 
-def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each field's median over the rounds (rounds listed too, for the record)."""
-    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in FIELDS}
+def median_of(runs: list[dict[str, Any]],
+              fields: Sequence[str] = FIELDS) -> dict[str, Any]:
+    """Each of ``fields`` the rounds have: its median over the rounds (rounds listed too,
+    for the record)."""
+    present = [k for k in fields if k in runs[0]]
+    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in present}
     merged["completed"] = min(r["completed"] for r in runs)
     merged["client_cpu_util"] = max(r["client_cpu_util"] for r in runs)
-    merged["rounds"] = [{k: r[k] for k in FIELDS} for r in runs]
+    merged["rounds"] = [{k: r[k] for k in present} for r in runs]
     return merged
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gateway_overhead import ENGINE_KWARGS, load_once, wait_http
+from benchmarks.gateway_overhead import ENGINE_KWARGS, load_once, median_of, wait_http
 from engines.process import free_port
 from llmserve.llm.tiny_model import cached_tiny_model
 
@@ -119,7 +118,7 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
             for _ in range(args.rounds):
                 runs["gateway"].append(gateway_round(gateway, proc.pid, model_dir, args))
                 runs["bare"].append(load_once(engine, model_dir, args))
-            return {name: median_of(r) for name, r in runs.items()}
+            return {name: median_of(r, FIELDS) for name, r in runs.items()}
         finally:
             proc.terminate()
             try:
@@ -129,15 +128,6 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
             if mode != "local":
                 subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
                                capture_output=True, check=False)
-
-
-def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each field's median over the rounds (the rounds kept for the record)."""
-    fields = [k for k in FIELDS if k in runs[0]]
-    merged: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in fields}
-    merged["completed"] = min(r["completed"] for r in runs)
-    merged["rounds"] = [{k: r[k] for k in fields} for r in runs]
-    return merged
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:

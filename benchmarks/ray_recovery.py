@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,39 +119,55 @@ async def wait_until(predicate: Any, timeout_s: float) -> float | None:
     return None
 
 
+async def kill_under_load(args: argparse.Namespace, kill: Callable[[], object],
+                          recover: Callable[[], Awaitable[dict[str, Any]]]
+                          ) -> tuple[dict[str, Any], LoadLog, float]:
+    """Closed-loop load; ``kill()`` after the warm-up; ``recover()`` measures the way
+    back. Returns the figures both scenarios report (with ``recover``'s), the load's
+    log and the kill's time."""
+    log, stop = LoadLog(), asyncio.Event()
+    load = asyncio.create_task(closed_loop(f"{serve.http_url()}/", args.clients,
+                                           args.delay_s, args.request_timeout_s, stop, log))
+    await asyncio.sleep(args.warmup_s)
+    ok_before = log.ok
+    killed_at = time.monotonic()
+    kill()
+    recovered = await recover()
+    await asyncio.sleep(args.after_s)
+    stop.set()
+    await load
+    late_failures = [at - killed_at for at in log.failures_at if at >= killed_at]
+    figures = {
+        "replicas": args.replicas, "clients": args.clients, "delay_s": args.delay_s,
+        **recovered,
+        "last_failure_after_s": max(late_failures) if late_failures else 0.0,
+        "ok_before_kill": ok_before,
+        **{k: v for k, v in asdict(log).items() if k not in ("failures_at", "served_by")},
+    }
+    return figures, log, killed_at
+
+
 async def kill_a_replica(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from llmserve.serve.ray_runtime import replica_actor
 
-    url = f"{serve.http_url()}/"
     before = running_replicas("Answer")
     victim = sorted(before)[0]
-    log, stop = LoadLog(), asyncio.Event()
-    load = asyncio.create_task(closed_loop(url, args.clients, args.delay_s,
-                                           args.request_timeout_s, stop, log))
-    await asyncio.sleep(args.warmup_s)
-    ok_before = log.ok
-    killed_at = time.monotonic()
-    ray.kill(replica_actor(victim))
-    replaced = await wait_until(
-        lambda: len(running_replicas("Answer") - before) >= 1
-        and len(running_replicas("Answer")) == args.replicas, 30.0)
-    new = running_replicas("Answer") - before
-    await asyncio.sleep(args.after_s)
-    stop.set()
-    await load
-    first_answers = [at for rid, at in log.served_by.items() if rid in new]
-    late_failures = [at - killed_at for at in log.failures_at if at >= killed_at]
-    return {
-        "replicas": args.replicas, "clients": args.clients, "delay_s": args.delay_s,
-        "victim": victim, "replacement": sorted(new),
-        "replaced_after_s": replaced,
-        "replacement_serves_after_s": min(first_answers) - killed_at if first_answers else None,
-        "last_failure_after_s": max(late_failures) if late_failures else 0.0,
-        "ok_before_kill": ok_before,
-        **{k: v for k, v in asdict(log).items() if k not in ("failures_at", "served_by")},
-    }
+
+    async def replaced() -> dict[str, Any]:
+        after_s = await wait_until(
+            lambda: len(running_replicas("Answer") - before) >= 1
+            and len(running_replicas("Answer")) == args.replicas, 30.0)
+        return {"victim": victim, "replacement": sorted(running_replicas("Answer") - before),
+                "replaced_after_s": after_s}
+
+    figures, log, killed_at = await kill_under_load(
+        args, lambda: ray.kill(replica_actor(victim)), replaced)
+    first_answers = [at for rid, at in log.served_by.items() if rid in figures["replacement"]]
+    figures["replacement_serves_after_s"] = (min(first_answers) - killed_at
+                                             if first_answers else None)
+    return figures
 
 
 async def kill_the_controller(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,17 +177,9 @@ async def kill_the_controller(args: argparse.Namespace) -> dict[str, Any]:
     from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
     from llmserve.serve.ray_runtime import NAMESPACE
 
-    url = f"{serve.http_url()}/"
     before = running_replicas("Answer")
     controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
     old_pid = ray.get(controller.ping.remote())
-    log, stop = LoadLog(), asyncio.Event()
-    load = asyncio.create_task(closed_loop(url, args.clients, args.delay_s,
-                                           args.request_timeout_s, stop, log))
-    await asyncio.sleep(args.warmup_s)
-    ok_before = log.ok
-    killed_at = time.monotonic()
-    ray.kill(controller, no_restart=False)
 
     def restarted() -> bool:
         with contextlib.suppress(Exception):
@@ -182,22 +191,17 @@ async def kill_the_controller(args: argparse.Namespace) -> dict[str, Any]:
             return running_replicas("Answer") == before
         return False
 
-    back = await wait_until(restarted, 60.0)
-    adopted = await wait_until(readopted, 60.0)
-    await asyncio.sleep(args.after_s)
-    stop.set()
-    await load
-    late_failures = [at - killed_at for at in log.failures_at if at >= killed_at]
-    return {
-        "replicas": args.replicas, "clients": args.clients, "delay_s": args.delay_s,
-        "controller_back_after_s": back,
-        "same_replicas_running_after_s": None if adopted is None or back is None
-        else back + adopted,
-        "replicas_after": sorted(running_replicas("Answer")),
-        "last_failure_after_s": max(late_failures) if late_failures else 0.0,
-        "ok_before_kill": ok_before,
-        **{k: v for k, v in asdict(log).items() if k not in ("failures_at", "served_by")},
-    }
+    async def came_back() -> dict[str, Any]:
+        back = await wait_until(restarted, 60.0)
+        adopted = await wait_until(readopted, 60.0)
+        return {"controller_back_after_s": back,
+                "same_replicas_running_after_s": None if adopted is None or back is None
+                else back + adopted}
+
+    figures, _, _ = await kill_under_load(
+        args, lambda: ray.kill(controller, no_restart=False), came_back)
+    figures["replicas_after"] = sorted(running_replicas("Answer"))
+    return figures
 
 
 def start_cluster() -> Any:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from llmserve.serve.control_plane import ControlPlane
 from llmserve.serve.controller import Controller
-from llmserve.serve.proxy import KEEP_ALIVE_S, HttpProxy
+from llmserve.serve.proxy import HttpProxy, serve_http
 from llmserve.serve.runtime import Runtime, make_runtime
 
 T = TypeVar("T")
@@ -72,22 +72,8 @@ class ServeInstance:
             self.submit(self._start_http())
 
     async def _start_http(self) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(HttpProxy(self.controller), host=self.host, port=self.port,
-                                log_level="warning", lifespan="off", access_log=False,
-                                timeout_keep_alive=KEEP_ALIVE_S,
-                                timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError(f"HTTP proxy could not bind {self.host}:{self.port}")
-            await asyncio.sleep(0.01)
-        self._server = server
-        self._server_task = task
-        self.http_port = server.servers[0].sockets[0].getsockname()[1]
+        self._server, self._server_task, self.http_port = await serve_http(
+            HttpProxy(self.controller), self.host, self.port, timeout_graceful_shutdown=5)
         log.info("HTTP proxy listening on http://%s:%s", self.host, self.http_port)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -106,6 +107,25 @@ class HttpProxy:
 def _own_url(scope: Scope) -> str | None:
     server = scope.get("server")
     return f"{scope.get('scheme', 'http')}://{server[0]}:{server[1]}" if server else None
+
+
+async def serve_http(proxy: HttpProxy, host: str, port: int,
+                     **uvicorn_options: Any) -> tuple[Any, asyncio.Task[None], int]:
+    """Serve ``proxy`` under uvicorn on the running loop; returns once it is bound, with
+    the server, its task and the bound port (``port=0`` picks a free one)."""
+    import uvicorn
+
+    config = uvicorn.Config(proxy, host=host, port=port, log_level="warning",
+                            lifespan="off", access_log=False,
+                            timeout_keep_alive=KEEP_ALIVE_S, **uvicorn_options)
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"the HTTP proxy could not bind {host}:{port}")
+        await asyncio.sleep(0.01)
+    return server, task, int(server.servers[0].sockets[0].getsockname()[1])
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -44,22 +44,10 @@ class ProxyActor:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def _serve(self, host: str, port: int) -> int:
-        import uvicorn
+        from llmserve.serve.proxy import HttpProxy, serve_http
 
-        from llmserve.serve.proxy import KEEP_ALIVE_S, HttpProxy
-
-        config = uvicorn.Config(HttpProxy(self.plane), host=host, port=port,
-                                log_level="warning", lifespan="off", access_log=False,
-                                timeout_keep_alive=KEEP_ALIVE_S)
-        server = uvicorn.Server(config)
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError(f"the node proxy could not bind {host}:{port}")
-            await asyncio.sleep(0.01)
-        self._server_task = task
-        return int(server.servers[0].sockets[0].getsockname()[1])
+        _, self._server_task, bound = await serve_http(HttpProxy(self.plane), host, port)
+        return bound
 
     def url(self) -> str:
         return f"http://{self.node_ip}:{self.port}"
