@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,10 +111,13 @@ class Controller:
 
     def restore_app(self, app: Application, name: str, route_prefix: str | None,
                     adopted: dict[str, list[tuple[str, str, ReplicaRef]]],
-                    targets: dict[str, int]) -> None:
+                    targets: dict[str, int],
+                    starting: dict[str, list[tuple[str, str, Awaitable[ReplicaRef]]]]
+                    | None = None) -> None:
         """Re-create an application from a checkpoint, adopting its running replicas
-        (``deployment -> [(replica_id, version, ref)]``); reconcile starts only what is
-        missing."""
+        (``deployment -> [(replica_id, version, ref)]``) and those still starting
+        (``deployment -> [(replica_id, version, started)]``); reconcile starts only what
+        is missing."""
         nodes = app.walk()
         names = [node.deployment.name for node in nodes]
         self.apps[name] = AppRecord(name, route_prefix, app.deployment.name, names)
@@ -122,7 +125,8 @@ class Controller:
         for node in nodes:
             self._deploy(name, node)
             dep = node.deployment.name
-            self.deployments[(name, dep)].adopt(adopted.get(dep, []), targets.get(dep, 0))
+            self.deployments[(name, dep)].adopt(adopted.get(dep, []), targets.get(dep, 0),
+                                                (starting or {}).get(dep, []))
         self.wake()
 
     async def _wait_settled(self, app_name: str) -> None:

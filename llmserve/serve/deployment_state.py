@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,16 +103,24 @@ class DeploymentState:
                 self._spawn(self._reconfigure(record, desired.config.user_config))
         self.wake()
 
-    def adopt(self, replicas: list[tuple[str, str, ReplicaRef]], target_replicas: int) -> None:
-        """Take over running replicas ``(replica_id, version, ref)`` a previous controller
-        started (the detached controller after a restart), instead of starting new ones;
-        an empty version means the deployment's current one."""
+    def adopt(self, replicas: list[tuple[str, str, ReplicaRef]], target_replicas: int,
+              starting: Sequence[tuple[str, str, Awaitable[ReplicaRef]]] = ()) -> None:
+        """Take over replicas a previous controller started (the detached controller
+        after a restart) instead of starting new ones: running ones ``(replica_id,
+        version, ref)``, and ones still starting ``(replica_id, version, started)``,
+        which become RUNNING when ``started`` gives their ref. An empty version means the
+        deployment's current one."""
         for replica_id, version, ref in replicas:
             record = ReplicaRecord(replica_id, version or self.desired.version,
                                    ReplicaState.RUNNING, ref,
                                    self.clock() + self.desired.config.health_check_period_s)
             self.replicas.append(record)
             _skip_ids_past(replica_id)
+        for replica_id, version, started in starting:
+            record = ReplicaRecord(replica_id, version or self.desired.version)
+            self.replicas.append(record)
+            _skip_ids_past(replica_id)
+            self._spawn(self._run_start(record, started))
         if self.desired.config.autoscaling is not None:
             self.target_replicas = target_replicas
         self._sync_router()
@@ -218,11 +226,11 @@ class DeploymentState:
         spec = ReplicaSpec(record.replica_id, self.app_name, self.name, desired.func_or_class,
                            desired.init_args, desired.init_kwargs, desired.config,
                            desired.version, desired.ingress_app)
-        self._spawn(self._run_start(record, spec))
+        self._spawn(self._run_start(record, self.runtime.start_replica(spec)))
 
-    async def _run_start(self, record: ReplicaRecord, spec: ReplicaSpec) -> None:
+    async def _run_start(self, record: ReplicaRecord, started: Awaitable[ReplicaRef]) -> None:
         try:
-            ref = await self.runtime.start_replica(spec)
+            ref = await started
         except Exception as exc:
             self.replicas.remove(record)
             self.start_failures += 1

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -76,9 +77,9 @@ class RayRuntime:
         here = ray.get_runtime_context().get_node_id()
         self._actor_class: Any = ray.remote(ReplicaActor)
         options: dict[str, Any] = {}
-        if detached:
+        if detached:  # restartable: the controller republishes to a restarted one
             options = {"name": MEMBERSHIP_NAME, "namespace": NAMESPACE,
-                       "lifetime": "detached", "get_if_exists": True}
+                       "lifetime": "detached", "get_if_exists": True, "max_restarts": -1}
         self._membership: Any = ray.remote(MembershipActor).options(
             num_cpus=0, max_concurrency=10_000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True), **options,
@@ -90,11 +91,18 @@ class RayRuntime:
         self._names: dict[str, str] = {}  # replica id -> actor name (detached ones)
         self._controller: Any = None
         self._publisher: asyncio.Task[None] | None = None
-        # a restarted controller continues the membership's versions (listeners wait for
-        # a version other than the one they know)
+        # Versions only grow, across restarts of the controller and of the membership
+        # actor: a restarted controller starts past both the membership's version and
+        # the clock in ms (at most one publish per PUBLISH_PERIOD_S came before).
         membership: Any = self._membership
-        self._version = int(ray.get(membership.current_version.remote())) if detached else 0
+        self._version = 0
+        if detached:
+            self._version = max(int(ray.get(membership.current_version.remote())),
+                                int(time.time() * 1000))
         self._published: tuple[Any, ...] | None = None
+        # awaited before a detached replica's actor (or placement group) is created: the
+        # detached controller checkpoints the STARTING replica's id first
+        self.before_start: Callable[[], Awaitable[None]] | None = None
 
     def attach(self, controller: Any) -> None:
         """The controller whose deployments the runtime publishes to replicas."""
@@ -116,6 +124,8 @@ class RayRuntime:
             await replica.start()
             return replica
         await self._publish()  # the replica's handles must know every deployment
+        if self.before_start is not None:
+            await self.before_start()
         options: dict[str, Any] = dict(placement.actor_options)
         lifetime: dict[str, Any] = {"lifetime": "detached"} if self.detached else {}
         if self.detached:
@@ -154,23 +164,44 @@ class RayRuntime:
                  info.node_ip, info.resources)
         return ref
 
-    async def adopt_replica(self, app_name: str, replica_id: str,
-                            drain_s: float) -> RayReplicaRef | None:
-        """The running detached actor of a replica a previous controller started, as a
-        ref; None when it is gone or never finished starting."""
+    def find_replica_actor(self, app_name: str, replica_id: str) -> Any | None:
+        """The detached actor of a replica a previous controller started or was starting
+        (claimed: `kill_orphans` spares it); None when there is none (its placement
+        group, if one was made, is removed)."""
+        import ray
+
+        name = replica_actor_name(app_name, replica_id)
+        try:
+            actor = ray.get_actor(name, NAMESPACE)
+        except ValueError:
+            _remove_placement_group_named(f"llmserve:{replica_id}")
+            return None
+        self._names[replica_id] = name
+        return actor
+
+    async def adopt_replica(self, replica_id: str, actor: Any, drain_s: float,
+                            timeout_s: float | None = ADOPT_TIMEOUT_S) -> RayReplicaRef:
+        """A replica actor a previous controller started, as a ref. Its ``start`` is
+        idempotent: a running one answers at once, one still starting when it finishes
+        (``timeout_s=None`` waits as long as a new start would). Raises what its start
+        raised, or when it is gone (then it is killed and its placement group removed)."""
         import ray
         from ray.util import get_placement_group
 
         try:
-            actor = ray.get_actor(replica_actor_name(app_name, replica_id), NAMESPACE)
-            info: ReplicaNodeInfo | None = await asyncio.wait_for(
-                actor.node_info.remote(), ADOPT_TIMEOUT_S)
-        except Exception as exc:
-            log.warning("cannot adopt replica %s: %r", replica_id, exc)
-            return None
-        if info is None:
-            ray.kill(actor)
-            return None
+            call = actor.start.remote()
+            info: ReplicaNodeInfo = await (
+                _wait_pending(call, f"replica {replica_id} that was starting")
+                if timeout_s is None else asyncio.wait_for(call, timeout_s))
+        except BaseException as exc:
+            self._names.pop(replica_id, None)
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+            _remove_placement_group_named(f"llmserve:{replica_id}")
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(
+                    exc.cause, BaseException):
+                raise exc.cause from None
+            raise
         pg = None
         if info.placement_group_id is not None:
             with contextlib.suppress(Exception):
@@ -179,7 +210,6 @@ class RayRuntime:
         ref.start_watch()
         self._refs[replica_id] = ref
         self._drain_s[replica_id] = drain_s
-        self._names[replica_id] = replica_actor_name(app_name, replica_id)
         log.info("adopted replica %s on node %s (pid %d)", replica_id, info.node_id[:8],
                  info.pid)
         return ref
@@ -286,12 +316,25 @@ class RayRuntime:
                 await self._publish()
                 if loop.time() >= next_loads:
                     next_loads = loop.time() + LOADS_PERIOD_S
-                    self._apply_loads(await self._membership.loads.remote())
+                    version, loads = await self._membership.poll.remote()
+                    self._apply_loads(loads)
+                    if version != self._version and self._published is not None:
+                        await self._republish(version)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("publishing replica membership failed")
             await asyncio.sleep(PUBLISH_PERIOD_S)
+
+    async def _republish(self, seen_version: int) -> None:
+        """The membership actor was restarted (it lost its snapshot): publish the whole
+        snapshot again, at a version past every one listeners know."""
+        if await self._membership.current_version.remote() == self._version:
+            return  # a publish of ours was in flight when it was polled
+        log.warning("the membership actor restarted (version %d, ours %d): republishing",
+                    seen_version, self._version)
+        self._published = None
+        await self._publish()
 
     async def _publish(self) -> None:
         snapshot = self._snapshot()
@@ -357,6 +400,14 @@ async def _wait_pending(object_ref: Any, what: str) -> Any:
         waited_s += PENDING_WARNING_S
         log.warning("still waiting after %.0f s for the cluster to place the %s",
                     waited_s, what)
+
+
+def _remove_placement_group_named(name: str) -> None:
+    from ray.util import get_placement_group
+    from ray.util.placement_group import remove_placement_group
+
+    with contextlib.suppress(Exception):
+        remove_placement_group(get_placement_group(name))
 
 
 async def _call_alive(object_ref: Any) -> None:

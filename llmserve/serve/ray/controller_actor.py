@@ -17,7 +17,7 @@ import logging
 import os
 import pickle
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,7 +40,9 @@ class AppCheckpoint:
     name: str
     route_prefix: str | None
     app_bytes: bytes  # the Application as the driver cloudpickled it
-    replicas: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # per deployment: (replica id, version, still starting), STARTING ones recorded
+    # before their actor is created
+    replicas: dict[str, list[tuple[str, str, bool]]] = field(default_factory=dict)
     targets: dict[str, int] = field(default_factory=dict)  # autoscaled replica counts
 
 
@@ -106,7 +108,9 @@ class CheckpointedController:
         runtime.attach(self.controller)
         self._app_bytes: dict[str, bytes] = {}
         self._saved: bytes | None = None
+        self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        runtime.before_start = self._save  # a starting replica is checkpointed first
 
     async def start(self) -> None:
         await self._recover(await asyncio.to_thread(load_checkpoint))
@@ -142,23 +146,26 @@ class CheckpointedController:
         for name, record in self.controller.apps.items():
             if name not in self._app_bytes:
                 continue
-            replicas: dict[str, list[tuple[str, str]]] = {}
+            replicas: dict[str, list[tuple[str, str, bool]]] = {}
             targets: dict[str, int] = {}
             for dep in record.deployments:
                 state = self.controller.deployments[(name, dep)]
                 targets[dep] = state.target_replicas
                 replicas[dep] = [
-                    (r.replica_id, CURRENT if r.version == state.desired.version else r.version)
-                    for r in state.replicas if r.state is ReplicaState.RUNNING]
+                    (r.replica_id, CURRENT if r.version == state.desired.version else r.version,
+                     r.state is ReplicaState.STARTING)
+                    for r in state.replicas
+                    if r.state in (ReplicaState.RUNNING, ReplicaState.STARTING)]
             out[name] = AppCheckpoint(name, record.route_prefix, self._app_bytes[name],
                                       replicas, targets)
         return out
 
     async def _save(self) -> None:
-        data = pickle.dumps(self._checkpoint())
-        if data != self._saved:
-            await asyncio.to_thread(save_checkpoint, data)
-            self._saved = data
+        async with self._save_lock:  # writes land in the order their states were read
+            data = pickle.dumps(self._checkpoint())
+            if data != self._saved:
+                await asyncio.to_thread(save_checkpoint, data)
+                self._saved = data
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -172,18 +179,39 @@ class CheckpointedController:
         import ray
 
         for app in checkpoint.values():
-            adopted: dict[str, list[tuple[str, str, ReplicaRef]]] = {}
+            running: dict[str, list[tuple[str, str, Any]]] = {}
+            starting: dict[str, list[tuple[str, str, Awaitable[ReplicaRef]]]] = {}
             for dep, replicas in app.replicas.items():
+                for rid, version, is_starting in replicas:
+                    actor = self.runtime.find_replica_actor(app.name, rid)
+                    if actor is None:  # gone, or its controller died before creating it
+                        continue
+                    if is_starting:  # becomes RUNNING when its start (under way) ends
+                        starting.setdefault(dep, []).append((rid, version, _adopt_started(
+                            self.runtime, rid, actor)))
+                    else:
+                        running.setdefault(dep, []).append((rid, version, actor))
+            adopted: dict[str, list[tuple[str, str, ReplicaRef]]] = {}
+            for dep, entries in running.items():
                 refs = await asyncio.gather(*(
-                    self.runtime.adopt_replica(app.name, rid, ADOPT_DRAIN_S)
-                    for rid, _ in replicas))
-                adopted[dep] = [(rid, version, ref) for (rid, version), ref
-                                in zip(replicas, refs, strict=True) if ref is not None]
+                    self.runtime.adopt_replica(rid, actor, ADOPT_DRAIN_S)
+                    for rid, _, actor in entries), return_exceptions=True)
+                adopted[dep] = []
+                for (rid, version, _), ref in zip(entries, refs, strict=True):
+                    if isinstance(ref, BaseException):
+                        log.warning("cannot adopt replica %s: %r", rid, ref)
+                    else:
+                        adopted[dep].append((rid, version, ref))
             self._app_bytes[app.name] = app.app_bytes
             self.controller.restore_app(ray.cloudpickle.loads(app.app_bytes), app.name,
-                                        app.route_prefix, adopted, app.targets)
-            log.info("recovered application %s: adopted %s", app.name,
-                     {d: [r[0] for r in rs] for d, rs in adopted.items()})
+                                        app.route_prefix, adopted, app.targets, starting)
+            log.info("recovered application %s: adopted %s, still starting %s", app.name,
+                     {d: [r[0] for r in rs] for d, rs in adopted.items()},
+                     {d: [r[0] for r in rs] for d, rs in starting.items()})
         with contextlib.suppress(Exception):
             for name in self.runtime.kill_orphans():
                 log.warning("killed orphan replica actor %s", name)
+
+
+async def _adopt_started(runtime: RayRuntime, replica_id: str, actor: Any) -> ReplicaRef:
+    return await runtime.adopt_replica(replica_id, actor, ADOPT_DRAIN_S, timeout_s=None)

@@ -25,6 +25,7 @@ from routing import make_policy
 log = logging.getLogger("llmserve.serve")
 DeploymentKey = tuple[str, str]  # (app, deployment)
 LISTEN_TIMEOUT_S = 10.0
+LISTEN_RETRY_S = 0.2
 REPORT_PERIOD_S = 0.1
 REPORT_HEARTBEAT_S = 1.0
 REPORT_TTL_S = 3.0
@@ -62,17 +63,23 @@ def snapshot_key(snapshot: Snapshot) -> tuple[Any, ...]:
 
 
 class MembershipActor:
-    """A small async actor: the latest snapshot, waiters on the next, and load reports."""
+    """A small async actor: the latest snapshot, waiters on the next, and load reports.
+
+    Restartable (``max_restarts=-1`` on the detached runtime): a restarted one holds no
+    snapshot and answers no listener until the controller has published again, which it
+    does as soon as `poll` shows a version other than its own (`RayRuntime`)."""
 
     def __init__(self) -> None:
         self.version = 0
         self.snapshot: Snapshot = {}
+        self.has_snapshot = False
         self._next: asyncio.Future[None] | None = None
         self._loads: dict[str, tuple[float, dict[DeploymentKey, float]]] = {}
         self._applied: dict[str, int] = {}  # source -> the version it last asked past
 
     async def publish(self, version: int, snapshot: Snapshot) -> None:
         self.version, self.snapshot = version, snapshot
+        self.has_snapshot = True
         if self._next is not None and not self._next.done():
             self._next.set_result(None)
         self._next = None
@@ -87,7 +94,7 @@ class MembershipActor:
         A source asking past ``known_version`` has applied it (see `wait_applied`)."""
         if source_id:
             self._applied[source_id] = known_version
-        if known_version != self.version:
+        if self.has_snapshot and known_version != self.version:
             return self.version, self.snapshot
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
@@ -109,6 +116,10 @@ class MembershipActor:
 
     async def report(self, source_id: str, loads: dict[DeploymentKey, float]) -> None:
         self._loads[source_id] = (time.monotonic(), loads)
+
+    async def poll(self) -> tuple[int, dict[DeploymentKey, float]]:
+        """The version it holds (0 after a restart) and `loads`, for the controller."""
+        return self.version, await self.loads()
 
     async def loads(self) -> dict[DeploymentKey, float]:
         """Sum of the fresh load reports, per deployment."""
@@ -191,9 +202,9 @@ class ReplicaView:
             try:
                 update = await self.membership.listen.remote(self.version, LISTEN_TIMEOUT_S,
                                                              self.source_id)
-            except Exception as exc:
+            except Exception as exc:  # the actor is restarting: keep the routers as they are
                 log.warning("membership long-poll failed: %r", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(LISTEN_RETRY_S)
                 continue
             if update is not None:
                 self.apply(*update)

@@ -48,12 +48,20 @@ class ReplicaActor:
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="llmserve-replica")
         self._replica: LocalReplica | None = None
         self._info: ReplicaNodeInfo | None = None
+        self._starting: asyncio.Future[ReplicaNodeInfo] | None = None
 
     async def node_info(self) -> ReplicaNodeInfo | None:
         """Where it runs, once started (a restarted controller re-adopts it with this)."""
         return self._info
 
     async def start(self) -> ReplicaNodeInfo:
+        """Start the replica once; a second call (a restarted controller adopting a
+        replica that was starting) waits for the same start and gets its outcome."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        return await asyncio.shield(self._starting)
+
+    async def _start(self) -> ReplicaNodeInfo:
         import ray
 
         from llmserve.serve.ray.membership import install_replica_view

@@ -154,3 +154,14 @@ class Configurable:
 
     async def num_running(self) -> int:
         return self.running
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class SlowStart:
+    """Takes ``start_s`` to start (a model loading), then answers with its pid."""
+
+    async def __init__(self, start_s: float) -> None:
+        await asyncio.sleep(start_s)
+
+    async def __call__(self, request: Request) -> dict[str, int]:
+        return {"pid": os.getpid()}
