@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
 import uuid
 from typing import Any
 
@@ -109,23 +110,42 @@ def _own_url(scope: Scope) -> str | None:
     return f"{scope.get('scheme', 'http')}://{server[0]}:{server[1]}" if server else None
 
 
-async def serve_http(proxy: HttpProxy, host: str, port: int,
+async def serve_http(proxy: HttpProxy, host: str, port: int, reuse_port: bool = False,
                      **uvicorn_options: Any) -> tuple[Any, asyncio.Task[None], int]:
     """Serve ``proxy`` under uvicorn on the running loop; returns once it is bound, with
-    the server, its task and the bound port (``port=0`` picks a free one)."""
+    the server, its task and the bound port (``port=0`` picks a free one).
+
+    ``reuse_port``: bind with ``SO_REUSEPORT``, so the proxies of one node (on Ray, the
+    driver's and the node's proxy actor) share the port and the kernel spreads
+    connections between them; when one exits the other keeps serving it."""
     import uvicorn
 
     config = uvicorn.Config(proxy, host=host, port=port, log_level="warning",
                             lifespan="off", access_log=False,
                             timeout_keep_alive=KEEP_ALIVE_S, **uvicorn_options)
     server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve())
+    sockets = [_bind_reusing_port(host, port)] if reuse_port else None
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
     while not server.started:
         if task.done():
             task.result()
             raise RuntimeError(f"the HTTP proxy could not bind {host}:{port}")
         await asyncio.sleep(0.01)
     return server, task, int(server.servers[0].sockets[0].getsockname()[1])
+
+
+def _bind_reusing_port(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
