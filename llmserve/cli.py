@@ -23,14 +23,15 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config_file(args.config)
     if args.address:
         if not args.runtime.startswith("ray"):
-            raise ConfigError("--address needs --runtime ray or ray-detached")
+            raise ConfigError("--address needs --runtime ray or ray-driver")
         os.environ["RAY_ADDRESS"] = args.address  # read by ray.init in the Ray runtime
     host = args.host or config.http_options.host
     port = args.port if args.port is not None else config.http_options.port
     for app_config in config.applications:
         app = build_application(app_config)
         serve.run(app, name=app_config.name, route_prefix=app_config.route_prefix, host=host,
-                  port=port, runtime=args.runtime)
+                  port=port, runtime=args.runtime,
+                  proxy_location=args.proxy_location or config.proxy_location)
         print(f"application {app_config.name!r} is ready at "
               f"{serve.http_url()}{app_config.route_prefix or ''}", flush=True)
     print("serving; press Ctrl-C to stop", flush=True)
@@ -150,9 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="serve the applications of a Ray-Serve-style YAML")
     run.add_argument("config", help="YAML file with an 'applications' list")
-    run.add_argument("--runtime", default="local", choices=["local", "ray", "ray-detached"],
-                     help="ray-detached: the controller is a detached Ray actor that "
-                          "survives this process and its own restarts (docs/ray.md)")
+    run.add_argument("--runtime", default="local", choices=["local", "ray", "ray-driver"],
+                     help="ray: the controller is a detached Ray actor that survives this "
+                          "process and its own restarts; ray-driver: the controller runs "
+                          "in this process (docs/ray.md)")
+    run.add_argument("--proxy-location", default=None,
+                     choices=["EveryNode", "HeadOnly", "Disabled"],
+                     help="with --runtime ray: where HTTP proxies run besides this "
+                          "process's own (default: the config's proxy_location, EveryNode)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join with --runtime ray (default: RAY_ADDRESS, "
                           "else a local Ray is started)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +38,8 @@ class ApplicationConfig(BaseModel):
 
 class ServeConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    proxy_location: str = "HeadOnly"
+    # where the Ray runtime runs HTTP proxies (Ray Serve's default); ignored on local
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
     http_options: HttpOptions = Field(default_factory=HttpOptions)
     grpc_options: dict[str, Any] = Field(default_factory=dict)
     logging_config: dict[str, Any] = Field(default_factory=dict)

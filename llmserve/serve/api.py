@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Mapping
@@ -9,31 +10,47 @@ from typing import Any
 
 from llmserve.serve.deployment import Application, Deployment
 from llmserve.serve.handle import DeploymentHandle
-from llmserve.serve.instance import get_instance, get_or_start, stop_instance
+from llmserve.serve.instance import (
+    ServeInstance,
+    attach_to_cluster,
+    get_instance,
+    get_or_start,
+    stop_instance,
+)
 from llmserve.serve.status import ServeStatus
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-def start(http_options: Mapping[str, Any] | None = None, runtime: str = "local") -> None:
+def start(http_options: Mapping[str, Any] | None = None, runtime: str = "local",
+          proxy_location: str | None = None) -> None:
     """Start serve (and its HTTP proxy) without deploying anything."""
     opts = dict(http_options or {})
     instance = get_or_start(runtime, opts.get("host", DEFAULT_HOST),
-                            int(opts.get("port", DEFAULT_PORT)))
+                            int(opts.get("port", DEFAULT_PORT)),
+                            opts.get("location", proxy_location))
     instance.ensure_http()
 
 
 def run(target: Application | Deployment, *, name: str = "default",
         route_prefix: str | None = "/", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-        blocking: bool = False, runtime: str = "local") -> DeploymentHandle:
+        blocking: bool = False, runtime: str = "local",
+        proxy_location: str | None = None) -> DeploymentHandle:
     """Deploy an application and return a handle to its ingress deployment.
 
     ``route_prefix=None`` deploys without HTTP. With ``blocking=True`` it serves until
-    SIGINT/SIGTERM, then drains in-flight requests and shuts down.
+    SIGINT/SIGTERM, then drains in-flight requests and shuts down. On
+    ``runtime="ray"``, ``proxy_location`` (``EveryNode``, the default, ``HeadOnly`` or
+    ``Disabled``) says where the controller runs HTTP proxies besides this process's
+    own, once an application has a route prefix.
     """
     app = target.bind() if isinstance(target, Deployment) else target
-    instance = get_or_start(runtime, host, port)
+    if proxy_location is not None:
+        from llmserve.serve.ray.proxy_actor import ProxyConfig
+
+        ProxyConfig(proxy_location)  # validates it
+    instance = get_or_start(runtime, host, port, proxy_location)
     if route_prefix is not None:
         instance.ensure_http()
     instance.submit(instance.controller.deploy_app(app, name, route_prefix))
@@ -60,18 +77,33 @@ def run_until_signal() -> None:
         shutdown()
 
 
+def _instance() -> ServeInstance:
+    """The running instance; in a driver that has none but joined a Ray cluster whose
+    detached controller runs (another driver started it), one attached to it."""
+    try:
+        return get_instance()
+    except RuntimeError:
+        attached = attach_to_cluster(DEFAULT_HOST, DEFAULT_PORT)
+        if attached is None:
+            raise
+        return attached
+
+
 def delete(name: str) -> None:
-    instance = get_instance()
+    instance = _instance()
     instance.submit(instance.controller.delete_app(name))
 
 
 def shutdown() -> None:
-    """Drain every application and stop serve (a no-op when it is not running)."""
+    """Drain every application and stop serve (a no-op when it is not running). On Ray
+    it removes everything, also when another driver started it."""
+    with contextlib.suppress(RuntimeError):
+        _instance()
     stop_instance()
 
 
 def status() -> ServeStatus:
-    instance = get_instance()
+    instance = _instance()
     controller = instance.controller
 
     async def collect() -> ServeStatus:

@@ -113,11 +113,12 @@ class Controller:
                     adopted: dict[str, list[tuple[str, str, ReplicaRef]]],
                     targets: dict[str, int],
                     starting: dict[str, list[tuple[str, str, Awaitable[ReplicaRef]]]]
-                    | None = None) -> None:
+                    | None = None,
+                    restart: dict[str, list[tuple[str, str]]] | None = None) -> None:
         """Re-create an application from a checkpoint, adopting its running replicas
         (``deployment -> [(replica_id, version, ref)]``) and those still starting
-        (``deployment -> [(replica_id, version, started)]``); reconcile starts only what
-        is missing."""
+        (``deployment -> [(replica_id, version, started)]``), and starting again under
+        the same ids those in ``restart``; reconcile starts only what is missing."""
         nodes = app.walk()
         names = [node.deployment.name for node in nodes]
         self.apps[name] = AppRecord(name, route_prefix, app.deployment.name, names)
@@ -126,7 +127,8 @@ class Controller:
             self._deploy(name, node)
             dep = node.deployment.name
             self.deployments[(name, dep)].adopt(adopted.get(dep, []), targets.get(dep, 0),
-                                                (starting or {}).get(dep, []))
+                                                (starting or {}).get(dep, []),
+                                                (restart or {}).get(dep, []))
         self.wake()
 
     async def _wait_settled(self, app_name: str) -> None:

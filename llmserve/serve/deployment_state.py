@@ -104,12 +104,15 @@ class DeploymentState:
         self.wake()
 
     def adopt(self, replicas: list[tuple[str, str, ReplicaRef]], target_replicas: int,
-              starting: Sequence[tuple[str, str, Awaitable[ReplicaRef]]] = ()) -> None:
+              starting: Sequence[tuple[str, str, Awaitable[ReplicaRef]]] = (),
+              restart: Sequence[tuple[str, str]] = ()) -> None:
         """Take over replicas a previous controller started (the detached controller
         after a restart) instead of starting new ones: running ones ``(replica_id,
         version, ref)``, and ones still starting ``(replica_id, version, started)``,
-        which become RUNNING when ``started`` gives their ref. An empty version means the
-        deployment's current one."""
+        which become RUNNING when ``started`` gives their ref. ``restart``: ``(replica_id,
+        version)`` to start again under the same id (in-proxy replicas, which have no
+        actor: the proxies keep their copies). An empty version means the deployment's
+        current one."""
         for replica_id, version, ref in replicas:
             record = ReplicaRecord(replica_id, version or self.desired.version,
                                    ReplicaState.RUNNING, ref,
@@ -121,6 +124,11 @@ class DeploymentState:
             self.replicas.append(record)
             _skip_ids_past(replica_id)
             self._spawn(self._run_start(record, started))
+        for replica_id, version in restart:
+            record = ReplicaRecord(replica_id, version or self.desired.version)
+            self.replicas.append(record)
+            _skip_ids_past(replica_id)
+            self._spawn(self._run_start(record, self.runtime.start_replica(self._spec(record))))
         if self.desired.config.autoscaling is not None:
             self.target_replicas = target_replicas
         self._sync_router()
@@ -222,11 +230,13 @@ class DeploymentState:
     def _start(self) -> None:
         record = ReplicaRecord(f"{self.name}#{next(_ids)}", self.desired.version)
         self.replicas.append(record)
+        self._spawn(self._run_start(record, self.runtime.start_replica(self._spec(record))))
+
+    def _spec(self, record: ReplicaRecord) -> ReplicaSpec:
         desired = self.desired
-        spec = ReplicaSpec(record.replica_id, self.app_name, self.name, desired.func_or_class,
+        return ReplicaSpec(record.replica_id, self.app_name, self.name, desired.func_or_class,
                            desired.init_args, desired.init_kwargs, desired.config,
-                           desired.version, desired.ingress_app)
-        self._spawn(self._run_start(record, self.runtime.start_replica(spec)))
+                           record.version, desired.ingress_app)
 
     async def _run_start(self, record: ReplicaRecord, started: Awaitable[ReplicaRef]) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from llmserve.serve.runtime import Runtime, make_runtime
 T = TypeVar("T")
 log = logging.getLogger("llmserve.serve")
 _lock = threading.Lock()
+DEFAULT_PROXY_LOCATION = "EveryNode"  # as Ray Serve; on the local runtime there are none
 _instance: ServeInstance | None = None
 
 
@@ -29,15 +31,17 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 class ServeInstance:
-    def __init__(self, runtime: str, host: str, port: int) -> None:
+    def __init__(self, runtime: str, host: str, port: int,
+                 proxy_location: str = DEFAULT_PROXY_LOCATION) -> None:
         self.runtime_name = runtime
         self.host = host
         self.port = port
+        self.proxy_location = proxy_location
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llmserve-loop",
                                         daemon=True)
         # in the caller's thread: both may connect to Ray
-        if runtime == "ray-detached":  # the controller is a detached Ray actor
+        if runtime == "ray":  # the controller is a detached Ray actor
             from llmserve.serve.ray.driver_control import (
                 DetachedControlPlane,
                 connect_controller,
@@ -53,6 +57,7 @@ class ServeInstance:
             self.controller = self.submit(self._make_controller(runtime_impl))
         self._server: Any = None
         self.http_port: int | None = None
+        self._proxies_configured: Any = None
 
     async def _make_controller(self, runtime: Runtime) -> Controller:
         controller = Controller(runtime)
@@ -68,12 +73,23 @@ class ServeInstance:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def ensure_http(self) -> None:
+        """Start this process's HTTP proxy; on Ray also have the controller run node
+        proxies where ``proxy_location`` says (the one on this node shares the port)."""
         if self._server is None:
             self.submit(self._start_http())
+        configure = getattr(self.controller, "configure_proxies", None)
+        if configure is not None:
+            from llmserve.serve.ray.proxy_actor import ProxyConfig
+
+            config = ProxyConfig(self.proxy_location, self.host, self.port)
+            if config != self._proxies_configured:
+                self.submit(configure(config))
+                self._proxies_configured = config
 
     async def _start_http(self) -> None:
         self._server, self._server_task, self.http_port = await serve_http(
-            HttpProxy(self.controller), self.host, self.port, timeout_graceful_shutdown=5)
+            HttpProxy(self.controller), self.host, self.port,
+            reuse_port=self.runtime_name == "ray", timeout_graceful_shutdown=5)
         log.info("HTTP proxy listening on http://%s:%s", self.host, self.http_port)
 
     @property
@@ -113,17 +129,34 @@ def set_instance(instance: Any) -> None:
         _instance = instance
 
 
-def get_or_start(runtime: str, host: str, port: int) -> ServeInstance:
+def get_or_start(runtime: str, host: str, port: int,
+                 proxy_location: str | None = None) -> ServeInstance:
     global _instance
     with _lock:
         if _instance is None:
-            _instance = ServeInstance(runtime, host, port)
+            _instance = ServeInstance(runtime, host, port,
+                                      proxy_location or DEFAULT_PROXY_LOCATION)
+        elif proxy_location is not None:
+            _instance.proxy_location = proxy_location
         elif _instance.runtime_name != runtime:
             raise RuntimeError(
                 f"serve already runs on the {_instance.runtime_name!r} runtime; "
                 "call serve.shutdown() first"
             )
         return _instance
+
+
+def attach_to_cluster(host: str, port: int) -> ServeInstance | None:
+    """In a driver that started no serve instance but has joined (``ray.init``) a Ray
+    cluster running a detached controller: attach to that controller."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    from llmserve.serve.ray.driver_control import controller_exists
+
+    if not controller_exists():
+        return None
+    return get_or_start("ray", host, port)
 
 
 def stop_instance() -> None:

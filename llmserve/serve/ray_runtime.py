@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from llmserve.serve.local_runtime import LocalReplica
-from llmserve.serve.ray.in_proxy import InProxyReplica
+from llmserve.serve.ray.in_proxy import InProxyRecord, InProxyReplica
 from llmserve.serve.ray.membership import (
     DeploymentView,
     MembershipActor,
@@ -74,6 +74,7 @@ class RayRuntime:
             ray.init(address=address, namespace=namespace, **init_kwargs)
             self._started_ray = True
         self.detached = detached
+        self.name = "ray" if detached else "ray-driver"
         here = ray.get_runtime_context().get_node_id()
         self._actor_class: Any = ray.remote(ReplicaActor)
         options: dict[str, Any] = {}
@@ -85,6 +86,7 @@ class RayRuntime:
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True), **options,
         ).remote()
         self._refs: dict[str, RayReplicaRef] = {}
+        self._in_proxy: dict[str, InProxyRecord] = {}  # detached: they run in each proxy
         # replicas that run in the proxy's process (sync methods in these threads)
         self._in_proxy_executor = ThreadPoolExecutor(32, thread_name_prefix="llmserve-replica")
         self._drain_s: dict[str, float] = {}
@@ -100,6 +102,7 @@ class RayRuntime:
             self._version = max(int(ray.get(membership.current_version.remote())),
                                 int(time.time() * 1000))
         self._published: tuple[Any, ...] | None = None
+        self._may_publish = not detached  # detached: once `start_publishing` is called
         # awaited before a detached replica's actor (or placement group) is created: the
         # detached controller checkpoints the STARTING replica's id first
         self.before_start: Callable[[], Awaitable[None]] | None = None
@@ -116,9 +119,14 @@ class RayRuntime:
 
         placement = replica_placement(spec.config.ray_actor_options)
         self._ensure_publisher()
-        if placement.in_proxy and not self.detached:
-            # The detached controller runs in an actor of its own, away from every proxy,
-            # so there the replica gets an actor like any other.
+        if placement.in_proxy and self.detached:
+            # The controller runs away from every proxy: it records the replica, and each
+            # proxy runs its own copy from the spec in the snapshot.
+            log.info("replica %s runs in every HTTP proxy's process", spec.replica_id)
+            record = InProxyRecord(spec)
+            self._in_proxy[spec.replica_id] = record
+            return record
+        if placement.in_proxy:
             log.info("replica %s runs in the proxy's process", spec.replica_id)
             replica = InProxyReplica(spec, self._in_proxy_executor)
             await replica.start()
@@ -233,6 +241,10 @@ class RayRuntime:
         return killed
 
     async def stop_replica(self, ref: ReplicaRef) -> None:
+        if isinstance(ref, InProxyRecord):  # the proxies stop their copies
+            ref.mark_dead()
+            self._in_proxy.pop(ref.replica_id, None)
+            return
         if isinstance(ref, LocalReplica):
             try:
                 await ref.run_shutdown_hook()
@@ -250,6 +262,9 @@ class RayRuntime:
 
     async def kill_replica(self, ref: ReplicaRef, reason: str) -> None:
         """Fail its requests at once; still run its shutdown hook when the actor lives."""
+        if isinstance(ref, InProxyRecord):
+            await self.stop_replica(ref)
+            return
         if isinstance(ref, LocalReplica):
             ref.kill(reason)
             await ref.run_shutdown_hook()
@@ -301,10 +316,13 @@ class RayRuntime:
     # ---- membership ----------------------------------------------------------------
     def start_publishing(self) -> None:
         """Publish membership from now on (a recovering controller calls it once it has
-        restored its applications, so replicas never see an empty snapshot)."""
+        restored its applications, so no listener sees a partial snapshot)."""
+        self._may_publish = True
         self._ensure_publisher()
 
     def _ensure_publisher(self) -> None:
+        if not self._may_publish:
+            return
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
 
@@ -337,6 +355,8 @@ class RayRuntime:
         await self._publish()
 
     async def _publish(self) -> None:
+        if not self._may_publish:
+            return
         snapshot = self._snapshot()
         key = snapshot_key(snapshot)
         if key == self._published:
@@ -357,14 +377,19 @@ class RayRuntime:
             is_ingress = app is not None and app.ingress == key[1]
             cfg = state.desired.config
             entries = []
+            in_proxy = []
             for rid in state.router.replica_ids:
                 ref = self._refs.get(rid)
                 if ref is not None and ref.is_alive:
                     entries.append(ReplicaEntry(rid, ref.actor, ref.multiplexed_model_ids))
+                record = self._in_proxy.get(rid)
+                if record is not None:
+                    in_proxy.append((rid, record.spec_bytes))
             snapshot[key] = DeploymentView(
                 cfg.max_ongoing_requests, cfg.max_queued_requests,
                 dict(cfg.request_router_config), tuple(entries),
-                app.route_prefix if is_ingress and app is not None else None, is_ingress)
+                app.route_prefix if is_ingress and app is not None else None, is_ingress,
+                tuple(in_proxy))
         return snapshot
 
     def _apply_loads(self, loads: dict[tuple[str, str], float]) -> None:
@@ -425,7 +450,15 @@ async def _call_alive(object_ref: Any) -> None:
 
 
 def replica_placements() -> dict[str, ReplicaNodeInfo]:
-    """`RayRuntime.placements()` of the running serve instance ({} on another runtime)."""
+    """Where each replica actor of the running serve instance runs ({} on the local
+    runtime): asked from the detached controller, or this process's `RayRuntime`."""
+    from llmserve.serve.instance import get_instance
+
+    instance = get_instance()
+    placements = getattr(instance.controller, "placements", None)
+    if placements is not None:  # runtime="ray": the controller actor knows
+        result: dict[str, ReplicaNodeInfo] = instance.submit(placements())
+        return result
     runtime = _current()
     return {} if runtime is None else _on_serve_loop(runtime.placements)
 

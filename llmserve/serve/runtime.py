@@ -83,8 +83,9 @@ def make_runtime(name: str) -> Runtime:
         from llmserve.serve.local_runtime import LocalRuntime
 
         return LocalRuntime()
-    if name == "ray":  # connects to RAY_ADDRESS, or starts a local Ray
+    if name == "ray-driver":  # the controller in this process; RAY_ADDRESS or a local Ray
         from llmserve.serve.ray_runtime import RayRuntime
 
         return RayRuntime()
-    raise ValueError(f"unknown runtime {name!r}; known: local, ray, ray-detached")
+    # "ray" (the detached controller) has no runtime in this process (`ServeInstance`)
+    raise ValueError(f"unknown runtime {name!r}; known: local, ray, ray-driver")

@@ -22,6 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from llmserve.serve.controller import Controller
+from llmserve.serve.ray.proxy_actor import (
+    ProxyConfig,
+    reconcile_node_proxies,
+    stop_node_proxies,
+)
+from llmserve.serve.ray.replica_actor import ReplicaNodeInfo
 from llmserve.serve.ray_runtime import NAMESPACE, RayRuntime
 from llmserve.serve.runtime import ReplicaRef
 from llmserve.serve.status import ReplicaState, ServeStatus
@@ -30,6 +36,8 @@ log = logging.getLogger("llmserve.serve")
 T = TypeVar("T")
 CONTROLLER_NAME = "llmserve_controller"
 CHECKPOINT_KEY = b"llmserve:checkpoint"
+PROXIES_KEY = b"llmserve:proxies"
+PROXY_CHECK_PERIOD_S = 2.0  # how often the node list is compared with the node proxies
 CHECKPOINT_PERIOD_S = 0.1
 ADOPT_DRAIN_S = 2.0
 CURRENT = ""  # a checkpointed replica version meaning "the deployment's current version"
@@ -44,6 +52,23 @@ class AppCheckpoint:
     # before their actor is created
     replicas: dict[str, list[tuple[str, str, bool]]] = field(default_factory=dict)
     targets: dict[str, int] = field(default_factory=dict)  # autoscaled replica counts
+
+
+def save_proxy_config(config: ProxyConfig | None) -> None:
+    from ray.experimental import internal_kv
+
+    if config is None:
+        internal_kv._internal_kv_del(PROXIES_KEY, namespace=NAMESPACE)
+    else:
+        internal_kv._internal_kv_put(PROXIES_KEY, pickle.dumps(config), overwrite=True,
+                                     namespace=NAMESPACE)
+
+
+def load_proxy_config() -> ProxyConfig | None:
+    from ray.experimental import internal_kv
+
+    data = internal_kv._internal_kv_get(PROXIES_KEY, namespace=NAMESPACE)
+    return None if not data else pickle.loads(data)  # type: ignore[no-any-return]
 
 
 def save_checkpoint(data: bytes) -> None:
@@ -94,6 +119,16 @@ class ControllerActor:
     def status(self) -> ServeStatus:
         return self._submit(self.core.controller.fetch_status(None))
 
+    def configure_proxies(self, config: ProxyConfig) -> None:
+        """Run node proxies as ``config`` says (started in the background)."""
+        self._submit(self.core.configure_proxies(config))
+
+    def placements(self) -> dict[str, ReplicaNodeInfo]:
+        async def read() -> dict[str, ReplicaNodeInfo]:
+            return self.core.runtime.placements()
+
+        return self._submit(read())
+
     def shutdown(self) -> None:
         """Delete every application, stop the replicas and forget the checkpoint."""
         self._submit(self.core.shutdown())
@@ -110,6 +145,8 @@ class CheckpointedController:
         self._saved: bytes | None = None
         self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._proxy_task: asyncio.Task[None] | None = None
+        self.proxy_config: ProxyConfig | None = None
         runtime.before_start = self._save  # a starting replica is checkpointed first
 
     async def start(self) -> None:
@@ -117,6 +154,25 @@ class CheckpointedController:
         self.runtime.start_publishing()
         self.controller.start()
         self._task = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+        self.proxy_config = await asyncio.to_thread(load_proxy_config)
+        self._proxy_task = asyncio.get_running_loop().create_task(self._proxy_loop())
+
+    async def configure_proxies(self, config: ProxyConfig) -> None:
+        if config != self.proxy_config:
+            await asyncio.to_thread(save_proxy_config, config)
+            self.proxy_config = config
+        await asyncio.to_thread(reconcile_node_proxies, config)
+
+    async def _proxy_loop(self) -> None:
+        """Follow the node list: proxies for nodes that join, none for nodes that die."""
+        while True:
+            await asyncio.sleep(PROXY_CHECK_PERIOD_S)
+            if self.proxy_config is None:
+                continue
+            try:
+                await asyncio.to_thread(reconcile_node_proxies, self.proxy_config)
+            except Exception:
+                log.exception("reconciling the node proxies failed")
 
     async def deploy(self, app_bytes: bytes, name: str, route_prefix: str | None) -> int:
         import ray
@@ -134,11 +190,15 @@ class CheckpointedController:
         await self._save()
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._proxy_task):
+            if task is not None:
+                task.cancel()
+        self.proxy_config = None
+        await asyncio.to_thread(stop_node_proxies)
         self._app_bytes.clear()
         await self.controller.shutdown()
         await asyncio.to_thread(clear_checkpoint)
+        await asyncio.to_thread(save_proxy_config, None)
 
     # ---- checkpoint ----------------------------------------------------------------
     def _checkpoint(self) -> dict[str, AppCheckpoint]:
@@ -179,10 +239,17 @@ class CheckpointedController:
         import ray
 
         for app in checkpoint.values():
+            application = ray.cloudpickle.loads(app.app_bytes)
+            in_proxy = {node.deployment.name for node in application.walk()
+                        if node.deployment.config.ray_actor_options.get("in_proxy")}
             running: dict[str, list[tuple[str, str, Any]]] = {}
             starting: dict[str, list[tuple[str, str, Awaitable[ReplicaRef]]]] = {}
+            restart: dict[str, list[tuple[str, str]]] = {}
             for dep, replicas in app.replicas.items():
                 for rid, version, is_starting in replicas:
+                    if dep in in_proxy:  # no actor: recorded again, the proxies keep theirs
+                        restart.setdefault(dep, []).append((rid, version))
+                        continue
                     actor = self.runtime.find_replica_actor(app.name, rid)
                     if actor is None:  # gone, or its controller died before creating it
                         continue
@@ -203,8 +270,8 @@ class CheckpointedController:
                     else:
                         adopted[dep].append((rid, version, ref))
             self._app_bytes[app.name] = app.app_bytes
-            self.controller.restore_app(ray.cloudpickle.loads(app.app_bytes), app.name,
-                                        app.route_prefix, adopted, app.targets, starting)
+            self.controller.restore_app(application, app.name, app.route_prefix, adopted,
+                                        app.targets, starting, restart)
             log.info("recovered application %s: adopted %s, still starting %s", app.name,
                      {d: [r[0] for r in rs] for d, rs in adopted.items()},
                      {d: [r[0] for r in rs] for d, rs in starting.items()})

@@ -49,10 +49,13 @@ class DeploymentView:
     replicas: tuple[ReplicaEntry, ...] = ()
     route_prefix: str | None = None  # set on an application's ingress deployment only
     is_ingress: bool = False
+    # replicas every proxy runs in its own process: (replica id, cloudpickled spec)
+    in_proxy: tuple[tuple[str, bytes], ...] = ()
 
     def key(self) -> tuple[Any, ...]:
         return (self.max_ongoing, self.max_queued, repr(sorted(self.router_config.items())),
-                tuple(r.key() for r in self.replicas), self.route_prefix, self.is_ingress)
+                tuple(r.key() for r in self.replicas), self.route_prefix, self.is_ingress,
+                tuple(rid for rid, _ in self.in_proxy))
 
 
 Snapshot = dict[DeploymentKey, DeploymentView]
@@ -149,6 +152,7 @@ class ReplicaView:
         self._routers: dict[DeploymentKey, Router] = {}
         self._views: dict[DeploymentKey, DeploymentView] = {}
         self._refs: dict[str, RayReplicaRef] = {}
+        self._actor_refs: dict[DeploymentKey, list[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def router_for(self, app_name: str, deployment: str) -> Router:
@@ -166,7 +170,7 @@ class ReplicaView:
         live: set[str] = set()
         for key, view in snapshot.items():
             router = self._router(key, view)
-            refs = []
+            refs: list[Any] = []
             for entry in view.replicas:
                 ref = self._refs.get(entry.replica_id)
                 if ref is None:
@@ -175,9 +179,23 @@ class ReplicaView:
                 ref.set_model_ids(entry.model_ids)
                 refs.append(ref)
                 live.add(entry.replica_id)
-            router.set_replicas(refs)
+            self._actor_refs[key] = refs
+            router.set_replicas(refs + self.local_replicas(view))
         for rid in set(self._refs) - live:
             del self._refs[rid]
+        for key in set(self._actor_refs) - set(snapshot):
+            del self._actor_refs[key]
+
+    def local_replicas(self, view: DeploymentView) -> list[Any]:
+        """Replicas of ``view`` running in this process (a proxy's in-proxy replicas)."""
+        return []
+
+    def refresh_local_replicas(self) -> None:
+        """Route to local replicas that have started since the last snapshot."""
+        for key, view in self._views.items():
+            router = self._routers.get(key)
+            if router is not None and view.in_proxy:
+                router.set_replicas(self._actor_refs.get(key, []) + self.local_replicas(view))
 
     def _router(self, key: DeploymentKey, view: DeploymentView) -> Router:
         router = self._routers.get(key)

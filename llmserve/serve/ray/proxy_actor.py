@@ -1,25 +1,48 @@
-"""HTTP proxies on the cluster's nodes (``runtime="ray-detached"``).
+"""HTTP proxies on the cluster's nodes, owned by the controller (``proxy_location``).
 
 A `ProxyActor` is the same `HttpProxy` the driver runs, in a detached, named,
 restartable actor pinned to one node. Like the driver, it holds no controller: it routes
-with its own routers, fed by the membership long-poll (`DetachedControlPlane`), and asks
-the controller actor only for ``/-/status``. `start_node_proxies` starts one on every
-alive node (or the head only).
+with its own routers, fed by the membership long-poll (`DetachedControlPlane`), runs its
+own copy of every in-proxy replica (the OpenAI ingress), and asks the controller actor
+only for ``/-/status``. The controller calls `reconcile_node_proxies` every few seconds:
+a proxy on every alive node (``EveryNode``) or on the head only (``HeadOnly``), started
+on nodes that join and removed for nodes that die.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
+from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray_runtime import MEMBERSHIP_NAME, NAMESPACE
 
 T = TypeVar("T")
+log = logging.getLogger("llmserve.serve")
 PROXY_NAME_PREFIX = "llmserve_proxy:"
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Where node proxies run and what they bind (Ray Serve's ``proxy_location`` and
+    ``http_options``)."""
+
+    location: str = "Disabled"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        if self.location not in PROXY_LOCATIONS:
+            raise ConfigError(f"proxy_location must be one of {', '.join(PROXY_LOCATIONS)}; "
+                              f"got {self.location!r}")
 
 
 class ProxyActor:
@@ -28,6 +51,8 @@ class ProxyActor:
     def __init__(self, host: str, port: int) -> None:
         import ray
 
+        from llmserve.serve.instance import set_instance
+        from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
         from llmserve.serve.ray.driver_control import DetachedControlPlane
 
         self.loop = asyncio.new_event_loop()
@@ -35,7 +60,9 @@ class ProxyActor:
                          name="llmserve-proxy").start()
         controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
         membership = ray.get_actor(MEMBERSHIP_NAME, NAMESPACE)
-        self.plane = self._submit(DetachedControlPlane.create(controller, membership, False))
+        self.plane = DetachedControlPlane(controller, membership, False, self.loop, "proxy")
+        set_instance(self.plane)  # handles inside in-proxy replicas route through it
+        self._submit(self.plane.follow())
         util: Any = ray.util
         self.node_ip: str = util.get_node_ip_address()
         self.port = self._submit(self._serve(host, port))
@@ -46,44 +73,87 @@ class ProxyActor:
     async def _serve(self, host: str, port: int) -> int:
         from llmserve.serve.proxy import HttpProxy, serve_http
 
-        _, self._server_task, bound = await serve_http(HttpProxy(self.plane), host, port)
+        _, self._server_task, bound = await serve_http(HttpProxy(self.plane), host, port,
+                                                       reuse_port=True)
         return bound
 
     def url(self) -> str:
         return f"http://{self.node_ip}:{self.port}"
 
+    def pid(self) -> int:
+        import os
 
-def start_node_proxies(port: int = 8000, host: str = "0.0.0.0",
-                       head_only: bool = False) -> dict[str, str]:
-    """Start (or find) a proxy on every alive node, or on the head only; node id -> URL.
+        return os.getpid()
 
-    Each is detached and restarted by Ray when it dies (``max_restarts=-1``, pinned to its
-    node). `serve.shutdown()` stops them with the detached controller."""
+    def stop(self) -> None:
+        """Stop its in-proxy replicas (their shutdown hooks run) before it is killed."""
+        self._submit(self.plane.close())
+
+
+def wanted_nodes(location: str, nodes: list[dict[str, Any]]) -> set[str]:
+    """The node ids that should run a proxy, from ``ray.nodes()``."""
+    alive = [n for n in nodes if n.get("Alive")]
+    if location == "EveryNode":
+        return {n["NodeID"] for n in alive}
+    if location == "HeadOnly":
+        return {n["NodeID"] for n in alive if HEAD_NODE_RESOURCE in n.get("Resources", {})}
+    return set()
+
+
+def node_proxies() -> dict[str, Any]:
+    """The node proxy actors that exist, by node id."""
+    import ray
+    from ray.util import list_named_actors
+
+    found: dict[str, Any] = {}
+    for entry in list_named_actors(all_namespaces=True):
+        name, namespace = entry["name"], entry["namespace"]  # type: ignore[index]
+        if namespace == NAMESPACE and name.startswith(PROXY_NAME_PREFIX):
+            with contextlib.suppress(ValueError):
+                found[name[len(PROXY_NAME_PREFIX):]] = ray.get_actor(name, NAMESPACE)
+    return found
+
+
+def reconcile_node_proxies(config: ProxyConfig) -> None:
+    """Start the proxies ``config`` wants and lacks; stop those on nodes no longer wanted
+    (dead ones included). Blocking Ray calls: the controller runs it in a thread."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
     cluster: Any = ray
-    nodes = [n["NodeID"] for n in cluster.nodes() if n["Alive"]]
-    if head_only:
-        nodes = [here]  # the driver runs on the head (as in a RayJob)
-    proxies: dict[str, Any] = {}
-    for node_id in nodes:
-        proxies[node_id] = ray.remote(ProxyActor).options(
+    wanted = wanted_nodes(config.location, cluster.nodes())
+    existing = node_proxies()
+    for node_id in sorted(wanted - set(existing)):
+        log.info("starting an HTTP proxy on node %s", node_id[:8])
+        ray.remote(ProxyActor).options(
             name=PROXY_NAME_PREFIX + node_id, namespace=NAMESPACE, lifetime="detached",
             get_if_exists=True, max_restarts=-1, num_cpus=0, max_concurrency=4,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(host, port)
-    urls = ray.get([proxy.url.remote() for proxy in proxies.values()])
+        ).remote(config.host, config.port)
+    for node_id, actor in existing.items():
+        if node_id not in wanted:
+            log.info("removing the HTTP proxy of node %s", node_id[:8])
+            _stop(actor)
+
+
+def node_proxy_urls(timeout_s: float = 60.0) -> dict[str, str]:
+    """Node id -> URL of each node proxy (waits for them to bind)."""
+    import ray
+
+    proxies = node_proxies()
+    urls = ray.get([proxy.url.remote() for proxy in proxies.values()], timeout=timeout_s)
     return dict(zip(proxies, urls, strict=True))
 
 
 def stop_node_proxies() -> None:
-    import ray
-    from ray.util import list_named_actors
+    for actor in node_proxies().values():
+        _stop(actor)
 
-    for entry in list_named_actors(all_namespaces=True):
-        name, namespace = entry["name"], entry["namespace"]  # type: ignore[index]
-        if namespace == NAMESPACE and name.startswith(PROXY_NAME_PREFIX):
-            with contextlib.suppress(Exception):
-                ray.kill(ray.get_actor(name, NAMESPACE), no_restart=True)
+
+def _stop(actor: Any) -> None:
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.get(actor.stop.remote(), timeout=STOP_TIMEOUT_S)
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)

@@ -1,4 +1,4 @@
-"""``runtime="ray-detached"``: the controller is a detached, named, restartable actor.
+"""``runtime="ray"``: the controller is a detached, named, restartable actor.
 Killing it under HTTP load loses no request (each succeeds or gets a clear error, none
 hangs); when Ray restarts it, it re-adopts the same replica actors from its GCS
 checkpoint instead of starting new ones (also one that was still starting), and then
@@ -29,7 +29,7 @@ from tests.integration.ray.conftest import RayCluster
 from tests.integration.ray.http_load import load_with_kill
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
-RUNTIME = "ray-detached"
+RUNTIME = "ray"
 
 
 def _replicas(deployment_name: str = "SlowPlain") -> dict[str, tuple[str, int]]:
@@ -67,7 +67,7 @@ def test_controller_kill_under_load_then_readopts_the_same_replicas(
         assert time.monotonic() < deadline, f"replicas changed: {before} -> {after}"
         time.sleep(0.2)
     assert ray.get(controller.ping.remote()) != controller_pid  # Ray restarted it
-    assert httpx.get(f"{url}/-/status").json()["runtime"] == "ray-detached"
+    assert httpx.get(f"{url}/-/status").json()["runtime"] == "ray"
 
     # the restarted controller manages the adopted replicas: it replaces a killed one
     victim = sorted(before)[0]

@@ -1,15 +1,18 @@
 """On Ray, the OpenAI ingress runs in the HTTP proxy's process (no Ray call per chunk).
 
 The ingress talks HTTP to its engines itself, so by default `build_openai_app` asks for
-it to run next to the proxy (``ray_actor_options.in_proxy``); ``in_proxy: False`` gives
-it a Ray actor as before. The simulated engine streams at ~20 ms a token (the 70B
-profile), slow enough to watch the load the ingress reports while a stream is open.
+it to run next to the proxy (``ray_actor_options.in_proxy``): every proxy, the driver's
+and each node's, runs its own copy; ``in_proxy: False`` gives it a Ray actor as before.
+The simulated engine streams at ~20 ms a token (the 70B profile), slow enough to watch
+the load the ingress reports while a stream is open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from typing import Any
 
 import httpx
@@ -18,7 +21,7 @@ import pytest
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
 from llmserve.serve.instance import get_instance
-from llmserve.serve.ray_runtime import replica_actor, replica_placements
+from llmserve.serve.ray_runtime import replica_placements
 from tests.fixtures_engines import cached_tiny_model
 from tests.integration.ray.conftest import RayCluster
 
@@ -86,15 +89,46 @@ def test_in_proxy_false_puts_the_ingress_in_an_actor(ray_serve: RayCluster) -> N
     assert _stream(url, "sim") == TOKENS
 
 
-def test_the_detached_controller_gives_the_ingress_an_actor(ray_serve: RayCluster) -> None:
-    # the controller actor runs away from every proxy: in_proxy does not apply there
+def test_every_node_proxy_runs_its_own_ingress(ray_serve: RayCluster) -> None:
+    # the controller actor only records the ingress replica; each node proxy (and the
+    # driver) runs a copy of it in its own process
     import ray
 
-    serve.run(_app("sim"), port=0, runtime="ray-detached")
-    url = str(serve.http_url())
-    deployment = serve.status().applications["default"].deployments["OpenAiIngress"]
-    (replica,) = deployment.replicas
-    actor = replica_actor(replica.replica_id)  # its named, detached actor
-    info = ray.get(actor.node_info.remote(), timeout=30)
-    assert replica.node is not None and info.pid == replica.node.pid != os.getpid()
+    from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, node_proxy_urls
+    from llmserve.serve.ray_runtime import NAMESPACE
+
+    serve.run(_app("sim"), port=0, runtime="ray")  # proxy_location="EveryNode"
+    worker = ray_serve.worker_node_ids[0]
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(Exception):
+            url = node_proxy_urls(timeout_s=10)[worker]
+            if httpx.get(f"{url}/v1/models", timeout=10).status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the worker's proxy serves no ingress"
+        time.sleep(0.2)
+    assert _stream(url, "sim") == TOKENS
+    proxy_pid = ray.get(ray.get_actor(PROXY_NAME_PREFIX + worker, NAMESPACE).pid.remote())
+    status = httpx.get(f"{url}/-/status", timeout=10).json()
+    (replica,) = status["applications"]["default"]["deployments"]["OpenAiIngress"]["replicas"]
+    assert (replica["node"]["node_id"], replica["node"]["pid"]) == (worker, proxy_pid)
+    assert not [rid for rid in replica_placements() if rid.startswith("OpenAiIngress")]
+
+    # a restarted controller records the ingress replica again under the same id, so
+    # the proxies keep their copies
+    from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
+
+    controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
+    old_pid = ray.get(controller.ping.remote())
+    ray.kill(controller, no_restart=False)
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(Exception):
+            if ray.get(controller.ping.remote(), timeout=5) != old_pid:
+                break
+        assert time.monotonic() < deadline, "the controller did not come back"
+        time.sleep(0.2)
+    assert [r.replica_id for r in serve.status().applications["default"]
+            .deployments["OpenAiIngress"].replicas] == [replica["replica_id"]]
+    assert _ingress_nodes("default") == [(ray_serve.head_node_id, os.getpid())]
     assert _stream(url, "sim") == TOKENS

@@ -1,36 +1,52 @@
-"""Node proxies (``runtime="ray-detached"``): one HTTP proxy actor per node, each routing
-on its own from the membership long-poll; a killed one is restarted by Ray."""
+"""Node proxies (``proxy_location``): the controller runs one HTTP proxy actor per node
+(or on the head only), each routing on its own from the membership long-poll; a killed
+one is restarted by Ray, a node that joins gets one, a node that leaves loses it."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
 
 from llmserve import serve
-from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, start_node_proxies
+from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, node_proxies, node_proxy_urls
 from llmserve.serve.ray_runtime import NAMESPACE
 from tests.integration.ray.apps import SlowPlain
 from tests.integration.ray.conftest import RayCluster
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
 
-def test_a_proxy_on_every_node_serves_and_comes_back(ray_serve: RayCluster) -> None:
+def _serving_proxies(nodes: set[str], timeout_s: float = 60.0) -> dict[str, str]:
+    """Node id -> URL once exactly ``nodes`` have a proxy that serves ``/slow``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urls = node_proxy_urls(timeout_s=10)
+            if set(urls) == nodes and all(
+                    httpx.get(f"{url}/slow", timeout=10).status_code == 200
+                    for url in urls.values()):
+                return urls
+        except Exception:
+            urls = {}
+        assert time.monotonic() < deadline, f"proxies {sorted(urls)} != {sorted(nodes)}"
+        time.sleep(0.2)
+
+
+def test_a_proxy_on_every_node_follows_the_node_list(ray_serve: RayCluster) -> None:
     import ray
 
     serve.run(SlowPlain.options(num_replicas=2).bind(), route_prefix="/slow", port=0,
-              runtime="ray-detached")
-    urls = start_node_proxies(port=0, host="127.0.0.1")
-    assert set(urls) == {ray_serve.head_node_id, *ray_serve.worker_node_ids}
+              runtime="ray")  # proxy_location="EveryNode" is the default
+    every = {ray_serve.head_node_id, *ray_serve.worker_node_ids}
+    urls = _serving_proxies(every)
     for url in urls.values():
-        assert httpx.get(f"{url}/slow", timeout=10).status_code == 200
         assert httpx.get(f"{url}/-/routes", timeout=10).json() == {"/slow": "default"}
         status = httpx.get(f"{url}/-/status", timeout=10).json()
         assert status["applications"]["default"]["deployments"]["SlowPlain"][
             "running_replicas"] == 2
-    assert start_node_proxies(port=0, host="127.0.0.1") == urls  # found, not started again
 
     worker = ray_serve.worker_node_ids[0]
     proxy = ray.get_actor(PROXY_NAME_PREFIX + worker, NAMESPACE)
@@ -38,15 +54,16 @@ def test_a_proxy_on_every_node_serves_and_comes_back(ray_serve: RayCluster) -> N
     for node, url in urls.items():  # the others keep serving
         if node != worker:
             assert httpx.get(f"{url}/slow", timeout=10).status_code == 200
-    deadline = time.monotonic() + 30
-    while True:  # Ray restarts it on its node (on a new port: these tests bind port 0)
-        try:
-            new_url = ray.get(proxy.url.remote(), timeout=5)
-            if httpx.get(f"{new_url}/slow", timeout=10).status_code == 200:
-                break
-        except Exception:
-            pass
-        assert time.monotonic() < deadline, "the killed proxy did not come back"
+    _serving_proxies(every)  # Ray restarts it on its node (a new port: port 0)
+
+    cluster: Any = ray_serve.cluster
+    joined = cluster.add_node(num_cpus=1)  # the controller notices the node and serves there
+    urls = _serving_proxies(every | {joined.node_id})
+    assert httpx.get(f"{urls[joined.node_id]}/slow", timeout=10).json()["pid"] > 0
+    cluster.remove_node(joined)  # ... and drops the proxy of a node that died
+    deadline = time.monotonic() + 60
+    while joined.node_id in node_proxies():
+        assert time.monotonic() < deadline, "the dead node's proxy was not removed"
         time.sleep(0.2)
 
     serve.shutdown()  # stops the proxies with the detached controller
@@ -57,3 +74,15 @@ def test_a_proxy_on_every_node_serves_and_comes_back(ray_serve: RayCluster) -> N
            if e["namespace"] == NAMESPACE]:  # type: ignore[index]
         assert time.monotonic() < deadline, list_named_actors(all_namespaces=True)
         time.sleep(0.1)
+
+
+def test_head_only_and_disabled(ray_serve: RayCluster) -> None:
+    serve.run(SlowPlain.bind(), route_prefix="/slow", port=0, runtime="ray",
+              proxy_location="HeadOnly")
+    _serving_proxies({ray_serve.head_node_id})
+    serve.shutdown()
+    serve.run(SlowPlain.bind(), route_prefix="/slow", port=0, runtime="ray",
+              proxy_location="Disabled")
+    time.sleep(2.5)  # one round of the controller's node check
+    assert node_proxies() == {}
+    assert httpx.get(f"{serve.http_url()}/slow", timeout=10).status_code == 200

@@ -72,14 +72,18 @@ def test_llm_placement_group_config_maps_to_actor_options() -> None:
 
 async def test_membership_long_poll_and_load_reports() -> None:
     broker = MembershipActor()
-    assert await broker.listen(-1, 0) == (0, {})
-    assert await broker.listen(0, 0.01) is None  # nothing new: times out
-    waiter = asyncio.create_task(broker.listen(0, 5))
+    # a new (or restarted) broker holds no snapshot: it answers nobody until a publish,
+    # not even a listener that knows another version
+    assert await broker.listen(-1, 0) is None
+    assert await broker.listen(7, 0.01) is None
+    waiter = asyncio.create_task(broker.listen(7, 5))
     await asyncio.sleep(0.01)
     view = DeploymentView(5, -1, {}, (ReplicaEntry("A#1", object()),))
     await broker.publish(1, {("app", "A"): view})
     version, snapshot = await asyncio.wait_for(waiter, 1)
     assert version == 1 and snapshot[("app", "A")].replicas[0].replica_id == "A#1"
+    assert await broker.listen(1, 0.01) is None  # nothing new: times out
+    assert (await broker.listen(7, 0))[0] == 1  # type: ignore[index]
     await broker.report("G#1", {("app", "A"): 2.0})
     await broker.report("G#2", {("app", "A"): 1.5, ("app", "B"): 1.0})
     assert await broker.loads() == {("app", "A"): 3.5, ("app", "B"): 1.0}
