@@ -22,8 +22,8 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config_file(args.config)
     if args.address:
-        if not args.runtime.startswith("ray"):
-            raise ConfigError("--address needs --runtime ray or ray-driver")
+        if args.runtime != "ray":
+            raise ConfigError("--address needs --runtime ray")
         os.environ["RAY_ADDRESS"] = args.address  # read by ray.init in the Ray runtime
     host = args.host or config.http_options.host
     port = args.port if args.port is not None else config.http_options.port
@@ -151,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="serve the applications of a Ray-Serve-style YAML")
     run.add_argument("config", help="YAML file with an 'applications' list")
-    run.add_argument("--runtime", default="local", choices=["local", "ray", "ray-driver"],
-                     help="ray: the controller is a detached Ray actor that survives this "
-                          "process and its own restarts; ray-driver: the controller runs "
-                          "in this process (docs/ray.md)")
+    run.add_argument("--runtime", default="local", choices=["local", "ray"],
+                     help="ray: replicas are Ray actors; the controller is a detached Ray "
+                          "actor that survives this process and its own restarts "
+                          "(docs/ray.md)")
     run.add_argument("--proxy-location", default=None,
                      choices=["EveryNode", "HeadOnly", "Disabled"],
                      help="with --runtime ray: where HTTP proxies run besides this "

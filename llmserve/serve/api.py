@@ -54,9 +54,6 @@ def run(target: Application | Deployment, *, name: str = "default",
     if route_prefix is not None:
         instance.ensure_http()
     instance.submit(instance.controller.deploy_app(app, name, route_prefix))
-    flush = getattr(getattr(instance.controller, "runtime", None), "flush", None)
-    if flush is not None:  # Ray: replicas' handles learn the new replicas before we return
-        instance.submit(flush())
     handle = DeploymentHandle(app.deployment.name, name)
     if blocking:
         run_until_signal()

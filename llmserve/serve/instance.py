@@ -40,8 +40,7 @@ class ServeInstance:
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llmserve-loop",
                                         daemon=True)
-        # in the caller's thread: both may connect to Ray
-        if runtime == "ray":  # the controller is a detached Ray actor
+        if runtime == "ray":  # the controller is a detached Ray actor; joins Ray here
             from llmserve.serve.ray.driver_control import (
                 DetachedControlPlane,
                 connect_controller,
@@ -61,9 +60,6 @@ class ServeInstance:
 
     async def _make_controller(self, runtime: Runtime) -> Controller:
         controller = Controller(runtime)
-        attach = getattr(runtime, "attach", None)
-        if attach is not None:  # the Ray runtime publishes the controller's deployments
-            attach(controller)
         controller.start()
         return controller
 

@@ -1,16 +1,18 @@
 """The Ray runtime: each replica is a Ray actor, placed with Ray resources.
 
 `RayRuntime` implements the runtime seam (`start_replica`, `stop_replica`, `kill_replica`,
-`shutdown`). The controller and the HTTP proxy stay in the driver process, on the serving
-loop; replicas run `LocalReplica` inside an async actor (`ray/replica_actor.py`), placed
-from the deployment's ``ray_actor_options`` (``num_cpus``, ``num_gpus`` incl. fractions,
+`shutdown`) for the controller, which runs in a detached actor of its own
+(`ray/controller_actor.py`). Replicas run `LocalReplica` inside an async actor
+(`ray/replica_actor.py`), detached and named so they outlive the controller, placed from
+the deployment's ``ray_actor_options`` (``num_cpus``, ``num_gpus`` incl. fractions,
 ``memory``, ``resources``, ``accelerator_type``, ``runtime_env``) and, when
 ``placement_group_bundles`` is given, in bundle 0 of a placement group of its own.
-Handles inside replicas route through a membership snapshot the runtime publishes
-(`ray/membership.py`). A deployment with ``ray_actor_options={"in_proxy": True}`` (the
-OpenAI ingress by default) runs its replicas in this process instead, next to the HTTP
-proxy, as on the local runtime: requests reach it without a Ray call, and it talks HTTP
-to its engines itself. ``import ray`` happens only when this runtime is made.
+Everything that routes (replicas' handles, the driver, node proxies) follows a membership
+snapshot the runtime publishes (`ray/membership.py`). A deployment with
+``ray_actor_options={"in_proxy": True}`` (the OpenAI ingress by default) gets no actor:
+the runtime records it (`InProxyRecord`) and every HTTP proxy runs its own copy from the
+spec in the snapshot (`ray/in_proxy.py`). ``import ray`` happens only when this runtime
+is made.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-from llmserve.serve.local_runtime import LocalReplica
-from llmserve.serve.ray.in_proxy import InProxyRecord, InProxyReplica
+from llmserve.serve.ray.in_proxy import InProxyRecord
 from llmserve.serve.ray.membership import (
     DeploymentView,
     MembershipActor,
@@ -38,7 +38,6 @@ from llmserve.serve.ray.replica_actor import ReplicaActor, ReplicaNodeInfo
 from llmserve.serve.runtime import ReplicaRef, ReplicaSpec
 
 log = logging.getLogger("llmserve.serve")
-T = TypeVar("T")
 PUBLISH_PERIOD_S = 0.05
 LOADS_PERIOD_S = 0.1
 PENDING_WARNING_S = 30.0
@@ -58,53 +57,36 @@ def replica_actor_name(app_name: str, replica_id: str) -> str:
 class RayRuntime:
     name = "ray"
 
-    def __init__(self, address: str | None = None, namespace: str | None = None,
-                 detached: bool = False, **init_kwargs: Any) -> None:
-        """Connect to ``address`` (else ``RAY_ADDRESS``, else a local Ray it starts);
-        reuse the connection when this process already called ``ray.init``.
-
-        ``detached``: the membership actor and replica actors are detached and named (in
-        namespace ``llmserve``) so they outlive this process; the detached controller
-        actor (`ray/controller_actor.py`) runs the runtime this way."""
+    def __init__(self) -> None:
+        """In a process that has joined Ray (the controller actor). The membership actor
+        is detached, named and restartable (the controller republishes to a restarted
+        one); an existing one is reused."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self._started_ray = False
-        if not ray.is_initialized():
-            ray.init(address=address, namespace=namespace, **init_kwargs)
-            self._started_ray = True
-        self.detached = detached
-        self.name = "ray" if detached else "ray-driver"
         here = ray.get_runtime_context().get_node_id()
         self._actor_class: Any = ray.remote(ReplicaActor)
-        options: dict[str, Any] = {}
-        if detached:  # restartable: the controller republishes to a restarted one
-            options = {"name": MEMBERSHIP_NAME, "namespace": NAMESPACE,
-                       "lifetime": "detached", "get_if_exists": True, "max_restarts": -1}
         self._membership: Any = ray.remote(MembershipActor).options(
-            num_cpus=0, max_concurrency=10_000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True), **options,
+            name=MEMBERSHIP_NAME, namespace=NAMESPACE, lifetime="detached",
+            get_if_exists=True, max_restarts=-1, num_cpus=0, max_concurrency=10_000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
         ).remote()
         self._refs: dict[str, RayReplicaRef] = {}
-        self._in_proxy: dict[str, InProxyRecord] = {}  # detached: they run in each proxy
-        # replicas that run in the proxy's process (sync methods in these threads)
-        self._in_proxy_executor = ThreadPoolExecutor(32, thread_name_prefix="llmserve-replica")
+        self._in_proxy: dict[str, InProxyRecord] = {}  # they run in each proxy
         self._drain_s: dict[str, float] = {}
-        self._names: dict[str, str] = {}  # replica id -> actor name (detached ones)
+        self._names: dict[str, str] = {}  # replica id -> actor name
         self._controller: Any = None
         self._publisher: asyncio.Task[None] | None = None
         # Versions only grow, across restarts of the controller and of the membership
-        # actor: a restarted controller starts past both the membership's version and
-        # the clock in ms (at most one publish per PUBLISH_PERIOD_S came before).
+        # actor: a controller starts past both the membership's version and the clock
+        # in ms (at most one publish per PUBLISH_PERIOD_S came before).
         membership: Any = self._membership
-        self._version = 0
-        if detached:
-            self._version = max(int(ray.get(membership.current_version.remote())),
-                                int(time.time() * 1000))
+        self._version = max(int(ray.get(membership.current_version.remote())),
+                            int(time.time() * 1000))
         self._published: tuple[Any, ...] | None = None
-        self._may_publish = not detached  # detached: once `start_publishing` is called
-        # awaited before a detached replica's actor (or placement group) is created: the
-        # detached controller checkpoints the STARTING replica's id first
+        self._may_publish = False  # until `start_publishing`: recovery comes first
+        # awaited before a replica's actor (or placement group) is created: the
+        # controller checkpoints the STARTING replica's id first
         self.before_start: Callable[[], Awaitable[None]] | None = None
 
     def attach(self, controller: Any) -> None:
@@ -119,26 +101,20 @@ class RayRuntime:
 
         placement = replica_placement(spec.config.ray_actor_options)
         self._ensure_publisher()
-        if placement.in_proxy and self.detached:
+        if placement.in_proxy:
             # The controller runs away from every proxy: it records the replica, and each
             # proxy runs its own copy from the spec in the snapshot.
             log.info("replica %s runs in every HTTP proxy's process", spec.replica_id)
             record = InProxyRecord(spec)
             self._in_proxy[spec.replica_id] = record
             return record
-        if placement.in_proxy:
-            log.info("replica %s runs in the proxy's process", spec.replica_id)
-            replica = InProxyReplica(spec, self._in_proxy_executor)
-            await replica.start()
-            return replica
         await self._publish()  # the replica's handles must know every deployment
         if self.before_start is not None:
             await self.before_start()
         options: dict[str, Any] = dict(placement.actor_options)
-        lifetime: dict[str, Any] = {"lifetime": "detached"} if self.detached else {}
-        if self.detached:
-            options.update(name=replica_actor_name(spec.app_name, spec.replica_id),
-                           namespace=NAMESPACE, **lifetime)
+        lifetime: dict[str, Any] = {"lifetime": "detached"}
+        options.update(name=replica_actor_name(spec.app_name, spec.replica_id),
+                       namespace=NAMESPACE, **lifetime)
         pg = None
         if placement.uses_placement_group:
             pg = placement_group(placement.bundles, strategy=placement.strategy,
@@ -245,12 +221,6 @@ class RayRuntime:
             ref.mark_dead()
             self._in_proxy.pop(ref.replica_id, None)
             return
-        if isinstance(ref, LocalReplica):
-            try:
-                await ref.run_shutdown_hook()
-            finally:
-                ref.kill("replica stopped")
-            return
         assert isinstance(ref, RayReplicaRef)
         try:
             if ref.is_alive:
@@ -264,10 +234,6 @@ class RayRuntime:
         """Fail its requests at once; still run its shutdown hook when the actor lives."""
         if isinstance(ref, InProxyRecord):
             await self.stop_replica(ref)
-            return
-        if isinstance(ref, LocalReplica):
-            ref.kill(reason)
-            await ref.run_shutdown_hook()
             return
         assert isinstance(ref, RayReplicaRef)
         was_alive = ref.is_alive
@@ -290,9 +256,6 @@ class RayRuntime:
             await self.kill_replica(ref, "serve shut down")
         with contextlib.suppress(Exception):
             ray.kill(self._membership)
-        self._in_proxy_executor.shutdown(wait=False, cancel_futures=True)
-        if self._started_ray:
-            ray.shutdown()
 
     async def flush(self) -> int:
         """Publish membership now and wait (bounded) until every replica applied it, so
@@ -305,13 +268,6 @@ class RayRuntime:
     def placements(self) -> dict[str, ReplicaNodeInfo]:
         """Where each running replica is: node id and IP, pid, GPU ids, resources."""
         return {rid: ref.info for rid, ref in self._refs.items() if ref.info is not None}
-
-    def actor_of(self, replica_id: str) -> Any:
-        """The Ray actor handle of a running replica (for operators and failure tests)."""
-        ref = self._refs.get(replica_id)
-        if ref is None:
-            raise KeyError(f"no running replica {replica_id!r}")
-        return ref.actor
 
     # ---- membership ----------------------------------------------------------------
     def start_publishing(self) -> None:
@@ -450,41 +406,20 @@ async def _call_alive(object_ref: Any) -> None:
 
 
 def replica_placements() -> dict[str, ReplicaNodeInfo]:
-    """Where each replica actor of the running serve instance runs ({} on the local
-    runtime): asked from the detached controller, or this process's `RayRuntime`."""
+    """Where each replica actor of the running serve instance runs, as the controller
+    actor knows it ({} on the local runtime)."""
     from llmserve.serve.instance import get_instance
 
     instance = get_instance()
     placements = getattr(instance.controller, "placements", None)
-    if placements is not None:  # runtime="ray": the controller actor knows
-        result: dict[str, ReplicaNodeInfo] = instance.submit(placements())
-        return result
-    runtime = _current()
-    return {} if runtime is None else _on_serve_loop(runtime.placements)
+    if placements is None:
+        return {}
+    result: dict[str, ReplicaNodeInfo] = instance.submit(placements())
+    return result
 
 
 def replica_actor(replica_id: str, app_name: str = "default") -> Any:
-    """The Ray actor handle of one running replica of the serve instance (a detached
-    controller's replicas are found by name)."""
-    runtime = _current()
-    if runtime is None:
-        import ray
+    """The Ray actor handle of one running replica (found by its name)."""
+    import ray
 
-        return ray.get_actor(replica_actor_name(app_name, replica_id), NAMESPACE)
-    return _on_serve_loop(lambda: runtime.actor_of(replica_id))
-
-
-def _current() -> RayRuntime | None:
-    from llmserve.serve.instance import get_instance
-
-    runtime = getattr(get_instance().controller, "runtime", None)
-    return runtime if isinstance(runtime, RayRuntime) else None
-
-
-def _on_serve_loop(read: Callable[[], T]) -> T:
-    from llmserve.serve.instance import get_instance
-
-    async def run() -> T:
-        return read()
-
-    return get_instance().submit(run())
+    return ray.get_actor(replica_actor_name(app_name, replica_id), NAMESPACE)

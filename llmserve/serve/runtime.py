@@ -83,9 +83,6 @@ def make_runtime(name: str) -> Runtime:
         from llmserve.serve.local_runtime import LocalRuntime
 
         return LocalRuntime()
-    if name == "ray-driver":  # the controller in this process; RAY_ADDRESS or a local Ray
-        from llmserve.serve.ray_runtime import RayRuntime
-
-        return RayRuntime()
-    # "ray" (the detached controller) has no runtime in this process (`ServeInstance`)
-    raise ValueError(f"unknown runtime {name!r}; known: local, ray, ray-driver")
+    # "ray": the controller is a detached Ray actor with a runtime of its own; this
+    # process only talks to it (`ServeInstance`, `ray/driver_control.py`)
+    raise ValueError(f"unknown runtime {name!r}; known: local, ray")

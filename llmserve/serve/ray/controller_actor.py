@@ -1,12 +1,13 @@
 """The detached controller: a named Ray actor that outlives the driver and its own death.
 
-`ControllerActor` runs the same `Controller` and `RayRuntime` the driver runs on the
-plain ``ray`` runtime, on an event loop thread of its own, with detached named replica
-and membership actors. Every change of applications or running replicas is checkpointed
-to Ray's GCS key-value store; when the actor is killed, Ray restarts it
-(``max_restarts=-1``), and ``__init__`` reads the checkpoint back and re-adopts the
-replica actors that still run instead of starting new ones (`RayRuntime.adopt_replica`).
-Replica actors started after the last checkpoint are killed as orphans and replaced.
+`ControllerActor` runs the same `Controller` as the local runtime over a `RayRuntime`, on
+an event loop thread of its own, with detached named replica and membership actors, and
+owns the node proxies (`ray/proxy_actor.py`). Every change of applications or replicas
+is checkpointed to Ray's GCS key-value store (a replica as STARTING before its actor is
+created); when the actor is killed, Ray restarts it (``max_restarts=-1``), and
+``__init__`` reads the checkpoint back and re-adopts the replica actors that still run or
+are still starting instead of starting new ones (`RayRuntime.adopt_replica`). Replica
+actors missing from the checkpoint are killed as orphans and replaced.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class ControllerActor:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name="llmserve-controller")
         self._thread.start()
-        self.core = CheckpointedController(RayRuntime(detached=True))
+        self.core = CheckpointedController(RayRuntime())
         self._submit(self.core.start())
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
