@@ -58,7 +58,10 @@ def serve_app(mode: str, port: int, url_file: Path) -> None:
     ingress_options = {"num_cpus": 0, "in_proxy": mode != "ray-actor"}
     app = build_openai_app({"llm_configs": [cfg], "ingress_deployment_config": {
         "ray_actor_options": ingress_options}})
-    serve.run(app, port=port, runtime="local" if mode == "local" else "ray")
+    if mode == "local":
+        serve.run(app, port=port, runtime="local")
+    else:  # the driver's proxy alone (no node proxy sharing its port), as measured before
+        serve.run(app, port=port, runtime="ray", proxy_location="Disabled")
     info = serve.get_deployment_handle("LLMServer:tiny").endpoint.remote().result(
         timeout_s=60)
     url_file.write_text(info.url)

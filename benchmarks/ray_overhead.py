@@ -122,7 +122,9 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
     if args.server:
+        # on Ray, the driver's proxy alone (no node proxy sharing its port)
         serve.run(HttpNoOp.options(**NO_CPU).bind(), port=args.port, runtime=args.server,
+                  proxy_location="Disabled" if args.server == "ray" else None,
                   blocking=True)
         return
     result: dict[str, Any] = {"handle": {}, "http_rps": {}}

@@ -9,7 +9,7 @@ actor is killed (``ray.kill``). Printed, from the moment of the kill:
 - ``replaced_after_s``: until a replacement replica is RUNNING in `serve.status()`;
 - ``replacement_serves_after_s``: until the replacement answered a request;
 - ``last_failure_after_s``: until the last request that did not succeed ended;
-Then the same app on ``runtime="ray-detached"``, and the controller actor is killed (Ray
+Then the same app again (a fresh controller), and the controller actor is killed (Ray
 restarts it): ``controller_back_after_s`` (it answers again, new pid) and
 ``same_replicas_running_after_s`` (its status shows the same replicas RUNNING, adopted,
 not restarted), with the same counts.
@@ -171,7 +171,7 @@ async def kill_a_replica(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def kill_the_controller(args: argparse.Namespace) -> dict[str, Any]:
-    """``runtime="ray-detached"``: kill the controller actor (Ray restarts it)."""
+    """Kill the detached controller actor (Ray restarts it)."""
     import ray
 
     from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
@@ -238,7 +238,7 @@ def main() -> None:
         serve.run(app, name=APP, port=0, runtime="ray")
         result = {"replica_kill": asyncio.run(kill_a_replica(args))}
         serve.shutdown()
-        serve.run(app, name=APP, port=0, runtime="ray-detached")
+        serve.run(app, name=APP, port=0, runtime="ray")
         result["controller_kill"] = asyncio.run(kill_the_controller(args))
     finally:
         serve.shutdown()
