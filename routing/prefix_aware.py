@@ -6,24 +6,34 @@ remembers which replica was sent which prompt blocks. For a new request:
 1. hash its prompt tokens in blocks of the engine's ``block_size``
    (:mod:`routing.block_hash`; without token ids, the prompt's characters, which still
    match repeats but not at the engine's block boundaries);
-2. the load guard drops *overloaded* replicas: those whose load exceeds the least-loaded
-   replica's by more than ``balance_abs_threshold`` requests **and** by a factor of more
-   than ``balance_rel_threshold`` (load = max(router in-flight, engine running + waiting),
-   :func:`routing.load.replica_load`);
-3. of the rest, the replica holding the longest cached prefix wins (a match shorter than
-   ``min_match_ratio`` of the prompt counts as none); ties go to the less loaded, then to
-   the one caching fewer blocks (so new prefixes spread the cache), then at random.
+2. two guards mark replicas *full*:
+   - the load guard: a replica whose load exceeds the least-loaded replica's by more
+     than ``balance_abs_threshold`` requests **and** by a factor of more than
+     ``balance_rel_threshold`` (load = max(router in-flight, engine running + waiting),
+     :func:`routing.load.replica_load`): a replica that is queueing now;
+   - the share guard: a replica that was sent more than ``share_bound`` times the mean
+     of the last ``share_window`` decisions (and more than ``share_min``), while any
+     replica has a request in flight: it keeps each replica's share of the traffic
+     within ``share_bound`` of the mean over time, which instantaneous in-flight counts,
+     noisy at a few requests per replica, cannot do without spilling far too early;
+3. full replicas rank last; of the rest, the replica holding the longest cached prefix
+   wins (a match shorter than ``min_match_ratio`` of the prompt counts as none); ties go
+   to the less loaded, then to the one caching fewer blocks (so new prefixes spread the
+   cache), then at random.
 
-So a hot prefix stays on its replica until that replica is overloaded, then the next
-request goes to the least-loaded replica, which caches it too, and the prefix spreads
-over as many replicas as its traffic needs. After the choice, ``on_routed`` records the
-prompt's blocks for the chosen replica.
+So a hot prefix stays on its replica until that replica has more than its share, then
+the next request goes to the least-loaded replica that is not full, which caches it too;
+the prefix spreads over as many replicas as its traffic needs (half the traffic over 8
+replicas: 3 to 5 of them) and no replica carries much more than ``share_bound`` times
+the mean. With an idle cluster (nothing in flight anywhere) only the prefix counts, so a
+lone user's conversation stays on one replica. After the choice, ``on_routed`` records
+the prompt's blocks for the chosen replica and counts the decision.
 """
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,11 +58,20 @@ class PrefixAwarePolicy(PolicyBase):
     needs_prompt = True
 
     def __init__(self, block_size: int = 16, max_index_bytes: int = 64 * 1024 * 1024,
-                 balance_abs_threshold: float = 4.0, balance_rel_threshold: float = 1.5,
-                 min_match_ratio: float = 0.1, rng: random.Random | None = None,
-                 hash_fn: HashFn | None = None) -> None:
+                 balance_abs_threshold: float = 16.0, balance_rel_threshold: float = 1.5,
+                 min_match_ratio: float = 0.1, share_window: int = 256,
+                 share_bound: float = 1.4, share_min: int = 1,
+                 rng: random.Random | None = None, hash_fn: HashFn | None = None) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
+        if share_window < 0 or share_bound < 1.0:
+            raise ValueError("need share_window >= 0 and share_bound >= 1, got "
+                             f"{share_window}, {share_bound}")
+        self.share_window = share_window
+        self.share_bound = share_bound
+        self.share_min = share_min
+        self._recent: deque[str] = deque()
+        self._recent_counts: dict[str, int] = {}
         self.block_size = block_size
         self.max_index_bytes = max_index_bytes
         self.balance_abs_threshold = balance_abs_threshold
@@ -98,15 +117,25 @@ class PrefixAwarePolicy(PolicyBase):
         blocks = match.blocks if match is not None else {}
         index = self.indexes.get(match.index_key) if match is not None else None
         cached = index.blocks_per_replica if index is not None else {}
+        recent = self._recent_counts
+        shares = [recent.get(c.replica_id, 0) for c in candidates]
+        # full: sent more than share_bound x the mean of the recent decisions, while any
+        # replica is busy at all (an idle cluster keeps a lone user's prefix in one place)
+        share_cap = max(self.share_min, self.share_bound * sum(shares) / len(shares))
+        if not any(loads):
+            share_cap = float("inf")
         rand = self._rng.random
-        keyed = [(load > bound, -blocks.get(c.replica_id, 0) if blocks else 0, load,
+        keyed = [(load > bound or share > share_cap,
+                  -blocks.get(c.replica_id, 0) if blocks else 0, load,
                   cached.get(c.replica_id, 0), rand(), i)
-                 for i, (c, load) in enumerate(zip(candidates, loads, strict=True))]
+                 for i, (c, load, share) in enumerate(zip(candidates, loads, shares,
+                                                          strict=True))]
         keyed.sort()
         return [candidates[k[-1]] for k in keyed]
 
     # ---- hooks ------------------------------------------------------------------------
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
+        self._count_recent(replica_id)
         found = self._pending.pop(request.request_id, None)
         if found is None:  # routed without a choice (a single replica): hash it now
             self.match(request)
@@ -121,6 +150,20 @@ class PrefixAwarePolicy(PolicyBase):
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
         for index in self.indexes.values():
             index.retain_replicas(replica_ids)
+
+    def _count_recent(self, replica_id: str) -> None:
+        if self.share_window <= 0:
+            return
+        counts = self._recent_counts
+        self._recent.append(replica_id)
+        counts[replica_id] = counts.get(replica_id, 0) + 1
+        if len(self._recent) > self.share_window:
+            old = self._recent.popleft()
+            left = counts[old] - 1
+            if left:
+                counts[old] = left
+            else:
+                del counts[old]
 
 
 def request_tokens(request: RouteRequest) -> Sequence[int] | None:

@@ -58,7 +58,8 @@ ROUTERS: dict[str, tuple[str, dict[str, Any] | str]] = {
 DEFAULT_ROUTERS = ("llmserve:prefix_aware", "llmserve:power_of_two", "oracle",
                    "vllm-router:cache_aware", "vllm-router:power_of_two",
                    "vllm-router:consistent_hash")
-ORACLE_WORKLOADS = ("shared-prefix", "multi-turn")
+ORACLE_WORKLOADS = ("shared-prefix", "multi-turn", "hot-prefix")
+HOT_ORACLE = "benchmarks.routing.oracle:HotGroupOraclePolicy"
 SLO_MS = {"ttft": 1000.0, "tpot": 50.0}
 
 
@@ -75,13 +76,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--qps", type=float, default=24.0, help="requests per simulated s")
     parser.add_argument("--requests", type=int, default=256, help="requests per workload")
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--routers", nargs="+", default=list(DEFAULT_ROUTERS),
+    parser.add_argument("--routers", nargs="*", default=list(DEFAULT_ROUTERS),
                         choices=sorted(ROUTERS))
+    parser.add_argument("--router", action="append", default=[], metavar="LABEL=JSON",
+                        help="an extra llmserve router: a label and its routing_config, e.g. "
+                             "'pa-mean={\"policy\": \"prefix_aware\", ...}' (repeatable)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=19000)
     parser.add_argument("--result-dir", type=Path, default=RESULT_DIR)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for spec in args.router:
+        label, sep, config = spec.partition("=")
+        if not sep or not label:
+            parser.error(f"--router wants LABEL=JSON, got {spec!r}")
+        ROUTERS[f"llmserve:{label}"] = ("llmserve", json.loads(config))
+        args.routers.append(f"llmserve:{label}")
+    return args
 
 
 def make_workload(name: str, args: argparse.Namespace, model_dir: str) -> Workload:
@@ -100,8 +111,10 @@ def make_workload(name: str, args: argparse.Namespace, model_dir: str) -> Worklo
 
 
 @contextlib.contextmanager
-def router(name: str, urls: Sequence[str], port: int, log: Path) -> Iterator[str]:
+def router(name: str, urls: Sequence[str], port: int, log: Path,
+           config_override: dict[str, Any] | None = None) -> Iterator[str]:
     kind, config = ROUTERS[name]
+    config = config_override or config
     if kind == "vllm-router":
         with vllm_router(urls, str(config), port, log) as url:
             yield url
@@ -117,10 +130,15 @@ def run_one(args: argparse.Namespace, model_dir: str, workload: Workload,
     logs = args.result_dir / "logs"
     qps = args.qps / 4 if workload.name == "multi-turn" else args.qps  # sessions of 4 turns
     extra = ("--kv-blocks", str(args.kv_blocks))
+    override = None
+    if router_name == "oracle" and workload.name == "hot-prefix":
+        hot = next(s for s in workload.sessions if s.session_id.startswith("hot-0-"))
+        override = {"policy": HOT_ORACLE, "hot_marker": (hot.system_prompt or "")[:64],
+                    "tokenizer_dir": model_dir}
     with sim_cluster(model_dir, args.replicas, args.port, args.profile, args.time_scale,
                      logs / f"{label}-sim.log", extra) as urls, \
             router(router_name, urls, args.port + args.replicas + 10,
-                   logs / f"{label}-router.log") as base_url:
+                   logs / f"{label}-router.log", override) as base_url:
         config = LoadConfig(base_url=base_url, model=model_dir, qps=qps, seed=args.seed,
                             time_scale=args.time_scale, ignore_eos=True,
                             metrics_urls=tuple(urls), sample_interval_s=0.5)

@@ -120,3 +120,55 @@ def test_registry_options_and_prompt_flag() -> None:
     assert not needs_prompt(make_policy("power_of_two"))
     with pytest.raises(ValueError):
         PrefixAwarePolicy(block_size=0)
+
+
+def test_share_guard_spills_a_replica_sent_more_than_its_share_of_recent_requests() -> None:
+    p = policy(share_window=8, share_bound=1.5, share_min=1)
+    route(p, req("1", 1, 2), [replica("a")])
+    # 'a' holds the prefix and is not overloaded; one request in flight somewhere
+    cands = [replica("a", 1), replica("b", 0)]
+    assert route(p, req("2", 1, 2), cands) == "a"  # shares a=1 b=0: cap max(1, 0.75)
+    # shares a=2 b=0, mean 1, cap 1.5: 'a' is full, 'b' takes it (and caches it)
+    assert route(p, req("3", 1, 2), cands) == "b"
+    # both hold it now; a=2 b=1, cap 2.25: neither full, the less loaded wins
+    assert route(p, req("4", 1, 2), cands) == "b"
+    assert route(p, req("5", 1, 2), cands) == "b"  # a=2 b=2
+    # a=2 b=3, mean 2.5, cap 3.75: 'b' is not full yet
+    assert route(p, req("6", 1, 2), cands) == "b"
+    # a=2 b=4, mean 3, cap 4.5 ... the window is 8 decisions: the oldest drop out
+    for n in range(7, 12):
+        route(p, req(str(n), 1, 2), cands)
+    assert sum(p._recent_counts.values()) == 8
+
+
+def test_share_guard_waits_for_an_idle_cluster_to_stay_sticky() -> None:
+    p = policy(share_window=8, share_bound=1.5, share_min=1)
+    route(p, req("0", 1, 2, 10), [replica("a")])
+    for n in range(1, 6):  # one user, one request at a time: nothing in flight anywhere
+        assert route(p, req(str(n), 1, 2, n + 10), [replica("a"), replica("b")]) == "a"
+    assert p._recent_counts == {"a": 6}
+    # the same history with a request in flight: 'a' has had more than its share
+    assert route(p, req("6", 1, 2, 16), [replica("a"), replica("b", 1)]) == "b"
+
+
+def test_a_hot_prefix_spreads_to_just_enough_replicas_within_the_share_bound() -> None:
+    """Half the requests share one prefix, the rest are 15 groups; 8 replicas, each with
+    requests in flight. The hot prefix ends on a few replicas, every replica's share of
+    the last window stays within the bound, and the cold groups keep their replicas."""
+    p = policy(share_window=256, share_bound=1.4)
+    rng = random.Random(1)
+    names = [f"r{i}" for i in range(8)]
+    holders: dict[int, set[str]] = {}
+    sent = dict.fromkeys(names, 0)
+    for n in range(2048):
+        group = 0 if rng.random() < 0.5 else rng.randrange(1, 16)
+        cands = [replica(r, 3) for r in names]
+        chosen = route(p, req(str(n), group + 100, group + 200, n + 1000), cands)
+        holders.setdefault(group, set()).add(chosen)
+        if n >= 1024:
+            sent[chosen] += 1
+    assert 3 <= len(holders[0]) <= 5
+    mean = sum(sent.values()) / len(sent)
+    assert max(sent.values()) <= 1.5 * mean
+    cold_moves = sum(len(h) - 1 for g, h in holders.items() if g)
+    assert cold_moves <= 6
