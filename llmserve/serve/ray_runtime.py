@@ -340,7 +340,7 @@ class RayRuntime:
                     entries.append(ReplicaEntry(rid, ref.actor, ref.multiplexed_model_ids))
                 record = self._in_proxy.get(rid)
                 if record is not None:
-                    in_proxy.append((rid, record.spec_bytes))
+                    in_proxy.append((rid, record.digest, record.spec_bytes))
             snapshot[key] = DeploymentView(
                 cfg.max_ongoing_requests, cfg.max_queued_requests,
                 dict(cfg.request_router_config), tuple(entries),

@@ -89,8 +89,8 @@ class DetachedControlPlane(ReplicaView):
 
     # ---- routing from the membership snapshot --------------------------------------
     def apply(self, version: int, snapshot: Snapshot) -> None:
-        self.in_proxy.sync({rid: spec for view in snapshot.values()
-                            for rid, spec in view.in_proxy})
+        self.in_proxy.sync({rid: (digest, spec) for view in snapshot.values()
+                            for rid, digest, spec in view.in_proxy})
         super().apply(version, snapshot)
         ingress = {key: view for key, view in snapshot.items() if view.is_ingress}
         self._ingress = {app: dep for app, dep in ingress}
@@ -100,7 +100,7 @@ class DetachedControlPlane(ReplicaView):
         self.route_table = sorted(table, key=lambda entry: len(entry[0]), reverse=True)
 
     def local_replicas(self, view: DeploymentView) -> list[Any]:
-        return list(self.in_proxy.ready([rid for rid, _ in view.in_proxy]))
+        return list(self.in_proxy.ready([rid for rid, _, _ in view.in_proxy]))
 
     def routes(self) -> dict[str, str]:
         return dict(self._routes)

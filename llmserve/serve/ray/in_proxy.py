@@ -11,11 +11,13 @@ changes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -29,6 +31,7 @@ from llmserve.serve.status import ReplicaNode
 
 log = logging.getLogger("llmserve.serve")
 STOP_DRAIN_MAX_S = 10.0
+RETRY_S = 5.0  # a copy that failed to start in a proxy is tried again after this
 
 
 class InProxyReplica(LocalReplica):
@@ -48,12 +51,16 @@ class InProxyRecord:
     (each proxy starts its own copy); the controller never routes to it."""
 
     def __init__(self, spec: ReplicaSpec) -> None:
+        self._alive = True
+        self._set_spec(spec)
+
+    def _set_spec(self, spec: ReplicaSpec) -> None:
         import ray
 
-        self.spec = spec
         pickler: Any = ray.cloudpickle
+        self.spec = spec
         self.spec_bytes: bytes = pickler.dumps(spec)
-        self._alive = True
+        self.digest = hashlib.sha1(self.spec_bytes).hexdigest()[:16]
 
     @property
     def replica_id(self) -> str:
@@ -95,33 +102,43 @@ class InProxyRecord:
         return None
 
     async def reconfigure(self, user_config: Any) -> None:
-        return None
+        """The new ``user_config`` goes into the spec; proxies see its digest change in
+        the snapshot and reconfigure their copies."""
+        self._set_spec(replace(self.spec, config=replace(self.spec.config,
+                                                         user_config=user_config)))
 
 
 class ProxyReplicas:
-    """One proxy's own copies of the in-proxy replicas the snapshot lists."""
+    """One proxy's own copies of the in-proxy replicas the snapshot lists. A copy that
+    fails to start is tried again every `RETRY_S` while the snapshot lists it; a copy
+    whose spec changed under the same id (a new ``user_config``) is reconfigured."""
 
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
         self._executor = ThreadPoolExecutor(32, thread_name_prefix="llmserve-replica")
+        self._wanted: dict[str, tuple[str, bytes]] = {}
         self._ready: dict[str, InProxyReplica] = {}
+        self._digests: dict[str, str] = {}  # of the spec each ready copy runs
         self._starting: dict[str, asyncio.Task[None]] = {}
-        self._failed: set[str] = set()
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._failed: set[str] = set()  # waiting for their retry
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def sync(self, wanted: dict[str, bytes]) -> None:
-        """Start the replicas in ``wanted`` (id -> cloudpickled spec) this proxy lacks;
-        stop the ones it no longer lists."""
-        loop = asyncio.get_running_loop()
-        for rid, spec_bytes in wanted.items():
+    def sync(self, wanted: dict[str, tuple[str, bytes]]) -> None:
+        """Start the replicas in ``wanted`` (id -> (digest, cloudpickled spec)) this proxy
+        lacks; stop the ones it no longer lists; reconfigure those whose spec changed."""
+        self._wanted = wanted
+        for rid in wanted:
             if rid not in self._ready and rid not in self._starting and rid not in self._failed:
-                self._starting[rid] = loop.create_task(self._start(rid, spec_bytes))
+                self._begin(rid)
         for rid in [r for r in self._starting if r not in wanted]:
             self._starting.pop(rid).cancel()
         for rid in [r for r in self._ready if r not in wanted]:
-            stopping = loop.create_task(_stop(self._ready.pop(rid)))
-            self._stopping.add(stopping)
-            stopping.add_done_callback(self._stopping.discard)
+            self._digests.pop(rid, None)
+            self._spawn(_stop(self._ready.pop(rid)))
+        for rid, (digest, spec_bytes) in wanted.items():
+            if rid in self._ready and self._digests.get(rid) != digest:
+                self._digests[rid] = digest
+                self._spawn(_reconfigure(self._ready[rid], spec_bytes))
         self._failed &= set(wanted)
 
     def ready(self, replica_ids: list[str]) -> list[InProxyReplica]:
@@ -130,7 +147,17 @@ class ProxyReplicas:
     def get(self, replica_id: str) -> InProxyReplica | None:
         return self._ready.get(replica_id)
 
-    async def _start(self, replica_id: str, spec_bytes: bytes) -> None:
+    def _begin(self, replica_id: str) -> None:
+        digest, spec_bytes = self._wanted[replica_id]
+        self._starting[replica_id] = asyncio.get_running_loop().create_task(
+            self._start(replica_id, digest, spec_bytes))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self, replica_id: str, digest: str, spec_bytes: bytes) -> None:
         import ray
 
         try:
@@ -138,22 +165,45 @@ class ProxyReplicas:
             replica = InProxyReplica(spec, self._executor)
             await replica.start()
         except Exception:
-            log.exception("in-proxy replica %s failed to start in this proxy", replica_id)
+            log.exception("in-proxy replica %s failed to start in this proxy; retrying in "
+                          "%.0f s", replica_id, RETRY_S)
             self._failed.add(replica_id)
+            asyncio.get_running_loop().call_later(RETRY_S, self._retry, replica_id)
             return
         finally:
             self._starting.pop(replica_id, None)
         log.info("in-proxy replica %s runs in this proxy (pid %d)", replica_id, os.getpid())
         self._ready[replica_id] = replica
+        self._digests[replica_id] = digest
         self._on_change()
+        self.sync(self._wanted)  # dropped, or its spec changed, while it started
+
+    def _retry(self, replica_id: str) -> None:
+        self._failed.discard(replica_id)
+        if replica_id in self._wanted and replica_id not in self._ready \
+                and replica_id not in self._starting:
+            self._begin(replica_id)
 
     async def shutdown(self) -> None:
+        self._wanted = {}
         for task in self._starting.values():
             task.cancel()
         await asyncio.gather(*(_stop(r) for r in self._ready.values()),
                              return_exceptions=True)
         self._ready.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _reconfigure(replica: InProxyReplica, spec_bytes: bytes) -> None:
+    import ray
+
+    spec: ReplicaSpec = ray.cloudpickle.loads(spec_bytes)
+    if spec.config.user_config is None:
+        return
+    try:
+        await replica.reconfigure(spec.config.user_config)
+    except Exception:
+        log.exception("reconfiguring in-proxy replica %s failed", replica.replica_id)
 
 
 async def _stop(replica: InProxyReplica) -> None:

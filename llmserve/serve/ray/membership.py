@@ -49,13 +49,14 @@ class DeploymentView:
     replicas: tuple[ReplicaEntry, ...] = ()
     route_prefix: str | None = None  # set on an application's ingress deployment only
     is_ingress: bool = False
-    # replicas every proxy runs in its own process: (replica id, cloudpickled spec)
-    in_proxy: tuple[tuple[str, bytes], ...] = ()
+    # replicas every proxy runs in its own process: (replica id, spec digest,
+    # cloudpickled spec)
+    in_proxy: tuple[tuple[str, str, bytes], ...] = ()
 
     def key(self) -> tuple[Any, ...]:
         return (self.max_ongoing, self.max_queued, repr(sorted(self.router_config.items())),
                 tuple(r.key() for r in self.replicas), self.route_prefix, self.is_ingress,
-                tuple(rid for rid, _ in self.in_proxy))
+                tuple((rid, digest) for rid, digest, _ in self.in_proxy))
 
 
 Snapshot = dict[DeploymentKey, DeploymentView]

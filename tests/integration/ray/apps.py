@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi import FastAPI
@@ -165,3 +166,19 @@ class SlowStart:
 
     async def __call__(self, request: Request) -> dict[str, int]:
         return {"pid": os.getpid()}
+
+
+@serve.deployment(ray_actor_options={"in_proxy": True}, user_config={"word": "one"})
+class InProxyWord:
+    """Runs inside each HTTP proxy; answers with its ``user_config`` word, its pid and
+    the id of this instance (a restarted copy has another)."""
+
+    def __init__(self) -> None:
+        self.word = ""
+        self.instance = uuid.uuid4().hex
+
+    def reconfigure(self, config: dict[str, str]) -> None:
+        self.word = config["word"]
+
+    async def __call__(self, request: Request) -> dict[str, object]:
+        return {"word": self.word, "pid": os.getpid(), "instance": self.instance}

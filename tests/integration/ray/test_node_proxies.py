@@ -4,6 +4,7 @@ one is restarted by Ray, a node that joins gets one, a node that leaves loses it
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from llmserve import serve
 from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, node_proxies, node_proxy_urls
 from llmserve.serve.ray_runtime import NAMESPACE
-from tests.integration.ray.apps import SlowPlain
+from tests.integration.ray.apps import InProxyWord, SlowPlain
 from tests.integration.ray.conftest import RayCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
@@ -86,3 +87,39 @@ def test_head_only_and_disabled(ray_serve: RayCluster) -> None:
     time.sleep(2.5)  # one round of the controller's node check
     assert node_proxies() == {}
     assert httpx.get(f"{serve.http_url()}/slow", timeout=10).status_code == 200
+
+
+def test_in_proxy_copies_follow_user_config_without_restarting(
+        ray_serve: RayCluster) -> None:
+    import os
+
+    import ray
+
+    serve.run(InProxyWord.bind(), route_prefix="/word", port=0, runtime="ray",
+              proxy_location="HeadOnly")
+    head = ray_serve.head_node_id
+    proxy_pid = ray.get(ray.get_actor(PROXY_NAME_PREFIX + head, NAMESPACE).pid.remote(),
+                        timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(Exception):
+            head_url = node_proxy_urls(timeout_s=10)[head]
+            if httpx.get(f"{head_url}/word", timeout=10).status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the head's proxy does not serve /word"
+        time.sleep(0.2)
+    urls = {os.getpid(): str(serve.http_url()), proxy_pid: head_url}
+    instances = {}
+    for pid, url in urls.items():  # each proxy answers from its own copy
+        answer = httpx.get(f"{url}/word", timeout=10).json()
+        assert (answer["word"], answer["pid"]) == ("one", pid)
+        instances[pid] = answer["instance"]
+
+    serve.run(InProxyWord.options(user_config={"word": "two"}).bind(), route_prefix="/word",
+              port=0, runtime="ray", proxy_location="HeadOnly")
+    for pid, url in urls.items():  # reconfigured in place: the same processes answer
+        deadline = time.monotonic() + 20
+        while (answer := httpx.get(f"{url}/word", timeout=10).json())["word"] != "two":
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)
+        assert (answer["pid"], answer["instance"]) == (pid, instances[pid])
