@@ -152,3 +152,33 @@ def test_a_replica_starting_when_the_controller_dies_is_adopted_not_restarted(
     assert _replica_actor_names() == [name]  # ... and no other
     assert ray.get_actor(name, NAMESPACE)._actor_id.hex() == actor_id  # the same actor
     deployer.join(timeout=30)
+
+
+def test_a_rolling_update_interrupted_by_a_controller_kill_finishes_with_its_replica(
+        ray_serve: RayCluster) -> None:
+    import ray
+
+    serve.run(SlowStart.bind(0.0), route_prefix=None, runtime=RUNTIME)
+    (old_name,) = _replica_actor_names()
+
+    def update() -> None:
+        with contextlib.suppress(Exception):  # the call fails when the controller dies
+            serve.run(SlowStart.bind(6.0), route_prefix=None, runtime=RUNTIME)
+
+    updater = threading.Thread(target=update, daemon=True)
+    updater.start()
+    deadline = time.monotonic() + 30
+    while len(names := _replica_actor_names()) < 2:  # the new version's replica starts
+        assert time.monotonic() < deadline, "the new replica's actor was never created"
+        time.sleep(0.05)
+    (new_name,) = set(names) - {old_name}
+    actor_id = ray.get_actor(new_name, NAMESPACE)._actor_id.hex()
+    ray.kill(ray.get_actor(CONTROLLER_NAME, NAMESPACE), no_restart=False)
+
+    deadline = time.monotonic() + 40  # the update finishes with that same replica
+    while _replica_actor_names() != [new_name] or [
+            state for state, _ in _replicas("SlowStart").values()] != ["RUNNING"]:
+        assert time.monotonic() < deadline, (_replica_actor_names(), _replicas("SlowStart"))
+        time.sleep(0.2)
+    assert ray.get_actor(new_name, NAMESPACE)._actor_id.hex() == actor_id
+    updater.join(timeout=30)
