@@ -12,7 +12,8 @@ actor is killed (``ray.kill``). Printed, from the moment of the kill:
 Then the same app again (a fresh controller), and the controller actor is killed (Ray
 restarts it): ``controller_back_after_s`` (it answers again, new pid) and
 ``same_replicas_running_after_s`` (its status shows the same replicas RUNNING, adopted,
-not restarted), with the same counts.
+not restarted), with the same counts. Last, the membership actor is killed (Ray restarts
+it): ``snapshot_republished_after_s`` (the controller has published to it again).
 
 - counts: ``ok``, ``error_response`` (a non-200 answer with an OpenAI-style error body),
   ``connection_closed`` (the replica died mid-response: the proxy closes the connection),
@@ -163,7 +164,7 @@ async def kill_a_replica(args: argparse.Namespace) -> dict[str, Any]:
                 "replaced_after_s": after_s}
 
     figures, log, killed_at = await kill_under_load(
-        args, lambda: ray.kill(replica_actor(victim)), replaced)
+        args, lambda: ray.kill(replica_actor(victim, APP)), replaced)
     first_answers = [at for rid, at in log.served_by.items() if rid in figures["replacement"]]
     figures["replacement_serves_after_s"] = (min(first_answers) - killed_at
                                              if first_answers else None)
@@ -204,6 +205,28 @@ async def kill_the_controller(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+async def kill_the_membership(args: argparse.Namespace) -> dict[str, Any]:
+    """Kill the membership actor (Ray restarts it; the controller republishes)."""
+    import ray
+
+    from llmserve.serve.ray_runtime import MEMBERSHIP_NAME, NAMESPACE
+
+    membership = ray.get_actor(MEMBERSHIP_NAME, NAMESPACE)
+    version = ray.get(membership.current_version.remote())
+
+    def republished() -> bool:
+        with contextlib.suppress(Exception):
+            return bool(ray.get(membership.current_version.remote(), timeout=1) > version)
+        return False
+
+    async def came_back() -> dict[str, Any]:
+        return {"snapshot_republished_after_s": await wait_until(republished, 60.0)}
+
+    figures, _, _ = await kill_under_load(
+        args, lambda: ray.kill(membership, no_restart=False), came_back)
+    return figures
+
+
 def start_cluster() -> Any:
     import ray
     from ray.cluster_utils import Cluster
@@ -240,6 +263,7 @@ def main() -> None:
         serve.shutdown()
         serve.run(app, name=APP, port=0, runtime="ray")
         result["controller_kill"] = asyncio.run(kill_the_controller(args))
+        result["membership_kill"] = asyncio.run(kill_the_membership(args))
     finally:
         serve.shutdown()
         ray.shutdown()
