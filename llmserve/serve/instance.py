@@ -132,13 +132,13 @@ def get_or_start(runtime: str, host: str, port: int,
         if _instance is None:
             _instance = ServeInstance(runtime, host, port,
                                       proxy_location or DEFAULT_PROXY_LOCATION)
-        elif proxy_location is not None:
-            _instance.proxy_location = proxy_location
         elif _instance.runtime_name != runtime:
             raise RuntimeError(
                 f"serve already runs on the {_instance.runtime_name!r} runtime; "
                 "call serve.shutdown() first"
             )
+        elif proxy_location is not None:
+            _instance.proxy_location = proxy_location
         return _instance
 
 
