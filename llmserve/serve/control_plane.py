@@ -1,6 +1,6 @@
 """What the HTTP proxy, handles and `serve.*` calls need from a control plane: the
-in-process `Controller`, or the driver's client of a detached controller actor
-(`ray/driver_control.py`)."""
+in-process `Controller` (local runtime), or on Ray the client of the detached controller
+actor that the driver and every node proxy run (`ray/driver_control.py`)."""
 
 from __future__ import annotations
 
