@@ -29,3 +29,20 @@ async def load_with_kill(url: str, n: int, kill: Callable[[], object], *,
         kill()
         await asyncio.gather(*tasks)
     return codes
+
+
+def wait_node_proxy_serving(node_id: str, path: str, timeout_s: float = 60) -> str:
+    """Wait until the node proxy on ``node_id`` answers ``path`` with 200; its URL."""
+    import contextlib
+    import time
+
+    from llmserve.serve.ray.proxy_actor import node_proxy_urls
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(Exception):
+            url = node_proxy_urls(timeout_s=10)[node_id]
+            if httpx.get(f"{url}{path}", timeout=10).status_code == 200:
+                return url
+        assert time.monotonic() < deadline, f"the proxy on node {node_id} does not serve {path}"
+        time.sleep(0.2)

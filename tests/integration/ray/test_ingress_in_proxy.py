@@ -24,6 +24,7 @@ from llmserve.serve.instance import get_instance
 from llmserve.serve.ray_runtime import replica_placements
 from tests.fixtures_engines import cached_tiny_model
 from tests.integration.ray.conftest import RayCluster
+from tests.integration.ray.http_load import wait_node_proxy_serving
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 TOKENS = 40
@@ -94,19 +95,12 @@ def test_every_node_proxy_runs_its_own_ingress(ray_serve: RayCluster) -> None:
     # driver) runs a copy of it in its own process
     import ray
 
-    from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, node_proxy_urls
+    from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX
     from llmserve.serve.ray_runtime import NAMESPACE
 
     serve.run(_app("sim"), port=0, runtime="ray")  # proxy_location="EveryNode"
     worker = ray_serve.worker_node_ids[0]
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(Exception):
-            url = node_proxy_urls(timeout_s=10)[worker]
-            if httpx.get(f"{url}/v1/models", timeout=10).status_code == 200:
-                break
-        assert time.monotonic() < deadline, "the worker's proxy serves no ingress"
-        time.sleep(0.2)
+    url = wait_node_proxy_serving(worker, "/v1/models")
     assert _stream(url, "sim") == TOKENS
     proxy_pid = ray.get(ray.get_actor(PROXY_NAME_PREFIX + worker, NAMESPACE).pid.remote())
     status = httpx.get(f"{url}/-/status", timeout=10).json()

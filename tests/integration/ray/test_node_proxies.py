@@ -4,7 +4,6 @@ one is restarted by Ray, a node that joins gets one, a node that leaves loses it
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, node_proxies, node
 from llmserve.serve.ray_runtime import NAMESPACE
 from tests.integration.ray.apps import InProxyWord, SlowPlain
 from tests.integration.ray.conftest import RayCluster
+from tests.integration.ray.http_load import wait_node_proxy_serving
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -100,14 +100,7 @@ def test_in_proxy_copies_follow_user_config_without_restarting(
     head = ray_serve.head_node_id
     proxy_pid = ray.get(ray.get_actor(PROXY_NAME_PREFIX + head, NAMESPACE).pid.remote(),
                         timeout=60)
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(Exception):
-            head_url = node_proxy_urls(timeout_s=10)[head]
-            if httpx.get(f"{head_url}/word", timeout=10).status_code == 200:
-                break
-        assert time.monotonic() < deadline, "the head's proxy does not serve /word"
-        time.sleep(0.2)
+    head_url = wait_node_proxy_serving(head, "/word")
     urls = {os.getpid(): str(serve.http_url()), proxy_pid: head_url}
     instances = {}
     for pid, url in urls.items():  # each proxy answers from its own copy
