@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.cluster_procs import stop
 from benchmarks.loadgen import COMPLETIONS, LoadConfig, run_load, summarize
 from benchmarks.routing.procs import vllm_router, vllm_router_binary
 from benchmarks.workloads import WorkloadParams, build_workload
@@ -115,13 +116,14 @@ def run_ray(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     except RuntimeError as exc:
         return {"skipped": f"Ray Serve LLM did not serve: {exc} (log: {log_path})"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
-                       capture_output=True, check=False)
+        stop(proc, 60)
+        stop_ray()
+
+
+def stop_ray() -> None:
+    """``ray stop --force``: the local Ray a benchmark's server started."""
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
+                   capture_output=True, check=False)
 
 
 def median_of(runs: list[dict[str, Any]],
@@ -177,11 +179,7 @@ def main() -> None:
             for name, url in systems.items():
                 single[name] = load_once(url, model_dir, one)
     finally:
-        engine.terminate()
-        try:
-            engine.wait(60)
-        except subprocess.TimeoutExpired:
-            engine.kill()
+        stop(engine, 60)
     results = {name: median_of(r) for name, r in runs.items()}
     if not args.skip_ray:
         results["Ray Serve LLM"] = run_ray(model_dir, args)

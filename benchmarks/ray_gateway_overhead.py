@@ -32,7 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gateway_overhead import ENGINE_KWARGS, load_once, median_of, wait_http
+from benchmarks.cluster_procs import stop
+from benchmarks.gateway_overhead import (
+    ENGINE_KWARGS,
+    load_once,
+    median_of,
+    stop_ray,
+    wait_http,
+)
 from engines.process import free_port
 from llmserve.llm.tiny_model import cached_tiny_model
 
@@ -123,14 +130,9 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
                 runs["bare"].append(load_once(engine, model_dir, args))
             return {name: median_of(r, FIELDS) for name, r in runs.items()}
         finally:
-            proc.terminate()
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 90)
             if mode != "local":
-                subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
-                               capture_output=True, check=False)
+                stop_ray()
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:

@@ -28,9 +28,7 @@ class HotPrefixParams:
 def build(params: HotPrefixParams, tokenizer_dir: str | None) -> Workload:
     source = TextSource(random.Random(params.seed), load_counter(tokenizer_dir))
     systems = [source.text(params.system_len) for _ in range(params.num_groups)]
-    hot = round(params.num_requests * params.hot_share)
-    groups = [0] * hot + [1 + i % (params.num_groups - 1)
-                          for i in range(params.num_requests - hot)]
+    groups = group_sequence(params.num_requests, params.num_groups, params.hot_share)
     sessions = []
     for index, group in enumerate(groups):
         turn = Turn(source.text(params.question_len), params.system_len + params.question_len,
@@ -38,3 +36,10 @@ def build(params: HotPrefixParams, tokenizer_dir: str | None) -> Workload:
         sessions.append(Session(f"hot-{group}-{index}", (turn,), system_prompt=systems[group]))
     source.rng.shuffle(sessions)
     return Workload("hot-prefix", tuple(sessions), {"seed": params.seed})
+
+
+def group_sequence(num_requests: int, num_groups: int, hot_share: float) -> list[int]:
+    """Each request's group, unshuffled: ``hot_share`` of them group 0, the rest spread
+    evenly over groups 1..``num_groups - 1``."""
+    hot = round(num_requests * hot_share)
+    return [0] * hot + [1 + i % (num_groups - 1) for i in range(num_requests - hot)]

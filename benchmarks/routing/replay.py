@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from benchmarks.routing.hot_prefix import group_sequence
 from routing import Candidate, RouteRequest, make_policy
 from routing.policy import notify_finished, notify_routed
 
@@ -28,8 +29,7 @@ def replay(config: Mapping[str, Any], seed: int = 0, n: int = 256, qps: float = 
            duration_s: float = 0.7, miss_s: float = 0.06, groups: int = 16,
            hot_share: float = 0.5, replicas: int = 8) -> tuple[int, float]:
     rng = random.Random(seed)
-    hot = round(n * hot_share)
-    order = [0] * hot + [1 + i % (groups - 1) for i in range(n - hot)]
+    order = group_sequence(n, groups, hot_share)
     rng.shuffle(order)
     options = dict(config)
     policy = make_policy(str(options.pop("policy")), **options)

@@ -125,20 +125,28 @@ def test_membership_actor_killed_under_load_comes_back_with_the_snapshot(
     assert len(pids) == 3
 
 
+def _run_slow_start_until_actors(count: int) -> tuple[threading.Thread, list[str]]:
+    """``serve.run`` a replica that takes 6 s to start, from a thread (the call fails when
+    the controller dies); returns once ``count`` replica actors exist, and their names."""
+
+    def deploy() -> None:
+        with contextlib.suppress(Exception):
+            serve.run(SlowStart.bind(6.0), route_prefix=None, runtime=RUNTIME)
+
+    thread = threading.Thread(target=deploy, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while len(names := _replica_actor_names()) < count:
+        assert time.monotonic() < deadline, f"{count} replica actors were never created"
+        time.sleep(0.05)
+    return thread, names
+
+
 def test_a_replica_starting_when_the_controller_dies_is_adopted_not_restarted(
         ray_serve: RayCluster) -> None:
     import ray
 
-    def deploy() -> None:
-        with contextlib.suppress(Exception):  # the call fails when the controller dies
-            serve.run(SlowStart.bind(6.0), route_prefix=None, runtime=RUNTIME)
-
-    deployer = threading.Thread(target=deploy, daemon=True)
-    deployer.start()
-    deadline = time.monotonic() + 30
-    while not (names := _replica_actor_names()):
-        assert time.monotonic() < deadline, "the replica actor was never created"
-        time.sleep(0.05)
+    deployer, names = _run_slow_start_until_actors(1)
     (name,) = names
     actor_id = ray.get_actor(name, NAMESPACE)._actor_id.hex()
     ray.kill(ray.get_actor(CONTROLLER_NAME, NAMESPACE), no_restart=False)
@@ -161,16 +169,7 @@ def test_a_rolling_update_interrupted_by_a_controller_kill_finishes_with_its_rep
     serve.run(SlowStart.bind(0.0), route_prefix=None, runtime=RUNTIME)
     (old_name,) = _replica_actor_names()
 
-    def update() -> None:
-        with contextlib.suppress(Exception):  # the call fails when the controller dies
-            serve.run(SlowStart.bind(6.0), route_prefix=None, runtime=RUNTIME)
-
-    updater = threading.Thread(target=update, daemon=True)
-    updater.start()
-    deadline = time.monotonic() + 30
-    while len(names := _replica_actor_names()) < 2:  # the new version's replica starts
-        assert time.monotonic() < deadline, "the new replica's actor was never created"
-        time.sleep(0.05)
+    updater, names = _run_slow_start_until_actors(2)  # the new version's replica starts
     (new_name,) = set(names) - {old_name}
     actor_id = ray.get_actor(new_name, NAMESPACE)._actor_id.hex()
     ray.kill(ray.get_actor(CONTROLLER_NAME, NAMESPACE), no_restart=False)
