@@ -12,8 +12,8 @@ remembers which replica was sent which prompt blocks. For a new request:
      ``balance_rel_threshold`` (load = max(router in-flight, engine running + waiting),
      :func:`routing.load.replica_load`): a replica that is queueing now;
    - the share guard: a replica that was sent more than ``share_bound`` times the mean
-     of the last ``share_window`` decisions (and more than ``share_min``), while any
-     replica has a request in flight: it keeps each replica's share of the traffic
+     of the last ``share_window`` decisions (and more than ``share_min``), while the
+     cluster is busy (:func:`is_busy`): it keeps each replica's share of the traffic
      within ``share_bound`` of the mean over time, which instantaneous in-flight counts,
      noisy at a few requests per replica, cannot do without spilling far too early;
 3. full replicas rank last; of the rest, the replica holding the longest cached prefix
@@ -25,7 +25,8 @@ So a hot prefix stays on its replica until that replica has more than its share,
 the next request goes to the least-loaded replica that is not full, which caches it too;
 the prefix spreads over as many replicas as its traffic needs (half the traffic over 8
 replicas: 3 to 5 of them) and no replica carries much more than ``share_bound`` times
-the mean. With an idle cluster (nothing in flight anywhere) only the prefix counts, so a
+the mean. With an idle cluster (nothing in flight from this router, and a stale engine
+report of a request or two does not count) only the prefix counts, so a
 lone user's conversation stays on one replica. After the choice, ``on_routed`` records
 the prompt's blocks for the chosen replica and counts the decision.
 """
@@ -119,10 +120,10 @@ class PrefixAwarePolicy(PolicyBase):
         cached = index.blocks_per_replica if index is not None else {}
         recent = self._recent_counts
         shares = [recent.get(c.replica_id, 0) for c in candidates]
-        # full: sent more than share_bound x the mean of the recent decisions, while any
-        # replica is busy at all (an idle cluster keeps a lone user's prefix in one place)
+        # full: sent more than share_bound x the mean of the recent decisions, while the
+        # cluster is busy (an idle cluster keeps a lone user's prefix in one place)
         share_cap = max(self.share_min, self.share_bound * sum(shares) / len(shares))
-        if not any(loads):
+        if not is_busy(candidates, loads):
             share_cap = float("inf")
         rand = self._rng.random
         keyed = [(load > bound or share > share_cap,
@@ -164,6 +165,13 @@ class PrefixAwarePolicy(PolicyBase):
                 counts[old] = left
             else:
                 del counts[old]
+
+
+def is_busy(candidates: Sequence[Candidate], loads: Sequence[float]) -> bool:
+    """Does balance matter now? This router has a request in flight, or the engines report
+    at least one request per replica (traffic from other ingress processes). Engine stats
+    are a refresh period old: one request that finished since does not make it busy."""
+    return any(c.num_ongoing for c in candidates) or sum(loads) >= len(candidates)
 
 
 def request_tokens(request: RouteRequest) -> Sequence[int] | None:

@@ -147,8 +147,13 @@ def test_share_guard_waits_for_an_idle_cluster_to_stay_sticky() -> None:
     for n in range(1, 6):  # one user, one request at a time: nothing in flight anywhere
         assert route(p, req(str(n), 1, 2, n + 10), [replica("a"), replica("b")]) == "a"
     assert p._recent_counts == {"a": 6}
-    # the same history with a request in flight: 'a' has had more than its share
-    assert route(p, req("6", 1, 2, 16), [replica("a"), replica("b", 1)]) == "b"
+    # a stale engine report of one running request is not a busy cluster
+    assert route(p, req("6", 1, 2, 16), [replica("a"), replica("b", running=1)]) == "a"
+    # engines reporting a request per replica (another ingress's traffic) are
+    busy = [replica("a", running=1), replica("b", running=1)]
+    assert route(p, req("7", 1, 2, 17), busy) == "b"
+    # and so is a request of this router's own in flight: 'a' has had more than its share
+    assert route(p, req("8", 1, 2, 18), [replica("a"), replica("b", 1)]) == "b"
 
 
 def test_a_hot_prefix_spreads_to_just_enough_replicas_within_the_share_bound() -> None:
