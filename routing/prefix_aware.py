@@ -15,7 +15,12 @@ remembers which replica was sent which prompt blocks. For a new request:
      of the last ``share_window`` decisions (and more than ``share_min``), while the
      cluster is busy (:func:`is_busy`): it keeps each replica's share of the traffic
      within ``share_bound`` of the mean over time, which instantaneous in-flight counts,
-     noisy at a few requests per replica, cannot do without spilling far too early;
+     noisy at a few requests per replica, cannot do without spilling far too early.
+     It moves *shared* prefixes only: a prefix that another request in the window also
+     matched as deeply (a group's system prompt). A conversation's turn matches its own
+     history one turn deeper each time, a prefix no other request matched, so its
+     replica keeps it (only the load guard moves it): moving it would recompute the
+     whole conversation to shift one user's traffic;
 3. full replicas rank last; of the rest, the replica holding the longest cached prefix
    wins (a match shorter than ``min_match_ratio`` of the prompt counts as none); ties go
    to the less loaded, then to the one caching fewer blocks (so new prefixes spread the
@@ -37,12 +42,14 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
 from routing.load import replica_load
 from routing.policy import Candidate, PolicyBase, RouteRequest
 from routing.prefix_index import PrefixIndex
 
+MatchKey = tuple[str, BlockHash]  # (index key, deepest matched block): a cached prefix
 _PENDING_LIMIT = 16_384  # prompts hashed in choose() and not yet routed (bounded leak guard)
 
 
@@ -71,8 +78,9 @@ class PrefixAwarePolicy(PolicyBase):
         self.share_window = share_window
         self.share_bound = share_bound
         self.share_min = share_min
-        self._recent: deque[str] = deque()
+        self._recent: deque[tuple[str, MatchKey | None]] = deque()
         self._recent_counts: dict[str, int] = {}
+        self._recent_matches: dict[MatchKey, int] = {}
         self.block_size = block_size
         self.max_index_bytes = max_index_bytes
         self.balance_abs_threshold = balance_abs_threshold
@@ -125,22 +133,32 @@ class PrefixAwarePolicy(PolicyBase):
         share_cap = max(self.share_min, self.share_bound * sum(shares) / len(shares))
         if not is_busy(candidates, loads):
             share_cap = float("inf")
+        # a private prefix (a conversation's own history: no other recent request matched
+        # this deep) stays where it is cached; the share guard moves shared prefixes only
+        depth = max(blocks.values()) if blocks else 0
+        if depth and match is not None and not self._recent_matches.get(
+                (match.index_key, match.hashes[depth - 1])):
+            private = depth
+        else:
+            private = -1
         rand = self._rng.random
-        keyed = [(load > bound or share > share_cap,
-                  -blocks.get(c.replica_id, 0) if blocks else 0, load,
-                  cached.get(c.replica_id, 0), rand(), i)
-                 for i, (c, load, share) in enumerate(zip(candidates, loads, shares,
-                                                          strict=True))]
+        keyed = []
+        for i, (c, load, share) in enumerate(zip(candidates, loads, shares, strict=True)):
+            held = blocks.get(c.replica_id, 0) if blocks else 0
+            full = load > bound or (share > share_cap and held != private)
+            keyed.append((full, -held, load, cached.get(c.replica_id, 0), rand(), i))
         keyed.sort()
         return [candidates[k[-1]] for k in keyed]
 
     # ---- hooks ------------------------------------------------------------------------
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
-        self._count_recent(replica_id)
         found = self._pending.pop(request.request_id, None)
         if found is None:  # routed without a choice (a single replica): hash it now
             self.match(request)
             found = self._pending.pop(request.request_id, None)
+        depth = max(found.blocks.values()) if found is not None and found.blocks else 0
+        self._count_recent(replica_id, (found.index_key, found.hashes[depth - 1])
+                           if found is not None and depth else None)
         if found is None or not found.hashes:
             return
         index = self.indexes.get(found.index_key)
@@ -152,19 +170,27 @@ class PrefixAwarePolicy(PolicyBase):
         for index in self.indexes.values():
             index.retain_replicas(replica_ids)
 
-    def _count_recent(self, replica_id: str) -> None:
+    def _count_recent(self, replica_id: str, matched: MatchKey | None) -> None:
+        """Count the decision (and the deepest prefix it matched) in the sliding window."""
         if self.share_window <= 0:
             return
-        counts = self._recent_counts
-        self._recent.append(replica_id)
-        counts[replica_id] = counts.get(replica_id, 0) + 1
+        self._recent.append((replica_id, matched))
+        _increment(self._recent_counts, replica_id, 1)
+        if matched is not None:
+            _increment(self._recent_matches, matched, 1)
         if len(self._recent) > self.share_window:
-            old = self._recent.popleft()
-            left = counts[old] - 1
-            if left:
-                counts[old] = left
-            else:
-                del counts[old]
+            old, old_match = self._recent.popleft()
+            _increment(self._recent_counts, old, -1)
+            if old_match is not None:
+                _increment(self._recent_matches, old_match, -1)
+
+
+def _increment(counts: dict[Any, int], key: Any, by: int) -> None:
+    left = counts.get(key, 0) + by
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def is_busy(candidates: Sequence[Candidate], loads: Sequence[float]) -> bool:

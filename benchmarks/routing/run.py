@@ -6,7 +6,9 @@ router in front of it, and drives the same workload at the same request rate:
 
 1. ``shared-prefix``: groups sharing a long system prompt; all the groups' prefixes
    together exceed one replica's KV cache (``--kv-blocks``) but fit in the cluster's;
-2. ``multi-turn``: chat sessions re-sending the growing conversation;
+2. ``multi-turn``: chat sessions re-sending the growing conversation (4 turns each, every
+   session its own system prompt); ``multi-turn-long``: the shape of vLLM's own multi-turn
+   benchmark (6-9 turns, a 512-token prefix common to all sessions);
 3. ``hot-prefix``: shared-prefix groups where one group takes half of the traffic;
 4. ``random``: unrelated prompts (the control).
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -41,7 +44,7 @@ from benchmarks.workloads import Workload, build_workload
 from benchmarks.workloads.params import WorkloadParams
 
 RESULT_DIR = Path(__file__).parent / "results"
-WORKLOADS = ("shared-prefix", "multi-turn", "hot-prefix", "random")
+WORKLOADS = ("shared-prefix", "multi-turn", "multi-turn-long", "hot-prefix", "random")
 ORACLE = "benchmarks.routing.oracle:GroupOraclePolicy"
 ROUTERS: dict[str, tuple[str, dict[str, Any] | str]] = {
     "llmserve:prefix_aware": ("llmserve", {"policy": "prefix_aware"}),
@@ -58,7 +61,8 @@ ROUTERS: dict[str, tuple[str, dict[str, Any] | str]] = {
 DEFAULT_ROUTERS = ("llmserve:prefix_aware", "llmserve:power_of_two", "oracle",
                    "vllm-router:cache_aware", "vllm-router:power_of_two",
                    "vllm-router:consistent_hash")
-ORACLE_WORKLOADS = ("shared-prefix", "multi-turn", "hot-prefix")
+ORACLE_WORKLOADS = ("shared-prefix", "multi-turn", "multi-turn-long", "hot-prefix")
+MULTI_TURN = {"multi-turn": 4.0, "multi-turn-long": 7.5}  # mean turns per session
 HOT_ORACLE = "benchmarks.routing.oracle:HotGroupOraclePolicy"
 SLO_MS = {"ttft": 1000.0, "tpot": 50.0}
 
@@ -100,6 +104,13 @@ def make_workload(name: str, args: argparse.Namespace, model_dir: str) -> Worklo
     if name == "hot-prefix":
         return hot_prefix.build(hot_prefix.HotPrefixParams(
             seed=args.seed, num_requests=n, output_len=out), model_dir)
+    if name == "multi-turn-long":  # vLLM's benchmarks/multi_turn shape: 6-9 turns, common prefix
+        long_chat = WorkloadParams(
+            seed=args.seed, num_requests=n, mt_num_sessions=n, mt_turns=6, mt_turns_max=9,
+            mt_common_prefix_len=512, mt_system_prompt_len=1024, mt_input_len=140,
+            mt_output_len=out, mt_think_time_s=1.0)
+        return dataclasses.replace(build_workload("multi-turn", long_chat, model_dir),
+                                   name=name)
     groups = 32  # 32 x 2048-token prefixes = 64k tokens: 2x one replica's 32k, 1/4 the cluster
     params = WorkloadParams(
         seed=args.seed, num_requests=n, input_len=1024, output_len=out,
@@ -128,13 +139,15 @@ def run_one(args: argparse.Namespace, model_dir: str, workload: Workload,
             router_name: str) -> dict[str, Any]:
     label = f"{workload.name}-{router_name.replace(':', '-')}"
     logs = args.result_dir / "logs"
-    qps = args.qps / 4 if workload.name == "multi-turn" else args.qps  # sessions of 4 turns
+    qps = args.qps / MULTI_TURN.get(workload.name, 1.0)  # multi-turn: sessions per s
     extra = ("--kv-blocks", str(args.kv_blocks))
     override = None
     if router_name == "oracle" and workload.name == "hot-prefix":
         hot = next(s for s in workload.sessions if s.session_id.startswith("hot-0-"))
         override = {"policy": HOT_ORACLE, "hot_marker": (hot.system_prompt or "")[:64],
                     "tokenizer_dir": model_dir}
+    if router_name == "oracle" and workload.name == "multi-turn-long":
+        override = {"policy": ORACLE, "key_tokens": 1024}  # past the 512-token common prefix
     with sim_cluster(model_dir, args.replicas, args.port, args.profile, args.time_scale,
                      logs / f"{label}-sim.log", extra) as urls, \
             router(router_name, urls, args.port + args.replicas + 10,

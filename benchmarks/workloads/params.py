@@ -26,6 +26,8 @@ class WorkloadParams:
     mt_input_len: int = 128
     mt_output_len: int = 128
     mt_think_time_s: float = 1.0  # mean of an exponential pause between turns
+    mt_turns_max: int = 0  # > mt_turns: each session's turns uniform in [mt_turns, this]
+    mt_common_prefix_len: int = 0  # tokens every session's system prompt starts with
     # prefix-repetition (vLLM's --prefix-repetition-*)
     pr_prefix_len: int = 256
     pr_suffix_len: int = 256

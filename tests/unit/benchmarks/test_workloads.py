@@ -128,3 +128,20 @@ def test_token_lengths_measured_with_the_tokenizer(tiny_tokenizer_dir: Path) -> 
 def test_unknown_workload() -> None:
     with pytest.raises(ValueError, match="unknown workload"):
         build_workload("nope")
+
+
+def test_multi_turn_common_prefix_and_variable_turns() -> None:
+    params = replace(SMALL, num_requests=60, mt_num_sessions=100, mt_turns=3, mt_turns_max=6,
+                     mt_common_prefix_len=16)
+    workload = build_workload("multi-turn", params)
+    assert len(workload.sessions) == 60 // 4.5 == 13
+    counts = {len(s.turns) for s in workload.sessions}
+    assert counts <= {3, 4, 5, 6} and len(counts) > 1
+    common = {s.system_prompt[:40] for s in workload.sessions if s.system_prompt}
+    assert len(common) == 1  # every session opens with the same text
+    assert len({s.system_prompt for s in workload.sessions}) == 13  # and then its own
+    assert all(s.turns[0].input_len == 32 + 16 + 8 for s in workload.sessions)
+    # without the options: fixed turns, and sessions open with different text
+    plain = build_workload("multi-turn", replace(SMALL, num_requests=None))
+    assert {len(s.turns) for s in plain.sessions} == {4}
+    assert len({(s.system_prompt or "")[:40] for s in plain.sessions}) == 3

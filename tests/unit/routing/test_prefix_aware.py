@@ -177,3 +177,21 @@ def test_a_hot_prefix_spreads_to_just_enough_replicas_within_the_share_bound() -
     assert max(sent.values()) <= 1.5 * mean
     cold_moves = sum(len(h) - 1 for g, h in holders.items() if g)
     assert cold_moves <= 6
+
+
+def test_share_guard_moves_shared_prefixes_not_a_conversations_own_history() -> None:
+    p = policy(share_window=8, share_bound=1.5, share_min=1)
+    busy = [replica("a", 1), replica("b", 1)]
+    route(p, req("t1", 1, 2), [replica("a")])
+    # each turn re-sends the history and matches it one turn deeper: a prefix no other
+    # request matched, so it stays on 'a' although 'a' has had every recent decision
+    for n, turn in enumerate([(1, 2, 3), (1, 2, 3, 4), (1, 2, 3, 4, 5)], start=2):
+        assert route(p, req(f"t{n}", *turn), busy) == "a"
+    assert p._recent_counts == {"a": 4}
+    # a group prefix: the second request is the first to match it (still private) ...
+    route(p, req("u1", 9, 10, 11), [replica("a")])
+    assert route(p, req("u2", 9, 10, 12), busy) == "a"
+    # ... the third matches what the second did: shared, and 'a' is over its share
+    assert route(p, req("u3", 9, 10, 13), busy) == "b"
+    # the conversation, matched deeper again, still stays on 'a'
+    assert route(p, req("t5", 1, 2, 3, 4, 5, 6), busy) == "a"
