@@ -62,6 +62,10 @@ class PolicyBase:
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
         return None
 
+    def on_first_token(self, request: RouteRequest, replica_id: str) -> None:
+        """The replica sent the request's first token (its prompt is computed)."""
+        return None
+
     def on_finished(self, request: RouteRequest, replica_id: str) -> None:
         return None
 
@@ -76,6 +80,12 @@ def needs_prompt(policy: RoutingPolicy) -> bool:
 
 def notify_routed(policy: RoutingPolicy, request: RouteRequest, replica_id: str) -> None:
     hook = getattr(policy, "on_routed", None)
+    if hook is not None:
+        hook(request, replica_id)
+
+
+def notify_first_token(policy: RoutingPolicy, request: RouteRequest, replica_id: str) -> None:
+    hook = getattr(policy, "on_first_token", None)
     if hook is not None:
         hook(request, replica_id)
 

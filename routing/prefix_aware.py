@@ -20,7 +20,12 @@ remembers which replica was sent which prompt blocks. For a new request:
      matched as deeply (a group's system prompt). A conversation's turn matches its own
      history one turn deeper each time, a prefix no other request matched, so its
      replica keeps it (only the load guard moves it): moving it would recompute the
-     whole conversation to shift one user's traffic;
+     whole conversation to shift one user's traffic.
+     With ``hold_while_warming`` (the default), after a shared prefix spills to a
+     replica that does not hold it, that replica is *warming* until the spilled
+     request's first token (``on_first_token``) or its end: meanwhile the prefix's
+     other holders take its requests even over their share, and the warming replica
+     ranks after them, so requests do not queue behind the new replica's prefill;
 3. full replicas rank last; of the rest, the replica holding the longest cached prefix
    wins (a match shorter than ``min_match_ratio`` of the prompt counts as none); ties go
    to the less loaded, then to the one caching fewer blocks (so new prefixes spread the
@@ -31,8 +36,8 @@ the next request goes to the least-loaded replica that is not full, which caches
 the prefix spreads over as many replicas as its traffic needs (half the traffic over 8
 replicas: 3 to 5 of them) and no replica carries much more than ``share_bound`` times
 the mean. With an idle cluster (nothing in flight from this router, and a stale engine
-report of a request or two does not count) only the prefix counts, so a
-lone user's conversation stays on one replica. After the choice, ``on_routed`` records
+report of a request or two does not count) only the prefix counts, so a lone user's
+conversation stays on one replica. After the choice, ``on_routed`` records
 the prompt's blocks for the chosen replica and counts the decision.
 """
 
@@ -69,7 +74,8 @@ class PrefixAwarePolicy(PolicyBase):
                  balance_abs_threshold: float = 16.0, balance_rel_threshold: float = 1.5,
                  min_match_ratio: float = 0.1, share_window: int = 256,
                  share_bound: float = 1.4, share_min: int = 1,
-                 rng: random.Random | None = None, hash_fn: HashFn | None = None) -> None:
+                 hold_while_warming: bool = True, rng: random.Random | None = None,
+                 hash_fn: HashFn | None = None) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
         if share_window < 0 or share_bound < 1.0:
@@ -78,6 +84,11 @@ class PrefixAwarePolicy(PolicyBase):
         self.share_window = share_window
         self.share_bound = share_bound
         self.share_min = share_min
+        self.hold_while_warming = hold_while_warming
+        # a shared prefix spilled to a replica that is computing it: prefix -> (that
+        # replica, the spilled request's id), until that request's first token or end
+        self._warming: dict[MatchKey, tuple[str, str]] = {}
+        self._warming_of: dict[str, MatchKey] = {}
         self._recent: deque[tuple[str, MatchKey | None]] = deque()
         self._recent_counts: dict[str, int] = {}
         self._recent_matches: dict[MatchKey, int] = {}
@@ -136,16 +147,23 @@ class PrefixAwarePolicy(PolicyBase):
         # a private prefix (a conversation's own history: no other recent request matched
         # this deep) stays where it is cached; the share guard moves shared prefixes only
         depth = max(blocks.values()) if blocks else 0
-        if depth and match is not None and not self._recent_matches.get(
-                (match.index_key, match.hashes[depth - 1])):
-            private = depth
-        else:
-            private = -1
+        private, warming = -1, None
+        if depth and match is not None:
+            key = (match.index_key, match.hashes[depth - 1])
+            if not self._recent_matches.get(key):
+                private = depth
+            spilled = self._warming.get(key)
+            if spilled is not None:
+                # the last spill of this prefix is still computing it: its holders keep
+                # taking it, over their share, and that replica ranks after them
+                private, warming = depth, spilled[0]
         rand = self._rng.random
         keyed = []
         for i, (c, load, share) in enumerate(zip(candidates, loads, shares, strict=True)):
-            held = blocks.get(c.replica_id, 0) if blocks else 0
+            held: float = blocks.get(c.replica_id, 0) if blocks else 0
             full = load > bound or (share > share_cap and held != private)
+            if c.replica_id == warming:
+                held -= 0.5  # after the holders that have computed it, before the rest
             keyed.append((full, -held, load, cached.get(c.replica_id, 0), rand(), i))
         keyed.sort()
         return [candidates[k[-1]] for k in keyed]
@@ -161,14 +179,42 @@ class PrefixAwarePolicy(PolicyBase):
                            if found is not None and depth else None)
         if found is None or not found.hashes:
             return
+        if self.hold_while_warming and depth and found.blocks.get(replica_id, 0) < depth:
+            self._start_warming((found.index_key, found.hashes[depth - 1]), replica_id,
+                                request.request_id)
         index = self.indexes.get(found.index_key)
         if index is None:
             index = self.indexes[found.index_key] = PrefixIndex(self.max_index_bytes)
         index.insert(found.hashes, replica_id)
 
+    def on_first_token(self, request: RouteRequest, replica_id: str) -> None:
+        self._stop_warming(request.request_id)
+
+    def on_finished(self, request: RouteRequest, replica_id: str) -> None:
+        self._stop_warming(request.request_id)
+
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
         for index in self.indexes.values():
             index.retain_replicas(replica_ids)
+        live = set(replica_ids)
+        for rid, request_id in list(self._warming.values()):
+            if rid not in live:
+                self._stop_warming(request_id)
+
+    def _start_warming(self, key: MatchKey, replica_id: str, request_id: str) -> None:
+        """A spill: ``replica_id`` computes a shared prefix that other replicas hold."""
+        previous = self._warming.get(key)
+        if previous is not None:
+            self._warming_of.pop(previous[1], None)
+        self._warming[key] = (replica_id, request_id)
+        self._warming_of[request_id] = key
+        if len(self._warming_of) > _PENDING_LIMIT:  # hooks never called: forget the oldest
+            self._stop_warming(next(iter(self._warming_of)))
+
+    def _stop_warming(self, request_id: str) -> None:
+        key = self._warming_of.pop(request_id, None)
+        if key is not None:
+            del self._warming[key]
 
     def _count_recent(self, replica_id: str, matched: MatchKey | None) -> None:
         """Count the decision (and the deepest prefix it matched) in the sliding window."""

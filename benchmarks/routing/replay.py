@@ -3,9 +3,10 @@
 Each request is one of ``--groups`` prefixes (group 0 takes ``--hot-share`` of them),
 arriving as a Poisson stream at ``--qps``; the policy ranks fake candidates whose
 in-flight count is what it sent them in the last ``--duration-s`` seconds (a cold prefill
-adds ``--miss-s``). A *cold prefill* is the first request of a group on a replica. It
-prints, per seed, the cold prefills and the busiest replica's requests over the mean: the
-two numbers a balance rule trades, in a second instead of a simulated-cluster run.
+adds ``--miss-s``, and the first token comes after it). A *cold prefill* is the first
+request of a group on a replica. It prints, per seed, the cold prefills and the busiest
+replica's requests over the mean: the two numbers a balance rule trades, in a second
+instead of a simulated-cluster run.
 
 Run: ``.venv/bin/python -m benchmarks.routing.replay '{"policy": "prefix_aware"}'``
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 from benchmarks.routing.hot_prefix import group_sequence
 from routing import Candidate, RouteRequest, make_policy
-from routing.policy import notify_finished, notify_routed
+from routing.policy import notify_finished, notify_first_token, notify_routed
 
 
 def replay(config: Mapping[str, Any], seed: int = 0, n: int = 256, qps: float = 64.0,
@@ -37,10 +38,14 @@ def replay(config: Mapping[str, Any], seed: int = 0, n: int = 256, qps: float = 
     ongoing = {f"r{i}": 0 for i in range(replicas)}
     sent = dict.fromkeys(ongoing, 0)
     ends: list[tuple[float, int, str, RouteRequest]] = []
+    firsts: list[tuple[float, int, str, RouteRequest]] = []  # first tokens: after the prefill
     held: set[tuple[int, str]] = set()
     now, cold = 0.0, 0
     for i, group in enumerate(order):
         now += rng.expovariate(qps)
+        while firsts and firsts[0][0] <= now:
+            _, _, first_on, first = heapq.heappop(firsts)
+            notify_first_token(policy, first, first_on)
         while ends and ends[0][0] <= now:
             _, _, done_on, done = heapq.heappop(ends)
             ongoing[done_on] -= 1
@@ -55,6 +60,7 @@ def replay(config: Mapping[str, Any], seed: int = 0, n: int = 256, qps: float = 
         cold += miss
         ongoing[chosen] += 1
         sent[chosen] += 1
+        heapq.heappush(firsts, (now + (miss_s if miss else 0.0), i, chosen, request))
         heapq.heappush(ends, (now + duration_s + (miss_s if miss else 0.0), i, chosen, request))
     return cold, max(sent.values()) * replicas / n
 

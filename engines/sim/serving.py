@@ -322,12 +322,14 @@ class OpenAIServing:
     ) -> AsyncIterator[bytes]:
         is_chat = call.kind == "chat"
         obj = "chat.completion.chunk" if is_chat else "text_completion"
-        if is_chat:
-            for choice in call.choices:
-                first = {"index": choice.index, "delta": {"role": "assistant", "content": ""},
-                         "logprobs": None, "finish_reason": None}  # fmt: skip
-                yield sse({**self._header(call, obj), "choices": [first]})
+        roles_sent = not is_chat
         async for choice, delta in self.deltas(call, queue):
+            if not roles_sent:  # as vLLM: the role chunks come with the first engine output
+                roles_sent = True
+                for each in call.choices:
+                    first = {"index": each.index, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None}  # fmt: skip
+                    yield sse({**self._header(call, obj), "choices": [first]})
             if not delta and choice.finish_reason is None:
                 continue
             entry: JSON = {"index": choice.index, "logprobs": None,

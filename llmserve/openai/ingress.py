@@ -8,6 +8,7 @@ feature (tools, response_format, logprobs, chat templates, ...) comes through un
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -222,6 +223,7 @@ class OpenAiIngress:
                 endpoint = pool.choose(route)
             if endpoint is None:
                 break
+            outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
             try:
                 upstream = await self.relay.open(endpoint.url + path, body, headers)
             except EngineConnectError as exc:

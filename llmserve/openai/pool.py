@@ -20,7 +20,12 @@ import httpx
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
-from routing.policy import notify_finished, notify_replicas_changed, notify_routed
+from routing.policy import (
+    notify_finished,
+    notify_first_token,
+    notify_replicas_changed,
+    notify_routed,
+)
 from routing.registry import policy_accepts
 
 log = logging.getLogger("llmserve.openai")
@@ -73,6 +78,9 @@ class ModelPool:
         chosen.in_flight += 1
         notify_routed(self.policy, request, chosen.key)
         return chosen
+
+    def first_token(self, endpoint: Endpoint, request: RouteRequest) -> None:
+        notify_first_token(self.policy, request, endpoint.key)
 
     def finish(self, endpoint: Endpoint, request: RouteRequest, *, failed: bool) -> None:
         endpoint.in_flight -= 1

@@ -49,6 +49,13 @@ class Outcome:
     usage: dict[str, Any] | None = None
     error: str | None = None
     disconnected: bool = False
+    on_first_chunk: Callable[[], None] | None = None  # called once, at the first chunk
+
+    def first_chunk(self) -> None:
+        self.first_chunk_s = time.monotonic()
+        callback, self.on_first_chunk = self.on_first_chunk, None
+        if callback is not None:
+            callback()
 
 
 class Relay:
@@ -91,7 +98,7 @@ async def read_whole(upstream: UpstreamResponse, outcome: Outcome,
     finally:
         for task in (reading, leaving):
             task.cancel()
-    outcome.first_chunk_s = time.monotonic()
+    outcome.first_chunk()
     outcome.status = upstream.status
     if upstream.status == 200 and b'"usage"' in body:
         with contextlib.suppress(ValueError, AttributeError):
@@ -173,7 +180,7 @@ class Writer:
 
     def note(self, piece: bytes) -> None:
         if self.outcome.first_chunk_s is None:
-            self.outcome.first_chunk_s = time.monotonic()
+            self.outcome.first_chunk()
         self.previous, self.last = self.last, piece
 
     def write(self, piece: bytes) -> None:
@@ -195,7 +202,7 @@ class DirectWriter(Writer):
     def write(self, piece: bytes) -> None:  # the per-token path: kept to one frame
         outcome = self.outcome
         if outcome.first_chunk_s is None:
-            outcome.first_chunk_s = time.monotonic()
+            outcome.first_chunk()
         self.previous, self.last = self.last, piece
         transport = self.transport
         if transport.is_closing():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import httpx
 import pytest
@@ -17,6 +17,8 @@ from benchmarks.cluster_procs import sim_cluster
 from llmserve import serve
 from llmserve.llm import build_openai_app
 from llmserve.openai.prompt import PromptRenderer
+from routing import Candidate, RouteRequest
+from routing.policy import PolicyBase
 from tests.e2e.conftest import free_port
 from tests.fixtures_engines import cached_tiny_model
 
@@ -82,6 +84,46 @@ def test_repeated_prefixes_hit_the_replica_that_cached_them(
     rate = (hits - hits0) / (queries - queries0)
     # first request of each group misses; the other two re-use its system prompt
     assert min_hit_rate <= rate <= max_hit_rate, rate
+
+
+EVENTS: list[tuple[str, str]] = []
+
+
+class RecordingPolicy(PolicyBase):
+    """First replica; records the hooks the gateway calls."""
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
+        return sorted(candidates, key=lambda c: c.replica_id)
+
+    def on_routed(self, request: RouteRequest, replica_id: str) -> None:
+        EVENTS.append(("routed", request.request_id))
+
+    def on_first_token(self, request: RouteRequest, replica_id: str) -> None:
+        EVENTS.append(("first_token", request.request_id))
+
+    def on_finished(self, request: RouteRequest, replica_id: str) -> None:
+        EVENTS.append(("finished", request.request_id))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_policy_hears_of_the_first_token_then_the_end(
+        replicas: list[str], model_dir: str, stream: bool) -> None:
+    serve.shutdown()
+    EVENTS.clear()
+    try:
+        policy = f"{__name__}:RecordingPolicy"
+        app = build_openai_app({"worker_urls": replicas, "worker_engine": "sim",
+                                "routing_config": {"policy": policy}})
+        serve.run(app, port=0)
+        with httpx.Client(timeout=30) as client:
+            response = client.post(f"{serve.http_url()}/v1/chat/completions", json={
+                "model": model_dir, "messages": messages(0, 0), "max_tokens": 4,
+                "stream": stream})
+            assert response.status_code == 200 and response.text
+    finally:
+        serve.shutdown()
+    assert [kind for kind, _ in EVENTS] == ["routed", "first_token", "finished"]
+    assert len({rid for _, rid in EVENTS}) == 1
 
 
 def test_renderer_tokens_equal_the_engines_own(replicas: list[str], model_dir: str) -> None:

@@ -123,7 +123,8 @@ def test_registry_options_and_prompt_flag() -> None:
 
 
 def test_share_guard_spills_a_replica_sent_more_than_its_share_of_recent_requests() -> None:
-    p = policy(share_window=8, share_bound=1.5, share_min=1)
+    # the guard's arithmetic alone: no holding while a spilled prefix is being computed
+    p = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=False)
     route(p, req("1", 1, 2), [replica("a")])
     # 'a' holds the prefix and is not overloaded; one request in flight somewhere
     cands = [replica("a", 1), replica("b", 0)]
@@ -142,7 +143,7 @@ def test_share_guard_spills_a_replica_sent_more_than_its_share_of_recent_request
 
 
 def test_share_guard_waits_for_an_idle_cluster_to_stay_sticky() -> None:
-    p = policy(share_window=8, share_bound=1.5, share_min=1)
+    p = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=False)
     route(p, req("0", 1, 2, 10), [replica("a")])
     for n in range(1, 6):  # one user, one request at a time: nothing in flight anywhere
         assert route(p, req(str(n), 1, 2, n + 10), [replica("a"), replica("b")]) == "a"
@@ -165,10 +166,15 @@ def test_a_hot_prefix_spreads_to_just_enough_replicas_within_the_share_bound() -
     names = [f"r{i}" for i in range(8)]
     holders: dict[int, set[str]] = {}
     sent = dict.fromkeys(names, 0)
+    computing: list[tuple[RouteRequest, str]] = []  # first token 3 requests later
     for n in range(2048):
         group = 0 if rng.random() < 0.5 else rng.randrange(1, 16)
         cands = [replica(r, 3) for r in names]
-        chosen = route(p, req(str(n), group + 100, group + 200, n + 1000), cands)
+        request = req(str(n), group + 100, group + 200, n + 1000)
+        chosen = route(p, request, cands)
+        computing.append((request, chosen))
+        if len(computing) > 3:
+            p.on_first_token(*computing.pop(0))
         holders.setdefault(group, set()).add(chosen)
         if n >= 1024:
             sent[chosen] += 1
@@ -195,3 +201,37 @@ def test_share_guard_moves_shared_prefixes_not_a_conversations_own_history() -> 
     assert route(p, req("u3", 9, 10, 13), busy) == "b"
     # the conversation, matched deeper again, still stays on 'a'
     assert route(p, req("t5", 1, 2, 3, 4, 5, 6), busy) == "a"
+
+
+def test_holders_keep_a_spilled_prefix_until_its_new_replica_has_computed_it() -> None:
+    p = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=True)
+    busy = [replica("a", 1), replica("b", 1)]
+    route(p, req("1", 1, 2, 3), [replica("a")])
+    route(p, req("2", 1, 2, 4), busy)  # the first to match (1, 2): private, stays on 'a'
+    spilled = req("3", 1, 2, 5)
+    assert route(p, spilled, busy) == "b"  # shared now, and 'a' is over its share: spill
+    # 'b' is computing (1, 2): more of the prefix waits for it there, so 'a' takes them
+    # although it is over its share
+    assert route(p, req("4", 1, 2, 6), busy) == "a"
+    assert route(p, req("5", 1, 2, 7), busy) == "a"
+    p.on_first_token(spilled, "b")  # 'b' has it: the share guard applies again
+    assert route(p, req("6", 1, 2, 8), busy) == "b"
+    # a spill whose request ends (or fails) before its first token also stops holding
+    p2 = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=True)
+    route(p2, req("1", 1, 2, 3), [replica("a")])
+    route(p2, req("2", 1, 2, 4), busy)
+    failed = req("3", 1, 2, 5)
+    assert route(p2, failed, busy) == "b"
+    p2.on_finished(failed, "b")
+    assert route(p2, req("4", 1, 2, 6), busy) == "b"
+    assert p2._warming == {} and p2._warming_of == {}
+
+
+def test_a_warming_replica_that_leaves_is_forgotten() -> None:
+    p = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=True)
+    busy = [replica("a", 1), replica("b", 1)]
+    route(p, req("1", 1, 2, 3), [replica("a")])
+    route(p, req("2", 1, 2, 4), busy)
+    assert route(p, req("3", 1, 2, 5), busy) == "b" and p._warming
+    p.on_replicas_changed(["a"])
+    assert p._warming == {} and p._warming_of == {}
