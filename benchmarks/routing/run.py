@@ -141,7 +141,7 @@ def run_one(args: argparse.Namespace, model_dir: str, workload: Workload,
     logs = args.result_dir / "logs"
     qps = args.qps / MULTI_TURN.get(workload.name, 1.0)  # multi-turn: sessions per s
     extra = ("--kv-blocks", str(args.kv_blocks))
-    override = None
+    override: dict[str, Any] | None = None
     if router_name == "oracle" and workload.name == "hot-prefix":
         hot = next(s for s in workload.sessions if s.session_id.startswith("hot-0-"))
         override = {"policy": HOT_ORACLE, "hot_marker": (hot.system_prompt or "")[:64],
@@ -219,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append({"workload": name, "router": router_name, "error": repr(exc)})
         if results:
             plot_latency_cdfs(results, args.result_dir / f"{name}-latency-cdf.png")
+            # consistent_hash's tail (all single-turn traffic on one replica) sets the axes
+            rest = [r for r in results if "consistent_hash" not in str(r.get("router"))]
+            if 0 < len(rest) < len(results):
+                plot_latency_cdfs(rest, args.result_dir
+                                  / f"{name}-latency-cdf-without-consistent-hash.png")
         rows += [summary_row(r) for r in results]
     table = markdown_table([r for r in rows if "error" not in r])
     (args.result_dir / "summary.md").write_text(table)
