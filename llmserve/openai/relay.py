@@ -55,7 +55,10 @@ class Outcome:
         self.first_chunk_s = time.monotonic()
         callback, self.on_first_chunk = self.on_first_chunk, None
         if callback is not None:
-            callback()
+            try:
+                callback()
+            except Exception:  # a routing hook's fault must not break the client's stream
+                log.exception("on_first_chunk callback failed")
 
 
 class Relay:

@@ -134,3 +134,22 @@ async def test_stream_relayed_intact(engine_url: str, plain_asgi: bool,
     expected = (AsgiWriter if plain_asgi else DirectWriter).__name__
     assert app.writers == [expected, expected]
     assert len(CONNECTIONS) == 1  # keep-alive: one engine connection served both
+
+
+def test_first_chunk_calls_its_callback_once_and_contains_its_failure(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from llmserve.openai.relay import Outcome
+
+    calls: list[int] = []
+    outcome = Outcome(on_first_chunk=lambda: calls.append(1))
+    outcome.first_chunk()
+    outcome.first_chunk()
+    assert calls == [1] and outcome.first_chunk_s is not None
+
+    def broken() -> None:
+        raise RuntimeError("policy bug")
+
+    failing = Outcome(on_first_chunk=broken)
+    with caplog.at_level("ERROR", logger="llmserve.openai"):
+        failing.first_chunk()  # logged, not raised
+    assert failing.first_chunk_s is not None and "on_first_chunk callback failed" in caplog.text
