@@ -66,6 +66,15 @@ class PrefixMatch:
     hashes: tuple[BlockHash, ...]
     blocks: dict[str, int]
 
+    @property
+    def depth(self) -> int:
+        """Blocks of the longest match on any replica (0: none)."""
+        return max(self.blocks.values(), default=0)
+
+    def prefix_key(self, depth: int) -> MatchKey | None:
+        """The matched prefix ``depth`` blocks deep, as (index key, its last block)."""
+        return (self.index_key, self.hashes[depth - 1]) if depth else None
+
 
 class PrefixAwarePolicy(PolicyBase):
     needs_prompt = True
@@ -146,10 +155,10 @@ class PrefixAwarePolicy(PolicyBase):
             share_cap = float("inf")
         # a private prefix (a conversation's own history: no other recent request matched
         # this deep) stays where it is cached; the share guard moves shared prefixes only
-        depth = max(blocks.values()) if blocks else 0
+        depth = match.depth if match is not None else 0
         private, warming = -1, None
-        if depth and match is not None:
-            key = (match.index_key, match.hashes[depth - 1])
+        key = match.prefix_key(depth) if match is not None else None
+        if key is not None:
             if not self._recent_matches.get(key):
                 private = depth
             spilled = self._warming.get(key)
@@ -174,14 +183,14 @@ class PrefixAwarePolicy(PolicyBase):
         if found is None:  # routed without a choice (a single replica): hash it now
             self.match(request)
             found = self._pending.pop(request.request_id, None)
-        depth = max(found.blocks.values()) if found is not None and found.blocks else 0
-        self._count_recent(replica_id, (found.index_key, found.hashes[depth - 1])
-                           if found is not None and depth else None)
+        depth = found.depth if found is not None else 0
+        key = found.prefix_key(depth) if found is not None else None
+        self._count_recent(replica_id, key)
         if found is None or not found.hashes:
             return
-        if self.hold_while_warming and depth and found.blocks.get(replica_id, 0) < depth:
-            self._start_warming((found.index_key, found.hashes[depth - 1]), replica_id,
-                                request.request_id)
+        spilled_here = found.blocks.get(replica_id, 0) < depth  # others hold more of it
+        if self.hold_while_warming and key is not None and spilled_here:
+            self._start_warming(key, replica_id, request.request_id)
         index = self.indexes.get(found.index_key)
         if index is None:
             index = self.indexes[found.index_key] = PrefixIndex(self.max_index_bytes)

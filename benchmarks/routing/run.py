@@ -62,7 +62,10 @@ DEFAULT_ROUTERS = ("llmserve:prefix_aware", "llmserve:power_of_two", "oracle",
                    "vllm-router:cache_aware", "vllm-router:power_of_two",
                    "vllm-router:consistent_hash")
 ORACLE_WORKLOADS = ("shared-prefix", "multi-turn", "multi-turn-long", "hot-prefix")
-MULTI_TURN = {"multi-turn": 4.0, "multi-turn-long": 7.5}  # mean turns per session
+MULTI_TURN_TURNS = 4
+LONG_TURNS = (6, 9)  # multi-turn-long: turns per session, uniform
+MULTI_TURN = {"multi-turn": float(MULTI_TURN_TURNS),  # mean turns per session
+              "multi-turn-long": sum(LONG_TURNS) / 2}
 HOT_ORACLE = "benchmarks.routing.oracle:HotGroupOraclePolicy"
 SLO_MS = {"ttft": 1000.0, "tpot": 50.0}
 
@@ -106,7 +109,8 @@ def make_workload(name: str, args: argparse.Namespace, model_dir: str) -> Worklo
             seed=args.seed, num_requests=n, output_len=out), model_dir)
     if name == "multi-turn-long":  # vLLM's benchmarks/multi_turn shape: 6-9 turns, common prefix
         long_chat = WorkloadParams(
-            seed=args.seed, num_requests=n, mt_num_sessions=n, mt_turns=6, mt_turns_max=9,
+            seed=args.seed, num_requests=n, mt_num_sessions=n, mt_turns=LONG_TURNS[0],
+            mt_turns_max=LONG_TURNS[1],
             mt_common_prefix_len=512, mt_system_prompt_len=1024, mt_input_len=140,
             mt_output_len=out, mt_think_time_s=1.0)
         return dataclasses.replace(build_workload("multi-turn", long_chat, model_dir),
@@ -116,7 +120,8 @@ def make_workload(name: str, args: argparse.Namespace, model_dir: str) -> Worklo
         seed=args.seed, num_requests=n, input_len=1024, output_len=out,
         gsp_num_groups=groups, gsp_prompts_per_group=max(1, n // groups),
         gsp_system_prompt_len=2048, gsp_question_len=128, gsp_output_len=out,
-        mt_num_sessions=max(1, n // 4), mt_turns=4, mt_system_prompt_len=1024,
+        mt_num_sessions=max(1, n // MULTI_TURN_TURNS), mt_turns=MULTI_TURN_TURNS,
+        mt_system_prompt_len=1024,
         mt_input_len=128, mt_output_len=out, mt_think_time_s=1.0)
     return build_workload(name, params, model_dir)
 
