@@ -80,7 +80,7 @@ class PrefixAwarePolicy(PolicyBase):
     needs_prompt = True
 
     def __init__(self, block_size: int = 16, max_index_bytes: int = 64 * 1024 * 1024,
-                 balance_abs_threshold: float = 16.0, balance_rel_threshold: float = 1.5,
+                 balance_abs_threshold: float = 64.0, balance_rel_threshold: float = 1.5,
                  min_match_ratio: float = 0.1, share_window: int = 256,
                  share_bound: float = 1.4, share_min: int = 1,
                  hold_while_warming: bool = True, rng: random.Random | None = None,
