@@ -40,13 +40,16 @@ def test_run_config_file_with_builder_args_and_overrides(tmp_path: Path) -> None
     proc = start(config, port)
     try:
         deadline = time.monotonic() + 30
-        while True:
+        while True:  # the HTTP server can answer (404, 503) before the app is deployed
             try:
                 response = httpx.get(f"http://127.0.0.1:{port}/hi", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)
+                if response.status_code == 200:
+                    break
+                seen = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                seen = repr(exc)
+            assert proc.poll() is None and time.monotonic() < deadline, seen
+            time.sleep(0.2)
         assert response.json()["greeting"] == "bonjour"
         replicas = {httpx.get(f"http://127.0.0.1:{port}/hi").json()["replica"]
                     for _ in range(30)}
