@@ -17,14 +17,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_ON_UVLOOP = ("import sys, uvloop; uvloop.install(); "
                  "from engines.sim.__main__ import main; main(sys.argv[1:])")
 
 
-def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[Any]) -> None:
+    """Until ``url`` answers 200 (a server can answer 404 or 503 before its app is up)."""
     deadline = time.monotonic() + timeout_s
+    seen = "nothing"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
@@ -32,10 +35,11 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> N
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, OSError):
-            pass
+                seen = f"status {response.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            seen = repr(exc)
         time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s; last: {seen}")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from benchmarks.cluster_procs import wait_http_ok
 from tests.integration.serve.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -39,17 +39,8 @@ def test_run_config_file_with_builder_args_and_overrides(tmp_path: Path) -> None
     port = free_port()
     proc = start(config, port)
     try:
-        deadline = time.monotonic() + 30
-        while True:  # the HTTP server can answer (404, 503) before the app is deployed
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/hi", timeout=2)
-                if response.status_code == 200:
-                    break
-                seen = f"{response.status_code} {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                seen = repr(exc)
-            assert proc.poll() is None and time.monotonic() < deadline, seen
-            time.sleep(0.2)
+        wait_http_ok(f"http://127.0.0.1:{port}/hi", 30, proc)  # not a 404 before the app is up
+        response = httpx.get(f"http://127.0.0.1:{port}/hi", timeout=2)
         assert response.json()["greeting"] == "bonjour"
         replicas = {httpx.get(f"http://127.0.0.1:{port}/hi").json()["replica"]
                     for _ in range(30)}
