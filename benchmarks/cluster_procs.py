@@ -24,21 +24,23 @@ SIM_ON_UVLOOP = ("import sys, uvloop; uvloop.install(); "
                  "from engines.sim.__main__ import main; main(sys.argv[1:])")
 
 
-def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[Any]) -> None:
-    """Until ``url`` answers 200 (a server can answer 404 or 503 before its app is up)."""
+def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[Any] | None = None,
+                 poll_timeout_s: float = 2.0, poll_s: float = 0.2) -> None:
+    """Until ``url`` answers 200 (a server can answer 404 or 503 before its app is up);
+    fails early if ``proc`` (the server, when it is a subprocess) exits first."""
     deadline = time.monotonic() + timeout_s
     seen = "nothing"
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=poll_timeout_s) as response:
                 if response.status == 200:
                     return
                 seen = f"status {response.status}"
         except (urllib.error.URLError, OSError) as exc:
             seen = repr(exc)
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s; last: {seen}")
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from benchmarks.cluster_procs import wait_http_ok
 from llmserve import serve
 
 RESULTS = Path(__file__).parent / "results"
@@ -116,17 +117,7 @@ def run_server(kind: str, port: int) -> None:
 
 
 def wait_ready(port: int, timeout_s: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server on {port} did not start")
+    wait_http_ok(f"http://127.0.0.1:{port}/", timeout_s, poll_timeout_s=1, poll_s=0.1)
 
 
 def process_cpu_s(pid: int) -> float:

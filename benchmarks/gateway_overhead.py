@@ -25,14 +25,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from benchmarks.cluster_procs import stop
+from benchmarks.cluster_procs import stop, wait_http_ok
 from benchmarks.loadgen import COMPLETIONS, LoadConfig, run_load, summarize
 from benchmarks.routing.procs import vllm_router, vllm_router_binary
 from benchmarks.workloads import WorkloadParams, build_workload
@@ -60,21 +57,6 @@ def load_once(base_url: str, model_dir: Path, args: argparse.Namespace) -> dict[
     return summary
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float,
-              poll_timeout_s: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
-        try:
-            if httpx.get(url, timeout=poll_timeout_s).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not come up in {timeout_s:.0f} s")
-
-
 @contextlib.contextmanager
 def gateway(engine_url: str, model_dir: Path) -> Iterator[str]:
     proc, url = start_gateway(engine_url, model_dir)
@@ -95,7 +77,7 @@ def start_gateway(engine_url: str, model_dir: Path) -> tuple[subprocess.Popen[by
                              "--worker-urls", engine_url],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", proc, 60)
+    wait_http_ok(url + "/health", 60, proc)
     return proc, url
 
 
@@ -110,10 +92,10 @@ def run_ray(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
                                  "--engine-kwargs", json.dumps(ENGINE_KWARGS)],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, 300, poll_timeout_s=30)
+        wait_http_ok(f"http://127.0.0.1:{port}/v1/models", 300, proc, poll_timeout_s=30)
         load_once(f"http://127.0.0.1:{port}", model_dir, args)  # warm-up round
         return load_once(f"http://127.0.0.1:{port}", model_dir, args)
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:  # exited, or never answered 200
         return {"skipped": f"Ray Serve LLM did not serve: {exc} (log: {log_path})"}
     finally:
         stop(proc, 60)
@@ -163,7 +145,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {}
     single: dict[str, dict[str, Any]] = {}
     try:
-        wait_http(spec.base_url + "/health", engine, 300)
+        wait_http_ok(spec.base_url + "/health", 300, engine)
         with contextlib.ExitStack() as stack:
             systems = {"bare vLLM": spec.base_url,
                        "llmserve": stack.enter_context(gateway(spec.base_url, model_dir))}

@@ -32,13 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster_procs import stop
+from benchmarks.cluster_procs import stop, wait_http_ok
 from benchmarks.gateway_overhead import (
     ENGINE_KWARGS,
     load_once,
     median_of,
     stop_ray,
-    wait_http,
 )
 from engines.process import free_port
 from llmserve.llm.tiny_model import cached_tiny_model
@@ -117,7 +116,7 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
         started = time.monotonic()
         try:
             gateway = f"http://127.0.0.1:{port}"
-            wait_http(gateway + "/health", proc, 300, poll_timeout_s=10)
+            wait_http_ok(gateway + "/health", 300, proc, poll_timeout_s=10)
             while not url_file.exists():
                 time.sleep(0.2)
             engine = url_file.read_text().strip()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from benchmarks.cluster_procs import wait_http_ok
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
 from llmserve.serve.exceptions import ConfigError
@@ -123,13 +124,13 @@ def test_worker_urls_mode_fronts_running_engines(model_dir: str) -> None:
     gateway = None
     try:
         for p in (port, port + 1):
-            _wait_http(f"http://127.0.0.1:{p}/health")
+            wait_http_ok(f"http://127.0.0.1:{p}/health", 60, sim)
         gateway = subprocess.Popen(
             [sys.executable, "-m", "llmserve.cli", "serve", "--port", str(gateway_port),
              "--worker-urls", f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}/v1",
              "--routing", "round_robin"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _wait_http(f"http://127.0.0.1:{gateway_port}/health")
+        wait_http_ok(f"http://127.0.0.1:{gateway_port}/health", 60, gateway)
         client = OpenAI(base_url=f"http://127.0.0.1:{gateway_port}/v1", api_key="x")
         assert [m.id for m in client.models.list()] == ["ext"]
         for _ in range(4):
@@ -165,18 +166,6 @@ def test_llm_config_from_yaml_path(model_dir: str, tmp_path: Path) -> None:
     app = build_openai_app({"llm_configs": [str(path)]})
     names = [node.deployment.name for node in app.walk()]
     assert names == ["LLMServer:m", "OpenAiIngress"]
-
-
-def _wait_http(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never became healthy")
 
 
 def _running_total(metrics_url: str) -> float:
