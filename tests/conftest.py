@@ -7,3 +7,7 @@ import os
 # Ray would otherwise advertise this machine's interface address for its nodes (and our
 # engines would bind to it); tests keep every connection on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# The test process starts and stops hundreds of replicas; freezing the heap at the first
+# would keep whatever that test left behind (tests/integration/serve/test_gc_freeze.py turns
+# it on in its own subprocesses; the servers other tests start inherit the setting).
+os.environ.setdefault("LLMSERVE_FREEZE_GC_ON_STARTUP", "0")
