@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmserve.serve.deployment import Application, Deployment
-from llmserve.serve.gc_freeze import freeze_startup_heap
 from llmserve.serve.handle import DeploymentHandle
 from llmserve.serve.instance import (
     ServeInstance,
@@ -56,7 +55,6 @@ def run(target: Application | Deployment, *, name: str = "default",
         instance.ensure_http()
     instance.submit(instance.controller.deploy_app(app, name, route_prefix))
     handle = DeploymentHandle(app.deployment.name, name)
-    freeze_startup_heap()  # this process's replicas are up: keep their heap out of GC
     if blocking:
         run_until_signal()
     return handle

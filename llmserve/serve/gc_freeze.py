@@ -5,13 +5,16 @@ chat template, HTTP clients, routes. Python's oldest-generation collection scans
 tracked object, so once transformers is loaded one full collection takes about 200 ms on
 a 2-core machine, and it comes in the middle of serving: every request in the process
 stalls for it (the OpenAI gateway, ~380k tracked objects: one 203 ms pause 1.6 s into a
-routing benchmark). After the process has started its replicas, ``gc.collect()`` then
-``gc.freeze()`` moves everything alive into the permanent generation, which collections
-skip; later collections scan only what requests allocate.
+routing benchmark). When a process's first replica has been constructed, before it takes
+traffic, ``gc.collect()`` then ``gc.freeze()`` moves everything alive into the permanent
+generation, which collections skip; later collections scan only what requests allocate.
+That is every replica on Ray (an actor process each; a proxy's first in-proxy replica,
+the OpenAI ingress) and, on the local runtime, the first replica ``serve.run`` starts.
 
-Once per process: a later replica start (autoscaling, a redeploy) happens while requests
-are in flight, and freezing then would keep their cyclic garbage until exit. So replicas
-started later are scanned as before. ``LLMSERVE_FREEZE_GC_ON_STARTUP=0`` turns it off.
+Once per process: a later replica start (autoscaling, a redeploy) can happen while
+requests are in flight, and freezing then would keep their cyclic garbage until exit. So
+replicas started later are scanned as before. ``LLMSERVE_FREEZE_GC_ON_STARTUP=0`` turns
+it off.
 """
 
 from __future__ import annotations

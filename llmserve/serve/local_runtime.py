@@ -27,6 +27,7 @@ from llmserve.serve.context import (
     set_request_metadata,
 )
 from llmserve.serve.exceptions import ReplicaDiedError, ReplicaUnavailableError
+from llmserve.serve.gc_freeze import freeze_startup_heap
 from llmserve.serve.multiplex import loaded_model_ids
 from llmserve.serve.ray.placement import declared_resources
 from llmserve.serve.runtime import ReplicaRef, ReplicaSpec
@@ -80,6 +81,7 @@ class LocalReplica:
             self._instance = target(*self.spec.init_args, **self.spec.init_kwargs)
         if self.spec.config.user_config is not None:
             await self.reconfigure(self.spec.config.user_config)
+        freeze_startup_heap()  # the process's first replica, before it takes traffic
 
     async def reconfigure(self, user_config: Any) -> None:
         hook = getattr(self._instance, "reconfigure", None)

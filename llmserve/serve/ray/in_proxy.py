@@ -24,7 +24,6 @@ from starlette.types import Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
-from llmserve.serve.gc_freeze import freeze_startup_heap
 from llmserve.serve.local_runtime import LocalReplica
 from llmserve.serve.ray.placement import declared_resources
 from llmserve.serve.runtime import ReplicaSpec
@@ -174,7 +173,6 @@ class ProxyReplicas:
         finally:
             self._starting.pop(replica_id, None)
         log.info("in-proxy replica %s runs in this proxy (pid %d)", replica_id, os.getpid())
-        freeze_startup_heap()  # the proxy's first replica: its heap (a tokenizer) stays put
         self._ready[replica_id] = replica
         self._digests[replica_id] = digest
         self._on_change()

@@ -20,7 +20,6 @@ from starlette.types import Message
 
 from llmserve.serve.context import NODE_IP_ENV, RequestMetadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
-from llmserve.serve.gc_freeze import freeze_startup_heap
 from llmserve.serve.local_runtime import LocalReplica
 from llmserve.serve.runtime import ReplicaSpec
 
@@ -83,7 +82,6 @@ class ReplicaActor:
             resources={k: float(v) for k, v in ctx.get_assigned_resources().items()},
             placement_group_id=pg,
         )
-        freeze_startup_heap()  # before this actor takes traffic
         return self._info
 
     @property
