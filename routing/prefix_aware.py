@@ -28,8 +28,14 @@ remembers which replica was sent which prompt blocks. For a new request:
      ranks after them, so requests do not queue behind the new replica's prefill;
 3. full replicas rank last; of the rest, the replica holding the longest cached prefix
    wins (a match shorter than ``min_match_ratio`` of the prompt counts as none); ties go
-   to the less loaded, then to the one caching fewer blocks (so new prefixes spread the
-   cache), then at random.
+   to the replica with the least prefill ahead of the request (with ``prefill_aware``,
+   the default: prompt blocks this router sent it that it did not cache and has not yet
+   answered with a first token), then to the less loaded, then to the one caching fewer
+   blocks (so new prefixes spread the cache), then at random. Time to first token is
+   the prefill queue's length, which a count of running requests (mostly decoding)
+   does not show: a new prefix goes where no long prompt is being computed, and a
+   prefix held by several replicas goes to the holder that is not computing another
+   prompt.
 
 So a hot prefix stays on its replica until that replica has more than its share, then
 the next request goes to the least-loaded replica that is not full, which caches it too;
@@ -83,7 +89,8 @@ class PrefixAwarePolicy(PolicyBase):
                  balance_abs_threshold: float = 64.0, balance_rel_threshold: float = 1.5,
                  min_match_ratio: float = 0.1, share_window: int = 256,
                  share_bound: float = 1.4, share_min: int = 1,
-                 hold_while_warming: bool = True, rng: random.Random | None = None,
+                 hold_while_warming: bool = True, prefill_aware: bool = True,
+                 rng: random.Random | None = None,
                  hash_fn: HashFn | None = None) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
@@ -94,6 +101,11 @@ class PrefixAwarePolicy(PolicyBase):
         self.share_bound = share_bound
         self.share_min = share_min
         self.hold_while_warming = hold_while_warming
+        self.prefill_aware = prefill_aware
+        # prompt blocks sent to each replica, not cached there, before their first token;
+        # and per request: (its replica, its blocks), until its first token or its end
+        self._prefilling: dict[str, int] = {}
+        self._prefill_of: dict[str, tuple[str, int]] = {}
         # a shared prefix spilled to a replica that is computing it: prefix -> (that
         # replica, the spilled request's id), until that request's first token or end
         self._warming: dict[MatchKey, tuple[str, str]] = {}
@@ -134,9 +146,9 @@ class PrefixAwarePolicy(PolicyBase):
 
     def rank(self, match: PrefixMatch | None,
              candidates: Sequence[Candidate]) -> list[Candidate]:
-        """Best first: not overloaded, longest cached prefix, least loaded, fewest cached
-        blocks, random. One pass over the candidates (this runs per request: 64 replicas
-        cost ~20 µs here, most of a decision)."""
+        """Best first: not overloaded, longest cached prefix, least prefill queued, least
+        loaded, fewest cached blocks, random. One pass over the candidates (this runs per
+        request: 64 replicas cost ~20 µs here, most of a decision)."""
         if not candidates:
             return []
         loads = [replica_load(c) for c in candidates]
@@ -167,13 +179,15 @@ class PrefixAwarePolicy(PolicyBase):
                 # taking it, over their share, and that replica ranks after them
                 private, warming = depth, spilled[0]
         rand = self._rng.random
+        prefilling = self._prefilling if self.prefill_aware else {}
         keyed = []
         for i, (c, load, share) in enumerate(zip(candidates, loads, shares, strict=True)):
             held: float = blocks.get(c.replica_id, 0) if blocks else 0
             full = load > bound or (share > share_cap and held != private)
             if c.replica_id == warming:
                 held -= 0.5  # after the holders that have computed it, before the rest
-            keyed.append((full, -held, load, cached.get(c.replica_id, 0), rand(), i))
+            queued = prefilling.get(c.replica_id, 0) if prefilling else 0
+            keyed.append((full, -held, queued, load, cached.get(c.replica_id, 0), rand(), i))
         keyed.sort()
         return [candidates[k[-1]] for k in keyed]
 
@@ -191,6 +205,9 @@ class PrefixAwarePolicy(PolicyBase):
         spilled_here = found.blocks.get(replica_id, 0) < depth  # others hold more of it
         if self.hold_while_warming and key is not None and spilled_here:
             self._start_warming(key, replica_id, request.request_id)
+        uncached = len(found.hashes) - found.blocks.get(replica_id, 0)
+        if self.prefill_aware and uncached > 0:
+            self._start_prefill(request.request_id, replica_id, uncached)
         index = self.indexes.get(found.index_key)
         if index is None:
             index = self.indexes[found.index_key] = PrefixIndex(self.max_index_bytes)
@@ -198,9 +215,11 @@ class PrefixAwarePolicy(PolicyBase):
 
     def on_first_token(self, request: RouteRequest, replica_id: str) -> None:
         self._stop_warming(request.request_id)
+        self._stop_prefill(request.request_id)
 
     def on_finished(self, request: RouteRequest, replica_id: str) -> None:
         self._stop_warming(request.request_id)
+        self._stop_prefill(request.request_id)
 
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
         for index in self.indexes.values():
@@ -209,6 +228,9 @@ class PrefixAwarePolicy(PolicyBase):
         for rid, request_id in list(self._warming.values()):
             if rid not in live:
                 self._stop_warming(request_id)
+        for request_id, (rid, _) in list(self._prefill_of.items()):
+            if rid not in live:
+                self._stop_prefill(request_id)
 
     def _start_warming(self, key: MatchKey, replica_id: str, request_id: str) -> None:
         """A spill: ``replica_id`` computes a shared prefix that other replicas hold."""
@@ -224,6 +246,18 @@ class PrefixAwarePolicy(PolicyBase):
         key = self._warming_of.pop(request_id, None)
         if key is not None:
             del self._warming[key]
+
+    def _start_prefill(self, request_id: str, replica_id: str, blocks: int) -> None:
+        self._stop_prefill(request_id)  # routed again (a retry): it queues there now
+        self._prefill_of[request_id] = (replica_id, blocks)
+        _increment(self._prefilling, replica_id, blocks)
+        if len(self._prefill_of) > _PENDING_LIMIT:  # hooks never called: forget the oldest
+            self._stop_prefill(next(iter(self._prefill_of)))
+
+    def _stop_prefill(self, request_id: str) -> None:
+        done = self._prefill_of.pop(request_id, None)
+        if done is not None:
+            _increment(self._prefilling, done[0], -done[1])
 
     def _count_recent(self, replica_id: str, matched: MatchKey | None) -> None:
         """Count the decision (and the deepest prefix it matched) in the sliding window."""

@@ -4,7 +4,10 @@
 ``--stem-tokens`` stem out of ``--stems`` plus its own ``--tail-tokens`` tail, routed to a
 random replica), then ``--decisions`` requests (half re-using a cached prompt's stem, half
 new) are timed through ``choose`` + ``on_routed``, the whole routing path after
-tokenisation (block hashing included), in wall time and in this thread's CPU time (the
+tokenisation (block hashing included), and then, apart, through the hooks each request
+calls later (``on_first_token``, ``on_finished``), so that requests do not pile up in
+the policy's per-request state as if none ever answered; in wall time and in this
+thread's CPU time (the
 latter leaves out preemption by other processes, which on a shared 2-core machine sets
 the wall-time tail). Memory is what tracemalloc sees the policy
 allocate, next to the index's own estimate.
@@ -53,8 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                rng=random.Random(args.seed))
     policy.on_replicas_changed(names)
     for i in range(args.prefixes):
-        policy.on_routed(RouteRequest(f"fill-{i}", "m", prompt_token_ids=prompt()),
-                         rng.choice(names))
+        filled = RouteRequest(f"fill-{i}", "m", prompt_token_ids=prompt())
+        where = rng.choice(names)
+        policy.on_routed(filled, where)
+        policy.on_finished(filled, where)
     gc.collect()
     traced_bytes, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -62,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     samples_us: list[float] = []
     cpu_us: list[float] = []
+    hooks_us: list[float] = []
     for i in range(args.decisions):
         tokens = prompt() if i % 2 else tuple(rng.randrange(128_000) for _ in range(
             args.stem_tokens + args.tail_tokens))
@@ -75,8 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy.on_routed(request, chosen.replica_id)
         samples_us.append((time.perf_counter_ns() - start) / 1000)
         cpu_us.append((time.thread_time_ns() - start_cpu) / 1000)
+        start = time.perf_counter_ns()
+        policy.on_first_token(request, chosen.replica_id)
+        policy.on_finished(request, chosen.replica_id)
+        hooks_us.append((time.perf_counter_ns() - start) / 1000)
     samples_us.sort()
     cpu_us.sort()
+    hooks_us.sort()
     result = {
         "replicas": args.replicas, "cached_prompts": args.prefixes,
         "prompt_tokens": args.stem_tokens + args.tail_tokens, "block_size": 16,
@@ -89,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # other processes on a shared machine hold the core (wall time counts that too)
         "decision_cpu_p50_us": statistics.median(cpu_us),
         "decision_cpu_p99_us": cpu_us[int(0.99 * (len(cpu_us) - 1))],
+        "hooks_p50_us": statistics.median(hooks_us),  # on_first_token + on_finished
+        "hooks_p99_us": hooks_us[int(0.99 * (len(hooks_us) - 1))],
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -235,3 +235,44 @@ def test_a_warming_replica_that_leaves_is_forgotten() -> None:
     assert route(p, req("3", 1, 2, 5), busy) == "b" and p._warming
     p.on_replicas_changed(["a"])
     assert p._warming == {} and p._warming_of == {}
+
+
+def test_ties_go_to_the_replica_with_the_least_prefill_queued() -> None:
+    p = policy()
+    long = req("1", 1, 2, 3, 4)
+    assert route(p, long, replicas(0, 1)) == "r0"  # r0 now computes 4 blocks
+    assert p._prefilling == {"r0": 4}
+    # a new prefix: r0 is less loaded, but its queue holds a prompt; r1's is empty
+    assert route(p, req("2", 5, 6), replicas(1, 2)) == "r1"
+    p.on_first_token(long, "r0")  # r0 is done prefilling: load decides again
+    assert p._prefilling == {"r1": 2}
+    p.on_finished(req("2", 5, 6), "r1")
+    assert route(p, req("3", 7, 8), replicas(1, 2)) == "r0"
+    # without it, the least loaded replica wins although it is computing a prompt
+    off = policy(prefill_aware=False)
+    route(off, req("1", 1, 2, 3, 4), replicas(0, 1))
+    assert route(off, req("2", 5, 6), replicas(1, 2)) == "r0" and off._prefilling == {}
+
+
+def test_of_two_holders_the_one_not_computing_another_prompt_wins() -> None:
+    p = policy()
+    route(p, req("1", 1, 2, 3), [replica("a")])
+    route(p, req("2", 1, 2, 4), [replica("b")])  # both hold (1, 2) now
+    p.on_first_token(req("1", 1, 2, 3), "a")
+    p.on_first_token(req("2", 1, 2, 4), "b")
+    other = req("3", 9, 9, 9, 9)
+    assert route(p, other, [replica("a", 0), replica("b", 1)]) == "a"  # a computes it
+    # 'a' is less loaded and holds (1, 2) as deeply as 'b', but has a prompt queued
+    assert route(p, req("4", 1, 2, 5), [replica("a", 1), replica("b", 2)]) == "b"
+    # a replica that goes away takes its queue with it
+    p.on_replicas_changed(["b"])
+    assert "a" not in p._prefilling and all(r == "b" for r, _ in p._prefill_of.values())
+
+
+def test_queued_prefills_whose_hooks_never_come_are_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("routing.prefix_aware._PENDING_LIMIT", 2)
+    p = policy()
+    for n in range(5):
+        route(p, req(str(n), 10 + n, 20 + n), [replica("a")])
+    assert list(p._prefill_of) == ["3", "4"] and p._prefilling == {"a": 4}
