@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A replica the router may send a request to, as seen at decision time."""
 
@@ -22,7 +22,7 @@ class Candidate:
         return self.max_ongoing <= 0 or self.num_ongoing < self.max_ongoing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteRequest:
     """What a policy may know about a request.
 

@@ -182,12 +182,13 @@ class PrefixAwarePolicy(PolicyBase):
         prefilling = self._prefilling if self.prefill_aware else {}
         keyed = []
         for i, (c, load, share) in enumerate(zip(candidates, loads, shares, strict=True)):
-            held: float = blocks.get(c.replica_id, 0) if blocks else 0
+            rid = c.replica_id
+            held: float = blocks.get(rid, 0) if blocks else 0
             full = load > bound or (share > share_cap and held != private)
-            if c.replica_id == warming:
+            if rid == warming:
                 held -= 0.5  # after the holders that have computed it, before the rest
-            queued = prefilling.get(c.replica_id, 0) if prefilling else 0
-            keyed.append((full, -held, queued, load, cached.get(c.replica_id, 0), rand(), i))
+            queued = prefilling.get(rid, 0) if prefilling else 0
+            keyed.append((full, -held, queued, load, cached.get(rid, 0), rand(), i))
         keyed.sort()
         return [candidates[k[-1]] for k in keyed]
 
