@@ -102,14 +102,15 @@ class PrefixAwarePolicy(PolicyBase):
         self.share_min = share_min
         self.hold_while_warming = hold_while_warming
         self.prefill_aware = prefill_aware
-        # prompt blocks sent to each replica, not cached there, before their first token;
-        # and per request: (its replica, its blocks), until its first token or its end
+        # what a routed request leaves behind until its first token or its end (or its
+        # replica leaving): request id -> (its replica, the prompt blocks it queued there
+        # for prefill, the shared prefix it is warming there or None)
+        self._routed: dict[str, tuple[str, int, MatchKey | None]] = {}
+        # prompt blocks sent to each replica, not cached there, before their first token
         self._prefilling: dict[str, int] = {}
-        self._prefill_of: dict[str, tuple[str, int]] = {}
         # a shared prefix spilled to a replica that is computing it: prefix -> (that
-        # replica, the spilled request's id), until that request's first token or end
+        # replica, the spilled request's id)
         self._warming: dict[MatchKey, tuple[str, str]] = {}
-        self._warming_of: dict[str, MatchKey] = {}
         self._recent: deque[tuple[str, MatchKey | None]] = deque()
         self._recent_counts: dict[str, int] = {}
         self._recent_matches: dict[MatchKey, int] = {}
@@ -203,62 +204,55 @@ class PrefixAwarePolicy(PolicyBase):
         self._count_recent(replica_id, key)
         if found is None or not found.hashes:
             return
-        spilled_here = found.blocks.get(replica_id, 0) < depth  # others hold more of it
-        if self.hold_while_warming and key is not None and spilled_here:
-            self._start_warming(key, replica_id, request.request_id)
-        uncached = len(found.hashes) - found.blocks.get(replica_id, 0)
-        if self.prefill_aware and uncached > 0:
-            self._start_prefill(request.request_id, replica_id, uncached)
+        held = found.blocks.get(replica_id, 0)
+        # spilled here (others hold more of a shared prefix): it warms until it computes it
+        warms = key if self.hold_while_warming and held < depth else None
+        queued = len(found.hashes) - held if self.prefill_aware else 0
+        if warms is not None or queued > 0:
+            self._track(request.request_id, replica_id, queued, warms)
         index = self.indexes.get(found.index_key)
         if index is None:
             index = self.indexes[found.index_key] = PrefixIndex(self.max_index_bytes)
         index.insert(found.hashes, replica_id)
 
     def on_first_token(self, request: RouteRequest, replica_id: str) -> None:
-        self._stop_warming(request.request_id)
-        self._stop_prefill(request.request_id)
+        self._forget(request.request_id)
 
     def on_finished(self, request: RouteRequest, replica_id: str) -> None:
-        self._stop_warming(request.request_id)
-        self._stop_prefill(request.request_id)
+        self._forget(request.request_id)
 
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
         for index in self.indexes.values():
             index.retain_replicas(replica_ids)
         live = set(replica_ids)
-        for rid, request_id in list(self._warming.values()):
+        for request_id, (rid, _, _) in list(self._routed.items()):
             if rid not in live:
-                self._stop_warming(request_id)
-        for request_id, (rid, _) in list(self._prefill_of.items()):
-            if rid not in live:
-                self._stop_prefill(request_id)
+                self._forget(request_id)
 
-    def _start_warming(self, key: MatchKey, replica_id: str, request_id: str) -> None:
-        """A spill: ``replica_id`` computes a shared prefix that other replicas hold."""
-        previous = self._warming.get(key)
-        if previous is not None:
-            self._warming_of.pop(previous[1], None)
-        self._warming[key] = (replica_id, request_id)
-        self._warming_of[request_id] = key
-        if len(self._warming_of) > _PENDING_LIMIT:  # hooks never called: forget the oldest
-            self._stop_warming(next(iter(self._warming_of)))
+    def _track(self, request_id: str, replica_id: str, queued: int,
+               warms: MatchKey | None) -> None:
+        """``request_id`` queued ``queued`` prompt blocks on ``replica_id`` and, when
+        ``warms`` is a prefix, is computing that shared prefix there (a spill; the
+        prefix's last spill is the one that counts)."""
+        self._forget(request_id)  # routed again (a retry): it is on this replica now
+        self._routed[request_id] = (replica_id, queued, warms)
+        if queued:
+            _increment(self._prefilling, replica_id, queued)
+        if warms is not None:
+            self._warming[warms] = (replica_id, request_id)
+        if len(self._routed) > _PENDING_LIMIT:  # hooks never called: forget the oldest
+            self._forget(next(iter(self._routed)))
 
-    def _stop_warming(self, request_id: str) -> None:
-        key = self._warming_of.pop(request_id, None)
-        if key is not None:
-            del self._warming[key]
-
-    def _start_prefill(self, request_id: str, replica_id: str, blocks: int) -> None:
-        self._stop_prefill(request_id)  # routed again (a retry): it queues there now
-        self._prefill_of[request_id] = (replica_id, blocks)
-        _increment(self._prefilling, replica_id, blocks)
-        if len(self._prefill_of) > _PENDING_LIMIT:  # hooks never called: forget the oldest
-            self._stop_prefill(next(iter(self._prefill_of)))
-
-    def _stop_prefill(self, request_id: str) -> None:
-        done = self._prefill_of.pop(request_id, None)
-        if done is not None:
-            _increment(self._prefilling, done[0], -done[1])
+    def _forget(self, request_id: str) -> None:
+        """The request has its first token (or ended, or its replica left)."""
+        done = self._routed.pop(request_id, None)
+        if done is None:
+            return
+        replica_id, queued, warms = done
+        if queued:
+            _increment(self._prefilling, replica_id, -queued)
+        if warms is not None and self._warming.get(warms, ("", ""))[1] == request_id:
+            del self._warming[warms]  # unless a later spill of the prefix took over
 
     def _count_recent(self, replica_id: str, matched: MatchKey | None) -> None:
         """Count the decision (and the deepest prefix it matched) in the sliding window."""

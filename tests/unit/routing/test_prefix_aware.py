@@ -224,7 +224,7 @@ def test_holders_keep_a_spilled_prefix_until_its_new_replica_has_computed_it() -
     assert route(p2, failed, busy) == "b"
     p2.on_finished(failed, "b")
     assert route(p2, req("4", 1, 2, 6), busy) == "b"
-    assert p2._warming == {} and p2._warming_of == {}
+    assert p2._warming == {} and all(w is None for _, _, w in p2._routed.values())
 
 
 def test_a_warming_replica_that_leaves_is_forgotten() -> None:
@@ -234,7 +234,7 @@ def test_a_warming_replica_that_leaves_is_forgotten() -> None:
     route(p, req("2", 1, 2, 4), busy)
     assert route(p, req("3", 1, 2, 5), busy) == "b" and p._warming
     p.on_replicas_changed(["a"])
-    assert p._warming == {} and p._warming_of == {}
+    assert p._warming == {} and all(w is None for _, _, w in p._routed.values())
 
 
 def test_ties_go_to_the_replica_with_the_least_prefill_queued() -> None:
@@ -266,7 +266,7 @@ def test_of_two_holders_the_one_not_computing_another_prompt_wins() -> None:
     assert route(p, req("4", 1, 2, 5), [replica("a", 1), replica("b", 2)]) == "b"
     # a replica that goes away takes its queue with it
     p.on_replicas_changed(["b"])
-    assert "a" not in p._prefilling and all(r == "b" for r, _ in p._prefill_of.values())
+    assert "a" not in p._prefilling and all(r == "b" for r, _, _ in p._routed.values())
 
 
 def test_queued_prefills_whose_hooks_never_come_are_bounded(
@@ -275,4 +275,4 @@ def test_queued_prefills_whose_hooks_never_come_are_bounded(
     p = policy()
     for n in range(5):
         route(p, req(str(n), 10 + n, 20 + n), [replica("a")])
-    assert list(p._prefill_of) == ["3", "4"] and p._prefilling == {"a": 4}
+    assert list(p._routed) == ["3", "4"] and p._prefilling == {"a": 4}
