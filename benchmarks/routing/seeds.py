@@ -50,9 +50,10 @@ def compare(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, An
     """``runs[router][seed]`` (one workload) -> per seed, wins and pooled figures."""
     routers = list(runs)
     seeds = sorted(set.intersection(*(set(runs[r]) for r in routers)))
-    per_seed = [{"seed": s, **{r: {"p90_ttft_ms": runs[r][s]["p90_ttft_ms"],
-                                   "goodput": runs[r][s]["request_goodput"]}
-                               for r in routers}} for s in seeds]
+    per_seed: list[dict[str, Any]] = [
+        {"seed": s, **{r: {"p90_ttft_ms": runs[r][s]["p90_ttft_ms"],
+                           "goodput": runs[r][s]["request_goodput"]} for r in routers}}
+        for s in seeds]
     wins: dict[str, dict[str, int]] = {}
     for r in routers:
         others = [o for o in routers if o != r]
