@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.routing.run import RESULT_DIR, default_model_dir, make_workload, run_one
+from benchmarks.routing.run import RESULT_DIR, ROUTERS, default_model_dir, make_workload, run_one
 
-ROUTERS = ("llmserve:prefix_aware", "llmserve:power_of_two")
+PAIR = ("llmserve:prefix_aware", "llmserve:power_of_two")  # ours, the baseline
 
 
 def sustained(result: dict[str, Any], sustain: float) -> bool:
@@ -48,11 +48,11 @@ def from_files(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
         for qps in args.qps:
             folder = args.result_dir / f"qps{qps:g}"
             row: dict[str, Any] = {"qps": qps}
-            for router_name in ROUTERS:
+            for router_name in args.routers:
                 path = folder / f"{name}-{router_name.replace(':', '-')}.json"
                 if path.exists():
                     row[router_name] = cell(json.loads(path.read_text()), args.sustain)
-            if all(r in row for r in ROUTERS):
+            if all(r in row for r in args.routers):
                 table.setdefault(name, []).append(row)
     return table
 
@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", default=["shared-prefix", "multi-turn"])
     parser.add_argument("--qps", nargs="+", type=float, default=[64, 96, 128, 160, 192])
+    parser.add_argument("--routers", nargs=2, default=list(PAIR), choices=sorted(ROUTERS),
+                        metavar=("OURS", "BASELINE"), help="the two routers compared")
     parser.add_argument("--sustain", type=float, default=0.9,
                         help="share of requests within the SLO for a rate to count")
     parser.add_argument("--time-scale", type=float, default=0.25)
@@ -89,14 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload = make_workload(name, base, model_dir)
         for qps in args.qps:
             row: dict[str, Any] = {"qps": qps}
-            for router_name in ROUTERS:
+            for router_name in args.routers:
                 run_args = argparse.Namespace(**{**vars(base), "qps": qps,
                                                  "result_dir": args.result_dir / f"qps{qps:g}"})
                 run_args.result_dir.mkdir(parents=True, exist_ok=True)
                 result = run_one(run_args, model_dir, workload, router_name)
                 row[router_name] = cell(result, args.sustain)
             table.setdefault(name, []).append(row)
-            if not any(row[r]["sustained"] for r in ROUTERS):
+            if not any(row[r]["sustained"] for r in args.routers):
                 break  # neither keeps up; higher rates only queue more
     report(table, args)
     (args.result_dir / "sweep.json").write_text(json.dumps(table, indent=1))
@@ -105,18 +107,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def report(table: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
-    ours, theirs = ROUTERS
+    ours, theirs = args.routers
     for name, rows in table.items():
         print(f"\n{name} (req/s simulated; * = sustained: >= {args.sustain:.0%} within SLO)")
-        print(f"{'qps':>6} {'prefix_aware p90':>18} {'power_of_two p90':>18} {'ratio':>6} "
-              f"{'req/s done (pa / p2c)':>22}")
-        both = None
+        print(f"{'qps':>6} {ours.split(':')[-1] + ' p90':>18} {theirs.split(':')[-1] + ' p90':>18} "
+              f"{'ratio':>6} "
+              f"{'req/s done (ours / baseline)':>28} {'goodput (ours / baseline)':>26}")
+        both, best = None, {ours: None, theirs: None}
         for row in rows:
             a, b = row[ours], row[theirs]
             ratio = a["p90_ttft_ms"] / b["p90_ttft_ms"] if b["p90_ttft_ms"] else float("nan")
             print(f"{row['qps']:>6g} {a['p90_ttft_ms']:>16.0f}{'*' if a['sustained'] else ' '} "
                   f"{b['p90_ttft_ms']:>16.0f}{'*' if b['sustained'] else ' '} {ratio:>6.2f} "
-                  f"{a['throughput']:>11.1f} / {b['throughput']:<8.1f}")
+                  f"{a['throughput']:>17.1f} / {b['throughput']:<8.1f} "
+                  f"{a['goodput']:>15.1f} / {b['goodput']:<8.1f}")
+            for router_name, c in ((ours, a), (theirs, b)):
+                if c["sustained"]:
+                    best[router_name] = row["qps"]
             if a["sustained"] and b["sustained"]:
                 both = (row["qps"], ratio)
         if both is None:
@@ -124,6 +131,8 @@ def report(table: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> 
         else:
             print(f"highest rate both sustain: {both[0]:g} req/s; TTFT p90 ratio {both[1]:.2f} "
                   f"(target <= 0.33)")
+        print("highest rate sustained: " + ", ".join(f"{r} {q if q is not None else '-'}"
+                                                      for r, q in best.items()))
 
 
 if __name__ == "__main__":
