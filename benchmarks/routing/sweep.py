@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sustain", type=float, default=0.9,
                         help="share of requests within the SLO for a rate to count")
     parser.add_argument("--time-scale", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--kv-blocks", type=int, default=2048,
                         help="KV blocks of 16 tokens per replica (run.py's default)")
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # run.py's defaults for everything the sweep does not vary
     base = argparse.Namespace(model_dir=None, replicas=8, profile="llama-3.1-8b-h100",
                               kv_blocks=args.kv_blocks, time_scale=args.time_scale, qps=0.0,
-                              requests=args.requests, output_len=64, seed=0, port=19000,
+                              requests=args.requests, output_len=64, seed=args.seed, port=19000,
                               result_dir=args.result_dir)
     model_dir = default_model_dir()
     args.result_dir.mkdir(parents=True, exist_ok=True)
