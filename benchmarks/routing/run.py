@@ -102,6 +102,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_args(**overrides: Any) -> argparse.Namespace:
+    """This script's defaults with ``overrides``: the settings ``run_one`` and
+    ``make_workload`` read, for scripts that drive them (``sweep.py``, ``seeds.py``)."""
+    args = parse_args([])
+    for key, value in overrides.items():
+        if not hasattr(args, key):
+            raise TypeError(f"run.py has no setting {key!r}")
+        setattr(args, key, value)
+    return args
+
+
 def make_workload(name: str, args: argparse.Namespace, model_dir: str) -> Workload:
     n, out = args.requests, args.output_len
     if name == "hot-prefix":

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.routing.run import RESULT_DIR, ROUTERS, default_model_dir, make_workload, run_one
+from benchmarks.routing.run import (
+    RESULT_DIR,
+    ROUTERS,
+    default_model_dir,
+    make_workload,
+    run_args,
+    run_one,
+)
 
 DEFAULT_ROUTERS = ("llmserve:prefix_aware", "vllm-router:cache_aware")
 DEFAULT_WORKLOADS = ("shared-prefix", "multi-turn", "hot-prefix")
@@ -103,11 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.workloads:
         runs: dict[str, dict[int, dict[str, Any]]] = {r: {} for r in args.routers}
         for seed in range(args.seeds):
-            base = argparse.Namespace(
-                model_dir=None, replicas=8, profile="llama-3.1-8b-h100",
-                kv_blocks=args.kv_blocks, time_scale=args.time_scale, qps=args.qps,
-                requests=args.requests, output_len=64, seed=seed, port=19000,
-                result_dir=args.result_dir / f"seed{seed}")
+            base = run_args(kv_blocks=args.kv_blocks, time_scale=args.time_scale,
+                            qps=args.qps, requests=args.requests, seed=seed,
+                            result_dir=args.result_dir / f"seed{seed}")
             base.result_dir.mkdir(parents=True, exist_ok=True)
             workload = make_workload(name, base, model_dir)
             order = args.routers if seed % 2 == 0 else args.routers[::-1]

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.routing.run import RESULT_DIR, ROUTERS, default_model_dir, make_workload, run_one
+from benchmarks.routing.run import (
+    RESULT_DIR,
+    ROUTERS,
+    default_model_dir,
+    make_workload,
+    run_args,
+    run_one,
+)
 
 PAIR = ("llmserve:prefix_aware", "llmserve:power_of_two")  # ours, the baseline
 
@@ -80,10 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(from_files(args), args)
         return 0
     # run.py's defaults for everything the sweep does not vary
-    base = argparse.Namespace(model_dir=None, replicas=8, profile="llama-3.1-8b-h100",
-                              kv_blocks=args.kv_blocks, time_scale=args.time_scale, qps=0.0,
-                              requests=args.requests, output_len=64, seed=args.seed, port=19000,
-                              result_dir=args.result_dir)
+    base = run_args(kv_blocks=args.kv_blocks, time_scale=args.time_scale,
+                    requests=args.requests, seed=args.seed, result_dir=args.result_dir)
     model_dir = default_model_dir()
     args.result_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -93,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for qps in args.qps:
             row: dict[str, Any] = {"qps": qps}
             for router_name in args.routers:
-                run_args = argparse.Namespace(**{**vars(base), "qps": qps,
+                at_rate = argparse.Namespace(**{**vars(base), "qps": qps,
                                                  "result_dir": args.result_dir / f"qps{qps:g}"})
-                run_args.result_dir.mkdir(parents=True, exist_ok=True)
-                result = run_one(run_args, model_dir, workload, router_name)
+                at_rate.result_dir.mkdir(parents=True, exist_ok=True)
+                result = run_one(at_rate, model_dir, workload, router_name)
                 row[router_name] = cell(result, args.sustain)
             table.setdefault(name, []).append(row)
             if not any(row[r]["sustained"] for r in args.routers):
