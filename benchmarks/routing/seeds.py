@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.loadgen.plots import latency_series
 from benchmarks.routing.run import (
     RESULT_DIR,
     ROUTERS,
@@ -37,16 +38,10 @@ DEFAULT_ROUTERS = ("llmserve:prefix_aware", "vllm-router:cache_aware")
 DEFAULT_WORKLOADS = ("shared-prefix", "multi-turn", "hot-prefix")
 
 
-def ok_ttfts(result: Mapping[str, Any]) -> list[float]:
-    """TTFTs (ms, simulated) of the requests that succeeded."""
-    return [t * 1000.0 for t, s, e in zip(result["ttfts"], result["statuses"], result["errors"],
-                                          strict=True) if s == 200 and not e]
-
-
 def pooled(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """One router's runs of one workload as one sample: p90 over every request, and
     goodput as all requests within the SLO over the runs' summed duration."""
-    ttfts = [t for r in results for t in ok_ttfts(r)]
+    ttfts = [t for r in results for t in latency_series(r)["TTFT"]]  # ms, requests that succeeded
     good = sum(r["request_goodput"] * r["duration"] for r in results)
     duration = sum(r["duration"] for r in results)
     return {"p90_ttft_ms": float(np.percentile(ttfts, 90)), "goodput": good / duration,

@@ -12,7 +12,9 @@ from benchmarks.routing.seeds import compare, pooled
 def run(ttfts_ms: list[float], goodput: float, duration: float = 4.0,
         failed: int = 0) -> dict[str, Any]:
     n = len(ttfts_ms)
-    return {"ttfts": [t / 1000 for t in ttfts_ms] + [0.0] * failed,
+    ttfts = [t / 1000 for t in ttfts_ms] + [0.0] * failed
+    return {"ttfts": ttfts, "latencies": [t + 0.5 for t in ttfts],
+            "output_lens": [64] * n + [0] * failed, "itls": [[]] * (n + failed),
             "statuses": [200] * n + [500] * failed, "errors": [""] * n + ["boom"] * failed,
             "p90_ttft_ms": sorted(ttfts_ms)[int(0.9 * (n - 1))],
             "request_goodput": goodput, "duration": duration}
