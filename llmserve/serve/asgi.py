@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from llmserve.serve.http_errors import REQUEST_ERRORS, http_error_of
+
 _instance: contextvars.ContextVar[Any] = contextvars.ContextVar("llmserve_ingress_instance")
 
 
@@ -42,6 +44,23 @@ def bind_class_routes(app: Any, cls: type) -> None:
             if name not in {"self", "path", "endpoint"} and hasattr(route, name)
         }
         routes[index] = APIRoute(route.path, endpoint, **kwargs)
+
+
+def install_error_handlers(app: Any) -> None:
+    """Answer the core's request errors (an overloaded or unavailable deployment behind a
+    handle call in a route) as 503s with ``Retry-After`` inside ``app``, like the proxy
+    does, instead of the app's own 500 (after which the proxy could not answer)."""
+    for error in REQUEST_ERRORS:
+        app.add_exception_handler(error, _error_response)
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    error = http_error_of(exc)
+    if error is None:  # only registered for REQUEST_ERRORS
+        raise exc
+    headers = {k.decode(): v.decode()
+               for k, v in error.headers(request.headers.get("x-request-id"))}
+    return Response(error.body(), status_code=error.status, headers=headers)
 
 
 def _inject_self(func: Callable[..., Any], signature: inspect.Signature) -> Callable[..., Any]:

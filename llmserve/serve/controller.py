@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmserve.serve.asgi import bind_class_routes
+from llmserve.serve.asgi import bind_class_routes, install_error_handlers
 from llmserve.serve.deployment import Application, replace_applications
 from llmserve.serve.deployment_state import DeploymentState, DesiredDeployment
 from llmserve.serve.exceptions import ConfigError, DeploymentUnavailableError
@@ -97,6 +97,7 @@ class Controller:
         ingress_app = dep.ingress_app
         if ingress_app is not None and id(ingress_app) not in self._bound_ingress:
             bind_class_routes(ingress_app, dep.func_or_class)
+            install_error_handlers(ingress_app)
             self._bound_ingress.add(id(ingress_app))
         desired = DesiredDeployment(dep.func_or_class, args, kwargs, dep.config,
                                     _version(dep.func_or_class, args, kwargs, dep.config),

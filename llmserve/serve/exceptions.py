@@ -22,6 +22,10 @@ class BackPressureError(ServeError):
         self.num_queued = num_queued
         self.retry_after_s = retry_after_s
 
+    def __reduce__(self) -> tuple[type[BackPressureError], tuple[str, int, float]]:
+        # crosses processes (Ray) as itself, not as the message alone its args hold
+        return (BackPressureError, (self.deployment, self.num_queued, self.retry_after_s))
+
 
 class ReplicaDiedError(ServeError):
     """The replica serving this request died or was stopped while it ran."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import socket
@@ -20,6 +19,7 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from llmserve.serve.http_errors import HttpError, http_error_of
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import ReplicaRef
 from llmserve.serve.status import status_to_json
@@ -59,7 +59,8 @@ class HttpProxy:
             return
         match = self._match(path)
         if match is None:
-            await _send_error(send, 404, f"no application serves path {path!r}", "not_found")
+            error = HttpError(404, f"no application serves path {path!r}", "not_found")
+            await _send_body(send, 404, error.body(), error.headers())
             return
         prefix, app_name = match
         await self._forward(scope, receive, send, prefix, app_name)
@@ -85,42 +86,48 @@ class HttpProxy:
         meta = RequestMetadata(request_id, "__call__", model_id, False, session or None)
         request = RouteRequest(request_id, model_id, meta.session_key)
         child = dict(scope, root_path=scope.get("root_path", "") + prefix) if prefix else scope
+        watch: _ResponseWatch | None = None
         try:
             router = self.controller.router_for(app_name, self.controller.ingress_of(app_name))
             while True:
                 replica = await router.acquire(request)
+                watch = _ResponseWatch(send, router, replica, request)
                 try:
-                    await replica.handle_http(meta, child, receive,
-                                              _reporting_start(send, router, replica, request))
+                    await replica.handle_http(meta, child, receive, watch)
                     return
                 except ReplicaUnavailableError:
                     continue
                 finally:
                     router.release(replica, request)
-        except BackPressureError as exc:
-            await _send_error(send, 503, str(exc), "overloaded",
-                              retry_after_s=exc.retry_after_s, request_id=request_id)
-        except (DeploymentUnavailableError, ReplicaDiedError) as exc:
-            # The server refuses a second response start (RuntimeError) when the replica
-            # died mid-response; it then closes the connection, which the client sees.
-            with contextlib.suppress(RuntimeError):
-                await _send_error(send, 503, str(exc), "unavailable", request_id=request_id,
-                                  retry_after_s=1.0)
+        except (BackPressureError, DeploymentUnavailableError, ReplicaDiedError) as exc:
+            if watch is not None and watch.started:
+                # the replica died mid-response: a second response cannot follow; the
+                # server closes the connection, which the client sees
+                return
+            error = http_error_of(exc)
+            assert error is not None
+            await _send_body(send, error.status, error.body(), error.headers(request_id))
 
 
-def _reporting_start(send: Send, router: Router, replica: ReplicaRef,
-                     request: RouteRequest) -> Send:
-    """``send``, telling the router when the replica starts its response."""
-    started = False
+class _ResponseWatch:
+    """The ASGI ``send`` given to a replica: tells the router when its response starts
+    (the request's first output) and remembers that it did."""
 
-    async def reporting_send(message: Message) -> None:
-        nonlocal started
-        if not started and message["type"] == "http.response.start":
-            started = True
-            router.first_output(replica, request)
-        await send(message)
+    __slots__ = ("replica", "request", "router", "send", "started")
 
-    return reporting_send
+    def __init__(self, send: Send, router: Router, replica: ReplicaRef,
+                 request: RouteRequest) -> None:
+        self.send = send
+        self.router = router
+        self.replica = replica
+        self.request = request
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if not self.started and message["type"] == "http.response.start":
+            self.started = True
+            self.router.first_output(self.replica, self.request)
+        await self.send(message)
 
 
 def _own_url(scope: Scope) -> str | None:
@@ -177,29 +184,17 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 async def _send_text(send: Send, status: int, text: str) -> None:
-    await _send_body(send, status, text.encode(), b"text/plain; charset=utf-8")
+    await _send_body(send, status, text.encode(),
+                     [(b"content-type", b"text/plain; charset=utf-8")])
 
 
-async def _send_json(send: Send, status: int, body: Any,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    await _send_body(send, status, json.dumps(body).encode(), b"application/json", extra)
+async def _send_json(send: Send, status: int, body: Any) -> None:
+    await _send_body(send, status, json.dumps(body).encode(),
+                     [(b"content-type", b"application/json")])
 
 
-async def _send_error(send: Send, status: int, message: str, code: str,
-                      retry_after_s: float | None = None, request_id: str | None = None) -> None:
-    extra: list[tuple[bytes, bytes]] = []
-    if retry_after_s is not None:
-        extra.append((b"retry-after", str(max(1, round(retry_after_s))).encode()))
-    if request_id:
-        extra.append((b"x-request-id", request_id.encode()))
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    await _send_json(send, status, body, extra)
-
-
-async def _send_body(send: Send, status: int, body: bytes, content_type: bytes,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+async def _send_body(send: Send, status: int, body: bytes,
+                     headers: list[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": headers + (extra or [])})
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

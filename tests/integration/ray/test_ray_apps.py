@@ -17,6 +17,11 @@ from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray_runtime import replica_placements
 from tests.integration.ray.apps import Adder, Configurable, Gateway, Plain
 from tests.integration.ray.conftest import RayCluster
+from tests.integration.serve.overload_apps import Busy, Front, Middle, PlainFront
+from tests.integration.serve.overload_checks import (
+    assert_one_served_rest_rejected,
+    server_errors,
+)
 from tests.integration.serve.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -134,3 +139,16 @@ def test_user_config_changes_in_place_and_cancel_reaches_the_replica(
     while handle.num_running.remote().result(timeout_s=30) != 0:  # cancelled over there
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_overload_at_any_depth_is_503_with_retry_after(ray_serve: RayCluster) -> None:
+    busy = Busy.bind()
+    serve.run(Front.bind(Middle.bind(busy), busy), port=0, runtime="ray")
+    url = serve.http_url()
+    with server_errors() as errors:  # this process's proxy answered them
+        for path in ("/direct", "/deep", "/sync"):
+            assert_one_served_rest_rejected(f"{url}{path}")
+        serve.run(PlainFront.bind(Middle.bind(Busy.bind())), name="plain",
+                  route_prefix="/plain", port=0, runtime="ray")
+        assert_one_served_rest_rejected(f"{serve.http_url()}/plain")
+    assert not errors, [r.getMessage() for r in errors]
