@@ -151,7 +151,7 @@ async def kill_under_load(args: argparse.Namespace, kill: Callable[[], object],
 async def kill_a_replica(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    from llmserve.serve.ray_runtime import replica_actor
+    from llmserve.serve.ray.cluster import replica_actor
 
     before = running_replicas("Answer")
     victim = sorted(before)[0]
@@ -175,8 +175,7 @@ async def kill_the_controller(args: argparse.Namespace) -> dict[str, Any]:
     """Kill the detached controller actor (Ray restarts it)."""
     import ray
 
-    from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
-    from llmserve.serve.ray_runtime import NAMESPACE
+    from llmserve.serve.ray.names import CONTROLLER_NAME, NAMESPACE
 
     before = running_replicas("Answer")
     controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
@@ -209,7 +208,7 @@ async def kill_the_membership(args: argparse.Namespace) -> dict[str, Any]:
     """Kill the membership actor (Ray restarts it; the controller republishes)."""
     import ray
 
-    from llmserve.serve.ray_runtime import MEMBERSHIP_NAME, NAMESPACE
+    from llmserve.serve.ray.names import MEMBERSHIP_NAME, NAMESPACE
 
     membership = ray.get_actor(MEMBERSHIP_NAME, NAMESPACE)
     version = ray.get(membership.current_version.remote())

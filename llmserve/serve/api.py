@@ -17,6 +17,7 @@ from llmserve.serve.instance import (
     get_or_start,
     stop_instance,
 )
+from llmserve.serve.ray.proxy_config import ProxyConfig
 from llmserve.serve.status import ServeStatus
 
 DEFAULT_HOST = "127.0.0.1"
@@ -47,8 +48,6 @@ def run(target: Application | Deployment, *, name: str = "default",
     """
     app = target.bind() if isinstance(target, Deployment) else target
     if proxy_location is not None:
-        from llmserve.serve.ray.proxy_actor import ProxyConfig
-
         ProxyConfig(proxy_location)  # validates it
     instance = get_or_start(runtime, host, port, proxy_location)
     if route_prefix is not None:

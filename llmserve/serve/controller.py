@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,13 @@ from llmserve.serve.deployment_state import DeploymentState, DesiredDeployment
 from llmserve.serve.exceptions import ConfigError, DeploymentUnavailableError
 from llmserve.serve.handle import DeploymentHandle
 from llmserve.serve.router import Router
-from llmserve.serve.runtime import ReplicaRef, Runtime
+from llmserve.serve.runtime import (
+    ControllerLink,
+    DeploymentKey,
+    DeploymentRoutes,
+    ReplicaRef,
+    Runtime,
+)
 from llmserve.serve.status import ApplicationStatus, DeploymentStatusCode, ServeStatus
 
 log = logging.getLogger("llmserve.serve")
@@ -43,6 +49,7 @@ class Controller:
         self._loop_task: asyncio.Task[None] | None = None
         self._bound_ingress: set[int] = set()
         self.route_table: list[tuple[str, str]] = []  # (prefix without trailing /, app)
+        runtime.link(ControllerLink(self.deployment_routes, self._apply_remote_loads))
 
     # ---- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -71,6 +78,12 @@ class Controller:
 
     # ---- applications --------------------------------------------------------------
     async def deploy_app(self, app: Application, name: str, route_prefix: str | None) -> None:
+        """Deploy (or update) an application and wait until it runs as asked."""
+        self.apply_app(app, name, route_prefix)
+        await self._wait_settled(name)
+
+    def apply_app(self, app: Application, name: str, route_prefix: str | None) -> None:
+        """Record an application's desired state; the following ticks realise it."""
         if route_prefix is not None and not route_prefix.startswith("/"):
             raise ConfigError(f"route_prefix must start with '/', got {route_prefix!r}")
         for other in self.apps.values():
@@ -87,7 +100,6 @@ class Controller:
             for old in set(previous.deployments) - set(names):
                 self.deployments[(name, old)].delete()
         self.wake()
-        await self._wait_settled(name)
 
     def _deploy(self, app_name: str, node: Application) -> None:
         dep = node.deployment
@@ -179,6 +191,25 @@ class Controller:
         if record is None:
             raise DeploymentUnavailableError(f"application {app_name!r} does not exist")
         return record.ingress
+
+    def deployment_routes(self) -> list[DeploymentRoutes]:
+        """Every live deployment as routers in other processes must see it."""
+        found = []
+        for (app_name, name), state in self.deployments.items():
+            if state.deleting:
+                continue
+            app = self.apps.get(app_name)
+            is_ingress = app is not None and app.ingress == name
+            cfg = state.desired.config
+            found.append(DeploymentRoutes(
+                app_name, name, cfg.max_ongoing_requests, cfg.max_queued_requests,
+                dict(cfg.request_router_config), tuple(state.router.replica_ids),
+                app.route_prefix if app is not None and is_ingress else None, is_ingress))
+        return found
+
+    def _apply_remote_loads(self, loads: Mapping[DeploymentKey, float]) -> None:
+        for key, state in self.deployments.items():
+            state.router.remote_ongoing = loads.get(key, 0.0)
 
     def routes(self) -> dict[str, str]:
         return {r.route_prefix: r.name for r in self.apps.values() if r.route_prefix}

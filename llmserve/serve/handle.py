@@ -16,6 +16,7 @@ from typing import Any
 
 from llmserve.serve.context import RequestMetadata, get_request_metadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
+from llmserve.serve.handle_context import handle_context
 from routing import RouteRequest
 
 _END = object()
@@ -67,9 +68,7 @@ class DeploymentHandle:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Send a request: a `DeploymentResponse`, or a generator with ``stream=True``."""
-        from llmserve.serve.instance import get_instance
-
-        instance = get_instance()
+        context = handle_context()
         opts = self.handle_options
         parent = get_request_metadata()
         meta = RequestMetadata(
@@ -81,8 +80,8 @@ class DeploymentHandle:
         )
         call = _Call(self.app_name, self.deployment_name, meta, args, kwargs, opts.replica_id)
         if opts.stream:
-            return DeploymentResponseGenerator(call, instance.loop)
-        return DeploymentResponse(call.run(), instance.loop)
+            return DeploymentResponseGenerator(call, context.loop)
+        return DeploymentResponse(call.run(), context.loop)
 
 
 @dataclass
@@ -105,9 +104,7 @@ class _Call:
         return args, kwargs
 
     async def run(self) -> Any:
-        from llmserve.serve.instance import get_instance
-
-        router = get_instance().controller.router_for(self.app_name, self.deployment)
+        router = handle_context().routers.router_for(self.app_name, self.deployment)
         args, kwargs = await self._resolved_args()
         request = self.route_request()
         while True:
@@ -127,9 +124,7 @@ class _Call:
                 router.release(replica, request)
 
     async def stream(self) -> AsyncIterator[Any]:
-        from llmserve.serve.instance import get_instance
-
-        router = get_instance().controller.router_for(self.app_name, self.deployment)
+        router = handle_context().routers.router_for(self.app_name, self.deployment)
         args, kwargs = await self._resolved_args()
         request = self.route_request()
         while True:
@@ -282,16 +277,12 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 
 def replica_ids(handle: DeploymentHandle) -> list[str]:
     """Ids of the deployment's running replicas (for per-replica control calls)."""
-    from llmserve.serve.instance import get_instance
-
-    router = get_instance().controller.router_for(handle.app_name, handle.deployment_name)
+    router = handle_context().routers.router_for(handle.app_name, handle.deployment_name)
     return router.replica_ids
 
 
 def report_ongoing(handle: DeploymentHandle, ongoing: float) -> None:
     """Requests served for this deployment outside its handles (e.g. straight to an
     engine); its autoscaler counts them like handle requests."""
-    from llmserve.serve.instance import get_instance
-
-    router = get_instance().controller.router_for(handle.app_name, handle.deployment_name)
+    router = handle_context().routers.router_for(handle.app_name, handle.deployment_name)
     router.reported_ongoing = ongoing

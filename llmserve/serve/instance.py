@@ -1,4 +1,9 @@
-"""The running serve instance: an event-loop thread holding the controller and proxy."""
+"""The running serve instance: an event-loop thread holding the control plane and proxy.
+
+On the local runtime the control plane is an in-process `Controller`; on Ray it is a
+`DetachedControlPlane`, the client of the cluster's detached controller actor. Either is
+also where this process's handles find their routers (`handle_context`).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,21 @@ from typing import Any, TypeVar
 
 from llmserve.serve.control_plane import ControlPlane
 from llmserve.serve.controller import Controller
+from llmserve.serve.handle_context import (
+    HandleContext,
+    install_handle_context,
+    remove_handle_context,
+)
+from llmserve.serve.local_runtime import LocalRuntime
 from llmserve.serve.proxy import HttpProxy, serve_http
-from llmserve.serve.runtime import Runtime, make_runtime
+from llmserve.serve.ray.driver_control import DetachedControlPlane
+from llmserve.serve.ray.proxy_config import DEFAULT_PROXY_LOCATION, ProxyConfig
 
 T = TypeVar("T")
 log = logging.getLogger("llmserve.serve")
 _lock = threading.Lock()
-DEFAULT_PROXY_LOCATION = "EveryNode"  # as Ray Serve; on the local runtime there are none
 _instance: ServeInstance | None = None
+RUNTIMES = ("local", "ray")
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -33,6 +45,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class ServeInstance:
     def __init__(self, runtime: str, host: str, port: int,
                  proxy_location: str = DEFAULT_PROXY_LOCATION) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
         self.runtime_name = runtime
         self.host = host
         self.port = port
@@ -40,26 +54,26 @@ class ServeInstance:
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llmserve-loop",
                                         daemon=True)
+        self.plane: DetachedControlPlane | None = None
         if runtime == "ray":  # the controller is a detached Ray actor; joins Ray here
-            from llmserve.serve.ray.driver_control import (
-                DetachedControlPlane,
-                connect_controller,
-            )
+            from llmserve.serve.ray.connect import connect_controller
 
             actor, membership, started_ray = connect_controller()
             self._thread.start()
-            self.controller: ControlPlane = self.submit(
-                DetachedControlPlane.create(actor, membership, started_ray))
+            self.plane = self.submit(DetachedControlPlane.create(actor, membership,
+                                                                 started_ray))
+            self.controller: ControlPlane = self.plane
         else:
-            runtime_impl = make_runtime(runtime)
             self._thread.start()
-            self.controller = self.submit(self._make_controller(runtime_impl))
+            self.controller = self.submit(self._start_controller())
+        self.handles = HandleContext(self.loop, self.controller)
+        install_handle_context(self.handles)
         self._server: Any = None
         self.http_port: int | None = None
-        self._proxies_configured: Any = None
+        self._proxies_configured: ProxyConfig | None = None
 
-    async def _make_controller(self, runtime: Runtime) -> Controller:
-        controller = Controller(runtime)
+    async def _start_controller(self) -> Controller:
+        controller = Controller(LocalRuntime())
         controller.start()
         return controller
 
@@ -73,13 +87,10 @@ class ServeInstance:
         proxies where ``proxy_location`` says (the one on this node shares the port)."""
         if self._server is None:
             self.submit(self._start_http())
-        configure = getattr(self.controller, "configure_proxies", None)
-        if configure is not None:
-            from llmserve.serve.ray.proxy_actor import ProxyConfig
-
+        if self.plane is not None:
             config = ProxyConfig(self.proxy_location, self.host, self.port)
             if config != self._proxies_configured:
-                self.submit(configure(config))
+                self.submit(self.plane.configure_proxies(config))
                 self._proxies_configured = config
 
     async def _start_http(self) -> None:
@@ -93,6 +104,7 @@ class ServeInstance:
         return f"http://{self.host}:{self.http_port}" if self.http_port else None
 
     def stop(self) -> None:
+        remove_handle_context(self.handles)
         self.submit(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
@@ -115,14 +127,6 @@ def get_instance() -> ServeInstance:
     if _instance is None:
         raise RuntimeError("serve is not running: call serve.run(...) or serve.start() first")
     return _instance
-
-
-def set_instance(instance: Any) -> None:
-    """Install the instance handles use in this process; a Ray replica installs its view
-    of the cluster (an object with ``loop`` and ``controller.router_for``)."""
-    global _instance
-    with _lock:
-        _instance = instance
 
 
 def get_or_start(runtime: str, host: str, port: int,
@@ -148,7 +152,7 @@ def attach_to_cluster(host: str, port: int) -> ServeInstance | None:
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return None
-    from llmserve.serve.ray.driver_control import controller_exists
+    from llmserve.serve.ray.connect import controller_exists
 
     if not controller_exists():
         return None

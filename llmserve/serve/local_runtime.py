@@ -30,7 +30,7 @@ from llmserve.serve.exceptions import ReplicaDiedError, ReplicaUnavailableError
 from llmserve.serve.gc_freeze import freeze_startup_heap
 from llmserve.serve.multiplex import loaded_model_ids
 from llmserve.serve.ray.placement import declared_resources
-from llmserve.serve.runtime import ReplicaRef, ReplicaSpec
+from llmserve.serve.runtime import ControllerLink, ReplicaRef, ReplicaSpec
 from llmserve.serve.status import ReplicaNode
 
 _DONE = object()
@@ -242,6 +242,9 @@ class LocalRuntime:
 
     def __init__(self, max_threads: int = 32) -> None:
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="llmserve-replica")
+
+    def link(self, controller: ControllerLink) -> None:
+        """Every router is the controller's own: nothing to publish, no remote load."""
 
     async def start_replica(self, spec: ReplicaSpec) -> ReplicaRef:
         replica = LocalReplica(spec, self._executor)

@@ -6,7 +6,7 @@ picklable data, so a runtime that places replicas in other processes (Ray) slots
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,8 +64,38 @@ class ReplicaRef(Protocol):
     async def reconfigure(self, user_config: Any) -> None: ...
 
 
+DeploymentKey = tuple[str, str]  # (app, deployment)
+
+
+@dataclass(frozen=True)
+class DeploymentRoutes:
+    """One deployment as routers outside the controller's process must see it."""
+
+    app_name: str
+    deployment_name: str
+    max_ongoing: int
+    max_queued: int
+    router_config: Mapping[str, Any]
+    replica_ids: tuple[str, ...]  # running, in the controller's router
+    route_prefix: str | None  # set on an application's ingress deployment only
+    is_ingress: bool
+
+
+@dataclass(frozen=True)
+class ControllerLink:
+    """What the controller gives the runtime that drives its replicas: the deployments
+    (read when the runtime publishes them), and where to report the load that routers
+    in other processes put on them (the autoscaler counts it)."""
+
+    routes: Callable[[], list[DeploymentRoutes]]
+    report_remote_loads: Callable[[Mapping[DeploymentKey, float]], None]
+
+
 class Runtime(Protocol):
     name: str
+
+    def link(self, controller: ControllerLink) -> None:
+        """Called once, by the controller this runtime serves."""
 
     async def start_replica(self, spec: ReplicaSpec) -> ReplicaRef: ...
 
@@ -76,13 +106,3 @@ class Runtime(Protocol):
         """Stop at once; requests still running on it fail with ``ReplicaDiedError``."""
 
     async def shutdown(self) -> None: ...
-
-
-def make_runtime(name: str) -> Runtime:
-    if name == "local":
-        from llmserve.serve.local_runtime import LocalRuntime
-
-        return LocalRuntime()
-    # "ray": the controller is a detached Ray actor with a runtime of its own; this
-    # process only talks to it (`ServeInstance`, `ray/driver_control.py`)
-    raise ValueError(f"unknown runtime {name!r}; known: local, ray")

@@ -23,19 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from llmserve.serve.controller import Controller
-from llmserve.serve.ray.proxy_actor import (
-    ProxyConfig,
-    reconcile_node_proxies,
-    stop_node_proxies,
-)
-from llmserve.serve.ray.replica_actor import ReplicaNodeInfo
-from llmserve.serve.ray_runtime import NAMESPACE, RayRuntime
+from llmserve.serve.ray.names import NAMESPACE
+from llmserve.serve.ray.node_info import ReplicaNodeInfo
+from llmserve.serve.ray.proxy_actor import reconcile_node_proxies, stop_node_proxies
+from llmserve.serve.ray.proxy_config import ProxyConfig
+from llmserve.serve.ray.runtime import RayRuntime
 from llmserve.serve.runtime import ReplicaRef
 from llmserve.serve.status import ReplicaState, ServeStatus
 
 log = logging.getLogger("llmserve.serve")
 T = TypeVar("T")
-CONTROLLER_NAME = "llmserve_controller"
 CHECKPOINT_KEY = b"llmserve:checkpoint"
 PROXIES_KEY = b"llmserve:proxies"
 PROXY_CHECK_PERIOD_S = 2.0  # how often the node list is compared with the node proxies
@@ -140,8 +137,7 @@ class CheckpointedController:
 
     def __init__(self, runtime: RayRuntime) -> None:
         self.runtime = runtime
-        self.controller = Controller(runtime)
-        runtime.attach(self.controller)
+        self.controller = Controller(runtime)  # links itself to the runtime
         self._app_bytes: dict[str, bytes] = {}
         self._saved: bytes | None = None
         self._save_lock = asyncio.Lock()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmserve.serve.exceptions import DeploymentUnavailableError
+from llmserve.serve.handle_context import HandleContext, install_handle_context
 from llmserve.serve.ray.refs import RayReplicaRef
 from llmserve.serve.router import Router
 from routing import make_policy
@@ -139,16 +140,13 @@ class MembershipActor:
 
 
 class ReplicaView:
-    """Inside a replica actor: stands in for the serve instance that handles look up."""
-
-    runtime_name = "ray"
+    """Inside a replica actor (or a proxy): the routers its handles send calls through."""
 
     def __init__(self, membership: Any, source_id: str,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.membership = membership
         self.source_id = source_id
         self.loop = loop
-        self.controller = self  # handles call `instance.controller.router_for(...)`
         self.version = -1
         self._routers: dict[DeploymentKey, Router] = {}
         self._views: dict[DeploymentKey, DeploymentView] = {}
@@ -243,12 +241,10 @@ class ReplicaView:
 
 async def install_replica_view(membership: Any, source_id: str) -> ReplicaView:
     """Make handles inside this replica actor route through a `ReplicaView`."""
-    from llmserve.serve.instance import set_instance
-
     view = ReplicaView(membership, source_id, asyncio.get_running_loop())
     update = await membership.listen.remote(-1, 0.0)
     if update is not None:
         view.apply(*update)
     view.start()
-    set_instance(view)
+    install_handle_context(HandleContext(view.loop, view))
     return view

@@ -16,33 +16,23 @@ import contextlib
 import logging
 import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from llmserve.serve.exceptions import ConfigError
-from llmserve.serve.ray_runtime import MEMBERSHIP_NAME, NAMESPACE
+from llmserve.serve.handle_context import HandleContext, install_handle_context
+from llmserve.serve.proxy import HttpProxy, serve_http
+from llmserve.serve.ray.driver_control import DetachedControlPlane
+from llmserve.serve.ray.names import (
+    CONTROLLER_NAME,
+    MEMBERSHIP_NAME,
+    NAMESPACE,
+    PROXY_NAME_PREFIX,
+)
+from llmserve.serve.ray.proxy_config import ProxyConfig
 
 T = TypeVar("T")
 log = logging.getLogger("llmserve.serve")
-PROXY_NAME_PREFIX = "llmserve_proxy:"
-PROXY_LOCATIONS = ("EveryNode", "HeadOnly", "Disabled")
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 STOP_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """Where node proxies run and what they bind (Ray Serve's ``proxy_location`` and
-    ``http_options``)."""
-
-    location: str = "Disabled"
-    host: str = "127.0.0.1"
-    port: int = 8000
-
-    def __post_init__(self) -> None:
-        if self.location not in PROXY_LOCATIONS:
-            raise ConfigError(f"proxy_location must be one of {', '.join(PROXY_LOCATIONS)}; "
-                              f"got {self.location!r}")
 
 
 class ProxyActor:
@@ -51,17 +41,14 @@ class ProxyActor:
     def __init__(self, host: str, port: int) -> None:
         import ray
 
-        from llmserve.serve.instance import set_instance
-        from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
-        from llmserve.serve.ray.driver_control import DetachedControlPlane
-
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True,
                          name="llmserve-proxy").start()
         controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
         membership = ray.get_actor(MEMBERSHIP_NAME, NAMESPACE)
         self.plane = DetachedControlPlane(controller, membership, False, self.loop, "proxy")
-        set_instance(self.plane)  # handles inside in-proxy replicas route through it
+        # handles inside in-proxy replicas route through it
+        install_handle_context(HandleContext(self.loop, self.plane))
         self._submit(self.plane.follow())
         util: Any = ray.util
         self.node_ip: str = util.get_node_ip_address()
@@ -71,8 +58,6 @@ class ProxyActor:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def _serve(self, host: str, port: int) -> int:
-        from llmserve.serve.proxy import HttpProxy, serve_http
-
         _, self._server_task, bound = await serve_http(HttpProxy(self.plane), host, port,
                                                        reuse_port=True)
         return bound

@@ -18,7 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.exceptions import ReplicaDiedError, ReplicaUnavailableError
-from llmserve.serve.ray.replica_actor import ReplicaNodeInfo
+from llmserve.serve.ray.node_info import ReplicaNodeInfo
 from llmserve.serve.status import ReplicaNode
 
 log = logging.getLogger("llmserve.serve")

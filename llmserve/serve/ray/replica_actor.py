@@ -13,7 +13,6 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Message
@@ -21,22 +20,11 @@ from starlette.types import Message
 from llmserve.serve.context import NODE_IP_ENV, RequestMetadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
 from llmserve.serve.local_runtime import LocalReplica
+from llmserve.serve.ray.membership import install_replica_view
+from llmserve.serve.ray.node_info import ReplicaNodeInfo
 from llmserve.serve.runtime import ReplicaSpec
 
 STATS_POLL_S = 0.02
-
-
-@dataclass(frozen=True)
-class ReplicaNodeInfo:
-    """Where a replica actor landed (plain data, shown in status)."""
-
-    node_id: str
-    node_ip: str
-    hostname: str
-    pid: int
-    gpu_ids: list[str] = field(default_factory=list)
-    resources: dict[str, float] = field(default_factory=dict)
-    placement_group_id: str | None = None
 
 
 class ReplicaActor:
@@ -63,8 +51,6 @@ class ReplicaActor:
 
     async def _start(self) -> ReplicaNodeInfo:
         import ray
-
-        from llmserve.serve.ray.membership import install_replica_view
 
         await install_replica_view(self._membership, self.spec.replica_id)
         util: Any = ray.util

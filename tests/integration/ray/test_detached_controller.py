@@ -17,12 +17,12 @@ import pytest
 
 from llmserve import serve
 from llmserve.serve.instance import get_instance
-from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
-from llmserve.serve.ray_runtime import (
+from llmserve.serve.ray.cluster import replica_actor
+from llmserve.serve.ray.names import (
+    CONTROLLER_NAME,
     MEMBERSHIP_NAME,
     NAMESPACE,
     REPLICA_NAME_PREFIX,
-    replica_actor,
 )
 from tests.integration.ray.apps import SlowPlain, SlowStart
 from tests.integration.ray.conftest import RayCluster

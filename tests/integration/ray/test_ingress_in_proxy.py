@@ -21,7 +21,7 @@ import pytest
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
 from llmserve.serve.instance import get_instance
-from llmserve.serve.ray_runtime import replica_placements
+from llmserve.serve.ray.cluster import replica_placements
 from tests.fixtures_engines import cached_tiny_model
 from tests.integration.ray.conftest import RayCluster
 from tests.integration.ray.http_load import wait_node_proxy_serving
@@ -95,8 +95,8 @@ def test_every_node_proxy_runs_its_own_ingress(ray_serve: RayCluster) -> None:
     # driver) runs a copy of it in its own process
     import ray
 
+    from llmserve.serve.ray.names import NAMESPACE
     from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX
-    from llmserve.serve.ray_runtime import NAMESPACE
 
     serve.run(_app("sim"), port=0, runtime="ray")  # proxy_location="EveryNode"
     worker = ray_serve.worker_node_ids[0]
@@ -110,7 +110,7 @@ def test_every_node_proxy_runs_its_own_ingress(ray_serve: RayCluster) -> None:
 
     # a restarted controller records the ingress replica again under the same id, so
     # the proxies keep their copies
-    from llmserve.serve.ray.controller_actor import CONTROLLER_NAME
+    from llmserve.serve.ray.names import CONTROLLER_NAME
 
     controller = ray.get_actor(CONTROLLER_NAME, NAMESPACE)
     old_pid = ray.get(controller.ping.remote())

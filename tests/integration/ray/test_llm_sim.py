@@ -11,7 +11,7 @@ from openai import OpenAI
 
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
-from llmserve.serve.ray_runtime import replica_actor, replica_placements
+from llmserve.serve.ray.cluster import replica_actor, replica_placements
 from tests.fixtures_engines import cached_tiny_model
 from tests.integration.ray.conftest import RayCluster
 

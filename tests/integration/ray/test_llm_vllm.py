@@ -7,7 +7,7 @@ from openai import OpenAI
 
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
-from llmserve.serve.ray_runtime import replica_placements
+from llmserve.serve.ray.cluster import replica_placements
 from tests.fixtures_engines import TINY_VLLM_KWARGS, cached_tiny_model, vllm_installed
 from tests.integration.ray.conftest import RayCluster
 

@@ -70,7 +70,7 @@ def test_a_new_driver_attaches_updates_and_shuts_down(ray_serve: RayCluster) -> 
     from ray.util import list_named_actors
 
     from llmserve.serve.ray.controller_actor import CHECKPOINT_KEY
-    from llmserve.serve.ray_runtime import NAMESPACE
+    from llmserve.serve.ray.names import NAMESPACE
 
     address = ray.get_runtime_context().gcs_address
     port = free_port()

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from llmserve import serve
+from llmserve.serve.ray.names import NAMESPACE
 from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, node_proxies, node_proxy_urls
-from llmserve.serve.ray_runtime import NAMESPACE
 from tests.integration.ray.apps import InProxyWord, SlowPlain
 from tests.integration.ray.conftest import RayCluster
 from tests.integration.ray.http_load import wait_node_proxy_serving

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from llmserve import serve
-from llmserve.serve.ray_runtime import replica_placements
+from llmserve.serve.ray.cluster import replica_placements
 from tests.integration.ray.apps import GpuUser, Sleeper
 from tests.integration.ray.conftest import RayCluster
 

@@ -14,7 +14,7 @@ import pytest
 
 from llmserve import serve
 from llmserve.serve.exceptions import ConfigError
-from llmserve.serve.ray_runtime import replica_placements
+from llmserve.serve.ray.cluster import replica_placements
 from tests.integration.ray.apps import Adder, Configurable, Gateway, Plain
 from tests.integration.ray.conftest import RayCluster
 from tests.integration.serve.overload_apps import Busy, Front, Middle, PlainFront

@@ -11,7 +11,7 @@ import pytest
 
 from llmserve import serve
 from llmserve.serve.exceptions import ReplicaDiedError
-from llmserve.serve.ray_runtime import replica_placements
+from llmserve.serve.ray.cluster import replica_placements
 from tests.integration.ray.apps import Fanout, Sleeper, SlowPlain
 from tests.integration.ray.conftest import RayCluster
 from tests.integration.ray.http_load import load_with_kill

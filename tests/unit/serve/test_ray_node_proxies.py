@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from llmserve.serve.exceptions import ConfigError
-from llmserve.serve.ray.proxy_actor import HEAD_NODE_RESOURCE, ProxyConfig, wanted_nodes
+from llmserve.serve.ray.proxy_actor import HEAD_NODE_RESOURCE, wanted_nodes
+from llmserve.serve.ray.proxy_config import ProxyConfig
 
 NODES = [
     {"NodeID": "head", "Alive": True, "Resources": {"CPU": 4.0, HEAD_NODE_RESOURCE: 1.0}},
