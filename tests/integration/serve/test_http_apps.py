@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from llmserve import serve
+from tests.eventually import eventually, eventually_async
 
 pytestmark = pytest.mark.usefixtures("serve_instance")
 
@@ -153,17 +154,24 @@ def test_handle_awaited_from_a_running_event_loop() -> None:
 class Sleeper:
     def __init__(self) -> None:
         self.cancelled = 0
+        self.sleeping = 0
 
     async def sleep(self, seconds: float) -> str:
+        self.sleeping += 1
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        finally:
+            self.sleeping -= 1
         return "slept"
 
     def num_cancelled(self) -> int:
         return self.cancelled
+
+    def num_sleeping(self) -> int:
+        return self.sleeping
 
 
 def test_cancelling_the_caller_cancels_the_replica_task() -> None:
@@ -171,16 +179,13 @@ def test_cancelling_the_caller_cancels_the_replica_task() -> None:
 
     async def main() -> None:
         task = asyncio.ensure_future(handle.sleep.remote(30))
-        await asyncio.sleep(0.2)
+        await eventually_async(lambda: handle.num_sleeping.remote())  # it started there
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-    deadline = time.monotonic() + 5
-    while handle.num_cancelled.remote().result() != 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert handle.num_cancelled.remote().result() == 1
+    eventually(lambda: handle.num_cancelled.remote().result() == 1)
     response = handle.sleep.remote(30)
     response.cancel()
     with pytest.raises(Exception):  # noqa: B017 - cancelled future
@@ -205,9 +210,7 @@ def test_user_config_applied_at_start_and_on_change_without_restart() -> None:
     text, first_id = handle.remote("bob").result()
     assert text == "hi bob"
     serve.run(Greeter.options(user_config={"greeting": "hello"}).bind(), route_prefix=None)
-    deadline = time.monotonic() + 5
-    while handle.remote("bob").result()[0] != "hello bob" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: handle.remote("bob").result()[0] == "hello bob")
     text, second_id = handle.remote("bob").result()
     assert text == "hello bob" and second_id == first_id
 

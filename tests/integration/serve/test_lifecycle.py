@@ -11,16 +11,10 @@ import httpx
 import pytest
 
 from llmserve import serve
+from llmserve.serve.instance import get_instance
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.usefixtures("serve_instance")
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def deployment_status(name: str, app: str = "default"):  # type: ignore[no-untyped-def]
@@ -51,7 +45,7 @@ def test_unhealthy_replica_is_replaced_and_its_in_flight_request_fails_clearly()
     in_flight = handle.slow_then_break.remote(30)
     with pytest.raises(serve.ReplicaDiedError, match=r"died while serving.*health check failed"):
         in_flight.result(timeout_s=10)
-    wait_for(lambda: deployment_status("Fragile").running_replicas == 2)
+    eventually(lambda: deployment_status("Fragile").running_replicas == 2)
     after = {r.replica_id for r in deployment_status("Fragile").replicas}
     assert len(before & after) == 1 and len(after - before) == 1
     assert {handle.who.remote().result() for _ in range(20)} == after
@@ -86,8 +80,8 @@ def test_scale_up_under_load_then_down_when_idle_without_errors() -> None:
         codes = Counter(f.result() for f in futures)
     assert codes == {200: 48}
     assert peak >= 3
-    wait_for(lambda: deployment_status("Elastic").target_replicas == 1, timeout_s=10)
-    wait_for(lambda: len(deployment_status("Elastic").replicas) == 1, timeout_s=10)
+    eventually(lambda: deployment_status("Elastic").target_replicas == 1, timeout_s=10)
+    eventually(lambda: len(deployment_status("Elastic").replicas) == 1, timeout_s=10)
 
 
 @serve.deployment(autoscaling_config={"min_replicas": 0, "max_replicas": 2,
@@ -101,7 +95,7 @@ def test_scale_to_zero_and_a_queued_request_wakes_a_replica() -> None:
     handle = serve.run(ScaleToZero.bind(), route_prefix=None)
     assert deployment_status("ScaleToZero").running_replicas == 0
     assert handle.remote(7).result(timeout_s=10) == 7
-    wait_for(lambda: deployment_status("ScaleToZero").running_replicas == 0, timeout_s=10)
+    eventually(lambda: deployment_status("ScaleToZero").running_replicas == 0, timeout_s=10)
 
 
 @serve.deployment(num_replicas=1, graceful_shutdown_timeout_s=5)
@@ -114,7 +108,8 @@ class Draining:
 def test_shutdown_drains_in_flight_requests() -> None:
     handle = serve.run(Draining.bind(), route_prefix=None)
     pending = [handle.remote(0.5) for _ in range(3)]
-    time.sleep(0.1)
+    router = get_instance().controller.router_for("default", "Draining")
+    eventually(lambda: router.num_ongoing == 3)  # all three are running
     started = time.monotonic()
     serve.shutdown()
     assert time.monotonic() - started >= 0.3
@@ -146,9 +141,10 @@ def test_redeploy_rolls_replicas_without_dropping_requests() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         workers = [pool.submit(load) for _ in range(4)]
-        time.sleep(0.3)
+        eventually(lambda: seen["v1"] >= 8)
         serve.run(Versioned.bind("v2"), port=0)
-        time.sleep(0.3)
+        served_v2 = seen["v2"]
+        eventually(lambda: seen["v2"] >= served_v2 + 8)  # under load after the rollout
         stop = True
         for w in workers:
             w.result()
