@@ -3,12 +3,16 @@
 1. Handle hop: µs per call (p50/p99) of ``await handle.remote()`` to a no-op deployment,
    from inside a replica (composition, on the serving loop) and from a plain thread
    (``.result()``).
-2. HTTP: requests/s through the llmserve ingress for a no-op FastAPI route next to a bare
-   FastAPI + uvicorn app doing the same work, both measured in this run with the same
-   load generator (``wrk`` when installed, else a Python client), and their ratio; also
+2. HTTP: requests/s through the llmserve ingress for a no-op FastAPI route, written three
+   ways: as a method of the ingress class (``class``), as a module-level function behind
+   the same kind of ingress (``module``), and as a method that awaits one handle call to
+   another deployment (``composed``); next to a bare FastAPI + uvicorn app doing the same
+   work (``bare``), all measured in this run with the same load generator (``wrk`` when
+   installed, else a Python client), alternating rounds; each one's ratio to bare, and
    each server's CPU time per request, which machine noise disturbs much less.
 
-Run: ``.venv/bin/python -m benchmarks.core_overhead [--seconds 10] [--connections 32]``
+Run: ``.venv/bin/python -m benchmarks.core_overhead [--seconds 10] [--connections 32]
+[--port-base 26000]`` (servers listen on ``port-base`` + 0..3; 0 picks free ports).
 """
 
 from __future__ import annotations
@@ -44,13 +48,47 @@ def make_app() -> FastAPI:
     return app
 
 
-api = make_app()
+module_api = make_app()
 
 
 @serve.deployment(max_ongoing_requests=1000)
-@serve.ingress(api)
-class HttpNoOp:
-    pass
+@serve.ingress(module_api)
+class ModuleRoutes:
+    """The route is a module-level function; the class only carries the ingress."""
+
+
+class_api = FastAPI()
+
+
+@serve.deployment(max_ongoing_requests=1000)
+@serve.ingress(class_api)
+class ClassRoutes:
+    @class_api.get("/")
+    async def noop(self) -> dict[str, bool]:
+        return {"ok": True}
+
+
+@serve.deployment(max_ongoing_requests=1000)
+class Answer:
+    async def __call__(self) -> bool:
+        return True
+
+
+composed_api = FastAPI()
+
+
+@serve.deployment(max_ongoing_requests=1000)
+@serve.ingress(composed_api)
+class Composed:
+    def __init__(self, answer: serve.DeploymentHandle) -> None:
+        self.answer = answer
+
+    @composed_api.get("/")
+    async def noop(self) -> dict[str, bool]:
+        return {"ok": await self.answer.remote()}
+
+
+SERVERS = ("bare", "class", "module", "composed")
 
 
 @serve.deployment(max_ongoing_requests=1000)
@@ -107,8 +145,10 @@ def free_port() -> int:
 
 
 def run_server(kind: str, port: int) -> None:
-    if kind == "llmserve":
-        serve.run(HttpNoOp.bind(), port=port, blocking=True)
+    apps = {"class": ClassRoutes.bind, "module": ModuleRoutes.bind,
+            "composed": lambda: Composed.bind(Answer.bind())}
+    if kind in apps:
+        serve.run(apps[kind](), port=port, blocking=True)
     else:
         import uvicorn
 
@@ -162,9 +202,9 @@ async def _python_load(url: str, seconds: int, connections: int) -> float:
     return done / seconds
 
 
-def measure_http(kind: str, seconds: int, connections: int) -> dict[str, float]:
+def measure_http(kind: str, seconds: int, connections: int, port: int) -> dict[str, float]:
     """Requests/s, and the server's CPU µs per request (steadier on a shared machine)."""
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.core_overhead", "--server", kind,
                              "--port", str(port)],
                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
@@ -180,41 +220,61 @@ def measure_http(kind: str, seconds: int, connections: int) -> dict[str, float]:
         proc.wait(30)
 
 
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per server: best req/s and least CPU per request over the rounds, and both as
+    ratios to bare FastAPI + uvicorn (req/s ours / bare; CPU ours / bare)."""
+    best = {kind: {"rps": max(r["rps"] for r in found),
+                   "cpu_us_per_request": min(r["cpu_us_per_request"] for r in found)}
+            for kind, found in runs.items()}
+    bare = best["bare"]
+    for found in best.values():
+        found["rps_vs_bare"] = found["rps"] / bare["rps"]
+        found["cpu_vs_bare"] = found["cpu_us_per_request"] / bare["cpu_us_per_request"]
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--server", choices=["llmserve", "bare"])
+    parser.add_argument("--port-base", type=int, default=0,
+                        help="servers listen on PORT_BASE + 0..3 (0: free ports)")
+    parser.add_argument("--only", nargs="+", choices=SERVERS, default=list(SERVERS),
+                        help="servers to measure (bare is always measured)")
+    parser.add_argument("--server", choices=SERVERS)
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
     if args.server:
         run_server(args.server, args.port)
         return
     handles = measure_handles(args.calls)
-    runs: dict[str, list[dict[str, float]]] = {"bare": [], "llmserve": []}
-    for _ in range(args.rounds):  # alternate, so machine noise hits both alike
-        for kind, found in runs.items():
-            found.append(measure_http(kind, args.seconds, args.connections))
-    bare = max(r["rps"] for r in runs["bare"])
-    ours = max(r["rps"] for r in runs["llmserve"])
-    bare_cpu = min(r["cpu_us_per_request"] for r in runs["bare"])
-    ours_cpu = min(r["cpu_us_per_request"] for r in runs["llmserve"])
+    kinds = ["bare"] + [k for k in args.only if k != "bare"]
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    for _ in range(args.rounds):  # alternate, so machine noise hits all alike
+        for kind in kinds:
+            port = args.port_base + SERVERS.index(kind) if args.port_base else 0
+            runs[kind].append(measure_http(kind, args.seconds, args.connections, port))
+    best = summarize(runs)
     result = {"handle": handles,
-              "http": {"bare_uvicorn_rps": bare, "llmserve_rps": ours, "ratio": ours / bare,
-                       "bare_cpu_us_per_request": bare_cpu,
-                       "llmserve_cpu_us_per_request": ours_cpu,
-                       "cpu_ratio": bare_cpu / ours_cpu, "runs": runs,
-                       "connections": args.connections, "seconds": args.seconds,
+              "http": {"best": best, "runs": runs, "connections": args.connections,
+                       "seconds": args.seconds, "rounds": args.rounds,
                        "client": "wrk" if shutil.which("wrk") else "aiohttp"}}
     for label, key in (("in replica ", "in_replica_us"), ("from thread", "from_thread_us")):
         p50, p99 = handles[key]["p50"], handles[key]["p99"]
         print(f"handle hop, {label}: p50 {p50:.1f} us  p99 {p99:.1f} us")
-    print(f"HTTP no-op: bare uvicorn {bare:.0f} req/s, llmserve {ours:.0f} req/s, "
-          f"ratio {ours / bare:.2f} (best of {args.rounds})")
-    print(f"HTTP no-op server CPU: bare {bare_cpu:.1f} us/request, llmserve {ours_cpu:.1f} "
-          f"us/request, requests per CPU-second ratio {bare_cpu / ours_cpu:.2f}")
+    print(f"HTTP no-op route, best of {args.rounds} rounds, {args.connections} connections "
+          f"({result['http']['client']}):")
+    print(f"  {'server':<10} {'req/s':>8} {'vs bare':>8} {'CPU us/req':>11} {'vs bare':>8}")
+    for kind, found in best.items():
+        print(f"  {kind:<10} {found['rps']:>8.0f} {found['rps_vs_bare']:>7.2f}x "
+              f"{found['cpu_us_per_request']:>11.1f} {found['cpu_vs_bare']:>7.2f}x")
+    if "class" in best and "module" in best:
+        print(f"  class-method routes vs module-level routes: "
+              f"{best['class']['rps'] / best['module']['rps']:.2f}x req/s, "
+              f"{best['class']['cpu_us_per_request'] / best['module']['cpu_us_per_request']:.2f}x "
+              f"CPU per request")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "core_overhead.json").write_text(json.dumps(result, indent=2))
 

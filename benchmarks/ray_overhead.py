@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core_overhead import (
-    HttpNoOp,
+    ModuleRoutes,
     free_port,
     load,
     measure_handles,
@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.server:
         # on Ray, the driver's proxy alone (no node proxy sharing its port)
-        serve.run(HttpNoOp.options(**NO_CPU).bind(), port=args.port, runtime=args.server,
+        serve.run(ModuleRoutes.options(**NO_CPU).bind(), port=args.port, runtime=args.server,
                   proxy_location="Disabled" if args.server == "ray" else None,
                   blocking=True)
         return

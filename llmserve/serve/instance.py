@@ -104,8 +104,10 @@ class ServeInstance:
         return f"http://{self.host}:{self.http_port}" if self.http_port else None
 
     def stop(self) -> None:
-        remove_handle_context(self.handles)
-        self.submit(self._stop())
+        try:
+            self.submit(self._stop())  # draining replicas may still call handles
+        finally:
+            remove_handle_context(self.handles)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
 
