@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
+from llmserve.openai.disaggregated import SPLIT_PATHS, DisaggregatedFlow
 from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
@@ -35,6 +36,7 @@ from llmserve.openai.errors import (
     error_response,
 )
 from llmserve.openai.metrics import IngressMetrics
+from llmserve.openai.pd_metrics import PDMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
 from llmserve.openai.relay import (
@@ -98,6 +100,7 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    prefill: ModelSource | None = None  # set: prefill here, decode on handle/urls (docs/pd.md)
 
 
 class OpenAiIngress:
@@ -109,17 +112,33 @@ class OpenAiIngress:
             m.model_id: make_pool(m.model_id, m.engine, dict(m.routing_config), m.handle,
                                   m.urls) for m in models
         }
-        self.directory = EngineDirectory(self.pools, self.settings.stats_refresh_s)
+        self.prefill_pools: dict[str, ModelPool] = {
+            m.model_id: make_pool(m.model_id, m.prefill.engine, dict(m.prefill.routing_config),
+                                  m.prefill.handle, m.prefill.urls)
+            for m in models if m.prefill is not None
+        }
+        self.directory = EngineDirectory(
+            {**self.pools, **{f"{k} (prefill)": p for k, p in self.prefill_pools.items()}},
+            self.settings.stats_refresh_s)
         await self.directory.refresh()
         self.directory.start()
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
         self.prompts: dict[str, PromptRenderer] = {
             m.model_id: PromptRenderer(m.model_id, _tokenizer_source(m), self.directory.client)
             for m in models if needs_prompt(self.pools[m.model_id].policy)
+            or (m.model_id in self.prefill_pools
+                and needs_prompt(self.prefill_pools[m.model_id].policy))
         }
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics()
+        pd_metrics = PDMetrics(self.metrics.registry) if self.prefill_pools else None
+        self.disaggregated = {
+            model: DisaggregatedFlow(prefill, self.pools[model], self.relay, self.metrics,
+                                     pd_metrics, self.directory,
+                                     self.settings.max_ongoing_requests_per_model)
+            for model, prefill in self.prefill_pools.items() if pd_metrics is not None
+        }
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
             ("GET", "/v1/models"): self._list_models,
@@ -213,6 +232,10 @@ class OpenAiIngress:
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
+        flow = self.disaggregated.get(model)
+        if flow is not None and path in SPLIT_PATHS:
+            route = await self._route_request(request_id, path, payload, request, flow.prefill)
+            return await flow.forward(request, path, payload, request_id, route)
         route = await self._route_request(request_id, path, payload, request, pool)
         headers = {"content-type": "application/json", "x-request-id": request_id}
         outcome = Outcome()
@@ -312,7 +335,7 @@ class OpenAiIngress:
         from llmserve.serve.handle import report_ongoing
 
         while True:
-            for pool in self.pools.values():
+            for pool in [*self.pools.values(), *self.prefill_pools.values()]:
                 if pool.handle is not None:
                     report_ongoing(pool.handle, pool.in_flight)
             await asyncio.sleep(0.1)
