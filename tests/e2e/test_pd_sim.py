@@ -250,3 +250,42 @@ def test_decode_replica_unreachable_after_prefill_is_retried_elsewhere(pd_url: s
     # the replica restarts its engine; wait so later tests have both again
     wait_for(lambda: all(i.ready and i.pid != victim.pid  # type: ignore[attr-defined]
                          for i in engine_infos("LLMServer:decode:sim")), 60)
+
+
+def decode_running(infos: list[object]) -> float:
+    return sum(metric(httpx.get(f"{i.url}/metrics").text,  # type: ignore[attr-defined]
+                      "vllm:num_requests_running") for i in infos)
+
+
+def test_client_leaving_mid_stream_aborts_the_decode(pd_url: str) -> None:
+    infos = engine_infos("LLMServer:decode:sim")
+    body = {"model": "sim", "prompt": f"leave {PROMPT}", "max_tokens": 4000,
+            "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=30) as client, \
+            client.stream("POST", f"{pd_url}/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        pieces = response.iter_raw()  # kept: a dropped iterator closes the response
+        next(pieces)
+        wait_for(lambda: decode_running(infos) == 1, 5)
+    wait_for(lambda: decode_running(infos) == 0, 10)  # 4,000 tokens would take far longer
+    text = httpx.get(f"{pd_url}/metrics").text
+    assert metric(text, "llmserve_pd_requests_total", outcome="client_left") >= 1
+
+
+def test_decode_replica_dying_mid_stream_ends_with_an_error_event(pd_url: str) -> None:
+    infos = engine_infos("LLMServer:decode:sim")
+    body = {"model": "sim", "prompt": f"die {PROMPT}", "max_tokens": 4000,
+            "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=30) as client, \
+            client.stream("POST", f"{pd_url}/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        chunks = response.iter_text()
+        received = next(chunks)
+        for info in infos:
+            os.kill(info.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        received += "".join(chunks)  # ends: no hang
+    events = [e for e in received.split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    assert '"error"' in events[-2] and "bad_gateway" in events[-2]
+    wait_for(lambda: all(i.ready and i.pid not in {o.pid for o in infos}  # type: ignore[attr-defined]
+                         for i in engine_infos("LLMServer:decode:sim")), 60)
