@@ -9,6 +9,7 @@ by load). vLLM engines get vLLM's NIXL connector unless ``engine_kwargs`` names 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,17 @@ from llmserve.llm.builders import (
     _ingress_options,
     _settings,
     build_llm_deployment,
+    discover_workers,
 )
 from llmserve.llm.config import LLMConfig
 from llmserve.openai.ingress import ModelSource, ingress_deployment
 from llmserve.serve import Application
 from llmserve.serve.exceptions import ConfigError
 
-PD_ARGS = {"prefill_config", "decode_config"} | (KNOWN_ARGS - {"llm_configs", "worker_urls",
-                                                                "worker_engine",
-                                                                "routing_config"})
+WORKER_ARGS = {"prefill_worker_urls", "decode_worker_urls", "worker_engine",
+               "prefill_routing_config", "decode_routing_config"}
+PD_ARGS = {"prefill_config", "decode_config"} | WORKER_ARGS | (
+    KNOWN_ARGS - {"llm_configs", "worker_urls", "worker_engine", "routing_config"})
 PD_ENGINES = ("vllm", "sim")
 DECODE_DEFAULT_ROUTING: dict[str, Any] = {"policy": "least_loaded"}
 MUST_MATCH = ("model_id", "llm_engine", "lora_config")
@@ -42,13 +45,18 @@ def build_pd_openai_app(args: Mapping[str, Any] | None = None, /,
     ``args``: ``prefill_config`` and ``decode_config`` (each an LLMConfig, a dict or a YAML
     path) plus the ingress options of `build_openai_app` (``api_keys``,
     ``max_request_body_bytes``, ``request_timeout_s``, ``max_ongoing_requests_per_model``,
-    ``ingress_deployment_config``, ``stats_refresh_s``).
+    ``ingress_deployment_config``, ``stats_refresh_s``). Instead of the two configs,
+    ``prefill_worker_urls`` and ``decode_worker_urls`` front engines that already run
+    (with ``worker_engine``, ``prefill_routing_config``, ``decode_routing_config``).
     """
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - PD_ARGS)
     if unknown:
         raise ConfigError(f"unknown build_pd_openai_app arguments: {unknown}; "
                           f"known: {sorted(PD_ARGS)}")
+    if any(merged.get(k) for k in ("prefill_worker_urls", "decode_worker_urls")):
+        return ingress_deployment.options(**_ingress_options(merged)).bind(
+            [worker_source(merged)], _settings(merged))
     for key in ("prefill_config", "decode_config"):
         if merged.get(key) is None:
             raise ConfigError(f"build_pd_openai_app needs {key}")
@@ -64,6 +72,30 @@ def build_pd_openai_app(args: Mapping[str, Any] | None = None, /,
                         source=decode.model_loading_config.source, prefill=prefill_source)
     return ingress_deployment.options(**_ingress_options(merged)).bind(
         [model], _settings(merged))
+
+
+def worker_source(args: Mapping[str, Any]) -> ModelSource:
+    """The model behind running prefill and decode engines (their ``/v1/models``)."""
+    if args.get("prefill_config") is not None or args.get("decode_config") is not None:
+        raise ConfigError("give prefill_config/decode_config or prefill_worker_urls/"
+                          "decode_worker_urls, not both")
+    engine = str(args.get("worker_engine", "vllm"))
+    sources = {}
+    for role, default in (("prefill", {"policy": "prefix_aware"}),
+                          ("decode", DECODE_DEFAULT_ROUTING)):
+        urls = list(args.get(f"{role}_worker_urls") or [])
+        if not urls:
+            raise ConfigError(f"build_pd_openai_app needs {role}_worker_urls too")
+        found = discover_workers(urls, engine, args.get(f"{role}_routing_config") or default)
+        if len(found) != 1:
+            raise ConfigError(f"{role}_worker_urls must serve exactly one model; they serve "
+                              f"{sorted(s.model_id for s in found)}")
+        sources[role] = found[0]
+    prefill, decode = sources["prefill"], sources["decode"]
+    if prefill.model_id != decode.model_id:
+        raise ConfigError(f"prefill and decode workers must serve the same model_id: "
+                          f"{prefill.model_id!r} != {decode.model_id!r}")
+    return dataclasses.replace(decode, prefill=prefill)
 
 
 def pool_config(value: ConfigInput, *, role: str) -> LLMConfig:
