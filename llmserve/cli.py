@@ -146,10 +146,17 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmserve", description="llmserve command line")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"llmserve {_version()}")
+    _add_global_options(parser, "INFO")
+    # the same options after the subcommand (`llmserve serve ... --log-level debug`)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="serve the applications of a Ray-Serve-style YAML")
+    def add_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, parents=[common])
+
+    run = add_command("run", "serve the applications of a Ray-Serve-style YAML")
     run.add_argument("config", help="YAML file with an 'applications' list")
     run.add_argument("--runtime", default="local", choices=["local", "ray"],
                      help="ray: replicas are Ray actors; the controller is a detached Ray "
@@ -166,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=None)
     run.set_defaults(handler=_run)
 
-    srv = commands.add_parser("serve", help="serve one model behind the OpenAI API")
+    srv = add_command("serve", "serve one model behind the OpenAI API")
     srv.add_argument("--model", help="model directory (or tokenizer directory for sim); with "
                      "--worker-urls, the engines' model files, used for its tokenizer")
     srv.add_argument("--model-id", help="the name clients use (default: directory name)")
@@ -179,21 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--routing", help="routing policy name (see routing/)")
     srv.add_argument("--routing-config", metavar="JSON",
                      help='full routing_config, e.g. \'{"policy": "prefix_aware", '
-                          '"load_guard_abs": 8}\' (--routing overrides its policy)')
+                          '"balance_abs_threshold": 64}\' (--routing overrides its policy)')
     srv.add_argument("--worker-urls", nargs="+", default=[],
                      help="front engine servers that already run instead of launching any")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
     srv.set_defaults(handler=_serve)
 
-    status = commands.add_parser(
-        "status", help="applications, deployments and replicas (node, resources, state)")
+    status = add_command(
+        "status", "applications, deployments and replicas (node, resources, state)")
     status.add_argument("--address", default="http://127.0.0.1:8000",
                         help="the HTTP proxy of the running serve instance")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(handler=_status)
 
-    tiny = commands.add_parser("make-tiny-model", help="build a small random Llama locally")
+    tiny = add_command("make-tiny-model", "build a small random Llama locally")
     tiny.add_argument("dir")
     tiny.add_argument("--lora", type=int, default=0, help="number of LoRA adapters")
     tiny.add_argument("--seed", type=int, default=0)
@@ -201,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="load generator (see `llmserve bench --help`)")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_global_options(parser: argparse.ArgumentParser, log_level_default: str) -> None:
+    parser.add_argument("--log-level", default=log_level_default,
+                        help="debug, info, warning or error (default: info)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
