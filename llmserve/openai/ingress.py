@@ -8,21 +8,22 @@ feature (tools, response_format, logprobs, chat templates, ...) comes through un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
+from llmserve.openai.auth import ApiKeys, bearer_token
 from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
@@ -43,6 +44,12 @@ from llmserve.openai.relay import (
     Relay,
     RelayedStream,
     read_whole,
+    wait_disconnect,
+)
+from llmserve.openai.request_checks import (
+    id_header,
+    parse_json_body,
+    refuse_request_chat_template,
 )
 from routing import RouteRequest
 from routing.policy import needs_prompt
@@ -55,11 +62,32 @@ FORWARDED = {
 }
 MODEL_OPTIONAL = {"/tokenize", "/detokenize"}
 CREATED_AT = int(time.time())
+PARSE_OFF_LOOP_BYTES = 1024 * 1024  # larger bodies are parsed on a worker thread
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
+T = TypeVar("T")
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its answer started."""
+
+
+async def until_left(work: Awaitable[T], leaving: asyncio.Future[None]) -> T:
+    """``work``'s result, or ClientLeft (``work`` cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(work)
+    if not leaving.done():
+        waits: set[asyncio.Future[Any]] = {task, leaving}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientLeft
 
 
 @dataclass(frozen=True)
 class IngressSettings:
-    api_keys: tuple[str, ...] = ()
+    api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
     max_request_body_bytes: int = 32 * 1024 * 1024
     request_timeout_s: float | None = 600.0
     stats_refresh_s: float = 0.5
@@ -69,7 +97,7 @@ class IngressSettings:
     def from_mapping(cls, value: Mapping[str, Any]) -> IngressSettings:
         keys = value.get("api_keys") or ()
         return cls(
-            api_keys=tuple([keys] if isinstance(keys, str) else keys),
+            api_keys=ApiKeys([keys] if isinstance(keys, str) else keys),
             max_request_body_bytes=int(value.get("max_request_body_bytes",
                                                  cls.max_request_body_bytes)),
             request_timeout_s=value.get("request_timeout_s", cls.request_timeout_s),
@@ -128,9 +156,11 @@ class OpenAiIngress:
         }
 
     async def __call__(self, request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = uuid.uuid4().hex
         path = request.url.path
         try:
+            request_id = id_header(request.headers.get("x-request-id"),
+                                   "x-request-id") or request_id
             handler = self._routes.get((request.method, path))
             if handler is not None:
                 if path.startswith("/v1/"):
@@ -150,6 +180,10 @@ class OpenAiIngress:
             self.metrics.record_error("", path, exc.status_code)
             log.info("request %s: %d %s", request_id, exc.status_code, exc.message)
             return error_response(exc, request_id)
+        except ClientDisconnect:  # left while sending the body: nobody to answer
+            log.info("request %s: the client left before sending its whole body", request_id)
+            self.metrics.record_error("", path, CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
         response.headers["x-request-id"] = request_id
         return response
 
@@ -158,12 +192,11 @@ class OpenAiIngress:
         keys = self.settings.api_keys
         if not keys:
             return
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not token:
+        token = bearer_token(request.headers.get("authorization", ""))
+        if token is None:
             raise Unauthorized("You didn't provide an API key. Provide it in the "
                                "Authorization header as 'Bearer YOUR_KEY'.")
-        if not any(hmac.compare_digest(token, key) for key in keys):
+        if keys.match(token) is None:
             raise Unauthorized("Incorrect API key provided.")
 
     async def _read_body(self, request: Request) -> bytes:
@@ -181,13 +214,12 @@ class OpenAiIngress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse(self, body: bytes, path: str) -> tuple[dict[str, Any], str]:
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise InvalidRequest("request body must be a JSON object")
+    async def _parse(self, body: bytes, path: str) -> tuple[dict[str, Any], str]:
+        if len(body) > PARSE_OFF_LOOP_BYTES:
+            payload = await asyncio.to_thread(parse_json_body, body)
+        else:
+            payload = parse_json_body(body)
+        refuse_request_chat_template(payload)
         model = payload.get("model")
         if model is None and path in MODEL_OPTIONAL and len(self.pools) == 1:
             model = next(iter(self.pools))
@@ -202,7 +234,7 @@ class OpenAiIngress:
     # ---- forwarding ------------------------------------------------------------------
     async def _forward(self, request: Request, path: str, request_id: str) -> Response:
         body = await self._read_body(request)
-        payload, model = self._parse(body, path)
+        payload, model = await self._parse(body, path)
         pool = self.pools[model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
@@ -213,7 +245,22 @@ class OpenAiIngress:
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
-        route = await self._route_request(request_id, path, payload, request, pool)
+        leaving = asyncio.ensure_future(wait_disconnect(request.receive))
+        try:
+            return await self._relay(request, path, request_id, payload, body, pool, leaving)
+        except ClientLeft:
+            log.info("request %s: the client left before the answer; engine request aborted",
+                     request_id)
+            return Response(status_code=CLIENT_CLOSED)
+        finally:
+            leaving.cancel()  # a stream watches for itself from here on
+
+    async def _relay(self, request: Request, path: str, request_id: str,
+                     payload: dict[str, Any], body: bytes, pool: ModelPool,
+                     leaving: asyncio.Future[None]) -> Response:
+        model = pool.model_id
+        route = await until_left(
+            self._route_request(request_id, path, payload, request, pool), leaving)
         headers = {"content-type": "application/json", "x-request-id": request_id}
         outcome = Outcome()
         for _ in range(max(1, len(pool.endpoints))):
@@ -224,32 +271,38 @@ class OpenAiIngress:
             if endpoint is None:
                 break
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
-            try:
-                upstream = await self.relay.open(endpoint.url + path, body, headers)
-            except EngineConnectError as exc:
-                log.warning("request %s: %s; trying another replica", request_id, exc)
-                pool.mark_unreachable(endpoint)
-                pool.finish(endpoint, route, failed=True)
-                continue
-            except OpenAIError:
-                pool.finish(endpoint, route, failed=True)
-                raise
 
             def done(result: Outcome, endpoint: Any = endpoint) -> None:
                 pool.finish(endpoint, route, failed=result.error is not None)
                 self.metrics.record(model, path, result, time.monotonic())
 
+            try:
+                upstream = await until_left(
+                    self.relay.open(endpoint.url + path, body, headers), leaving)
+            except EngineConnectError as exc:
+                log.warning("request %s: %s; trying another replica", request_id, exc)
+                pool.mark_unreachable(endpoint)
+                pool.finish(endpoint, route, failed=True)
+                continue
+            except ClientLeft:
+                outcome.disconnected = True
+                done(outcome)
+                raise
+            except OpenAIError:
+                pool.finish(endpoint, route, failed=True)
+                raise
+
             if payload.get("stream") is True and upstream.status == 200:
                 return RelayedStream(upstream, {"x-request-id": request_id}, outcome, done)
             try:
-                content = await read_whole(upstream, outcome, request.receive)
+                content = await read_whole(upstream, outcome, leaving)
             except OpenAIError as exc:
                 outcome.error = exc.message
                 done(outcome)
                 raise
             done(outcome)
             if content is None:  # the client left; the engine request was aborted
-                return Response(status_code=499)
+                raise ClientLeft
             return Response(content, status_code=upstream.status,
                             media_type=upstream.headers.get("content-type",
                                                             "application/json"))
@@ -351,6 +404,6 @@ def _tokenizer_source(model: ModelSource) -> str | None:
 
 
 def _session_key(request: Request, payload: Mapping[str, Any]) -> str | None:
-    key = request.headers.get("x-session-id") or payload.get("prompt_cache_key") \
-        or payload.get("user")
+    key = id_header(request.headers.get("x-session-id"), "x-session-id") \
+        or payload.get("prompt_cache_key") or payload.get("user")
     return str(key) if key else None

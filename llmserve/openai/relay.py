@@ -81,12 +81,16 @@ class Relay:
 
 
 async def read_whole(upstream: UpstreamResponse, outcome: Outcome,
-                     receive: Receive) -> bytes | None:
-    """Read a non-streamed answer; None when the client left first (upstream closed)."""
+                     leaving: asyncio.Future[None]) -> bytes | None:
+    """Read a non-streamed answer; None when the client left first (upstream closed).
+
+    ``leaving`` is the caller's disconnect watcher (``wait_disconnect``), started when
+    the request was read: vLLM sends a non-streamed answer's headers only when it is
+    done, so the client may leave long before them."""
     reading = asyncio.ensure_future(upstream.read())
-    leaving = asyncio.ensure_future(wait_disconnect(receive))
     try:
-        done, _ = await asyncio.wait({reading, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {reading, leaving}
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if reading not in done:
             outcome.disconnected = True
             upstream.close()
@@ -99,8 +103,7 @@ async def read_whole(upstream: UpstreamResponse, outcome: Outcome,
         upstream.close()
         raise BadGateway(f"engine connection failed: {exc}") from exc
     finally:
-        for task in (reading, leaving):
-            task.cancel()
+        reading.cancel()
     outcome.first_chunk()
     outcome.status = upstream.status
     if upstream.status == 200 and b'"usage"' in body:
