@@ -51,6 +51,7 @@ from llmserve.openai.request_checks import (
     parse_json_body,
     refuse_request_chat_template,
 )
+from llmserve.openai.workers import PendingWorkers, WorkerWatch
 from routing import RouteRequest
 from routing.policy import needs_prompt
 
@@ -130,7 +131,8 @@ class ModelSource:
 
 class OpenAiIngress:
     async def __init__(self, models: Sequence[ModelSource],  # type: ignore[misc]
-                       settings: IngressSettings | None = None) -> None:
+                       settings: IngressSettings | None = None,
+                       pending_workers: PendingWorkers | None = None) -> None:
         self.settings = settings or IngressSettings()
         self.sources = {m.model_id: m for m in models}
         self.pools: dict[str, ModelPool] = {
@@ -148,6 +150,9 @@ class OpenAiIngress:
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics()
+        self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
+                                   self._take_in_worker)
+        self.workers.start()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
             ("GET", "/v1/models"): self._list_models,
@@ -225,6 +230,10 @@ class OpenAiIngress:
             model = next(iter(self.pools))
         if not isinstance(model, str) or not model:
             raise InvalidRequest("you must provide a model parameter", param="model")
+        if model not in self.pools and self.workers.not_ready:
+            raise EngineUnavailable(
+                f"the model `{model}` is not served yet: workers "
+                f"{', '.join(self.workers.not_ready)} are not up yet", retry_after_s=5.0)
         if model not in self.pools:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
@@ -343,10 +352,31 @@ class OpenAiIngress:
     async def _health(self, request: Request, request_id: str) -> Response:
         down = [m for m, pool in self.pools.items()
                 if not any(e.ready for e in pool.endpoints.values())]
-        if down:
-            return JSONResponse({"status": "unavailable", "models_down": down},
+        workers = self.workers.report()
+        if not self.pools and "workers_not_ready" in workers:
+            return JSONResponse({"status": "starting", **workers}, status_code=503)
+        if down or not self.pools:
+            return JSONResponse({"status": "unavailable", "models_down": down, **workers},
                                 status_code=503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", **workers})
+
+    def _take_in_worker(self, model_id: str, url: str) -> None:
+        """A worker given by URL answered: serve its model from it too."""
+        pool = self.pools.get(model_id)
+        if pool is not None:
+            pool.add_url(url)
+            return
+        pending = self.workers.pending
+        source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
+                             urls=(url,))
+        pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
+        self.sources[model_id] = source
+        self.pools[model_id] = pool
+        if needs_prompt(pool.policy):
+            renderer = PromptRenderer(model_id, _tokenizer_source(source),
+                                      self.directory.client)
+            renderer.start_loading()
+            self.prompts[model_id] = renderer
 
     async def _metrics(self, request: Request, request_id: str) -> Response:
         for model, pool in self.pools.items():
@@ -384,6 +414,9 @@ class OpenAiIngress:
 
     async def _close(self) -> None:
         self._report_task.cancel()
+        await self.workers.close()
+        for renderer in self.prompts.values():
+            renderer.close()
         await self.directory.close()
         await self.relay.close()
 

@@ -88,6 +88,13 @@ class ModelPool:
             endpoint.failures += 1
         notify_finished(self.policy, request, endpoint.key)
 
+    def add_url(self, url: str) -> None:
+        """A worker given by URL that came up after the gateway started."""
+        url = url.rstrip("/")
+        if url not in self.endpoints:
+            self.endpoints[url] = Endpoint(url, url)
+            notify_replicas_changed(self.policy, list(self.endpoints))
+
     def mark_unreachable(self, endpoint: Endpoint) -> None:
         """A connection to it failed: stop routing there until its stats answer again."""
         endpoint.ready = False
@@ -156,9 +163,10 @@ class EngineDirectory:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def refresh(self) -> None:
-        for pool in self.pools.values():
+        pools = list(self.pools.values())  # a pool may be added meanwhile (late workers)
+        for pool in pools:
             await pool.refresh_members()
-        await asyncio.gather(*(p.refresh_stats(self.client) for p in self.pools.values()))
+        await asyncio.gather(*(p.refresh_stats(self.client) for p in pools))
 
     async def refresh_pool(self, pool: ModelPool) -> None:
         await pool.refresh_members()
