@@ -350,8 +350,7 @@ class OpenAiIngress:
                 "owned_by": "llmserve", "root": source.source or model_id, "parent": None}
 
     async def _health(self, request: Request, request_id: str) -> Response:
-        down = [m for m, pool in self.pools.items()
-                if not any(e.ready for e in pool.endpoints.values())]
+        down = [m for m, pool in self.pools.items() if pool.is_down]
         workers = self.workers.report()
         if not self.pools and "workers_not_ready" in workers:
             return JSONResponse({"status": "starting", **workers}, status_code=503)

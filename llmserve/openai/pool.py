@@ -19,6 +19,7 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+from llmserve.openai.breaker import is_failing, should_eject
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.policy import (
     notify_finished,
@@ -42,6 +43,7 @@ class Endpoint:
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
+    consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
 
     def candidate(self) -> Candidate:
         stats = self.stats.as_mapping()
@@ -96,8 +98,30 @@ class ModelPool:
             notify_replicas_changed(self.policy, list(self.endpoints))
 
     def mark_unreachable(self, endpoint: Endpoint) -> None:
-        """A connection to it failed: stop routing there until its stats answer again."""
-        endpoint.ready = False
+        """A connection to it failed."""
+        self.note_failure(endpoint, "connect failed")
+
+    def note_failure(self, endpoint: Endpoint, reason: str) -> None:
+        """Eject it after several failures in a row, unless it is the last one routable."""
+        endpoint.consecutive_failures += 1
+        others = sum(1 for e in self.endpoints.values() if e.ready and e is not endpoint)
+        if endpoint.ready and should_eject(endpoint.consecutive_failures, others):
+            endpoint.ready = False
+            log.warning("engine %s for %r: %d failures in a row (%s); no traffic until it "
+                        "answers a probe", endpoint.url, self.model_id,
+                        endpoint.consecutive_failures, reason)
+
+    def note_success(self, endpoint: Endpoint) -> None:
+        if not endpoint.ready:
+            log.info("engine %s for %r answers again", endpoint.url, self.model_id)
+        endpoint.consecutive_failures = 0
+        endpoint.ready = True
+
+    @property
+    def is_down(self) -> bool:
+        """No engine to serve from: none routable, or every one failing."""
+        return all(not e.ready or is_failing(e.consecutive_failures)
+                   for e in self.endpoints.values())
 
     def membership_changed(self) -> bool:
         """The deployment's running replicas differ from the engines we know (cheap)."""
@@ -142,12 +166,9 @@ class ModelPool:
             response.raise_for_status()
             endpoint.stats = self.engine.parse_stats(response.text)
             endpoint.stats_at_s = time.monotonic()
-            endpoint.ready = True
+            self.note_success(endpoint)
         except (httpx.HTTPError, ValueError) as exc:
-            if endpoint.ready:
-                log.warning("engine %s for %r is not answering: %r", endpoint.url,
-                            self.model_id, exc)
-            endpoint.ready = False
+            self.note_failure(endpoint, f"stats: {exc!r}")
 
 
 class EngineDirectory:
