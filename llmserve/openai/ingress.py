@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
 from llmserve.openai.auth import ApiKeys, bearer_token
+from llmserve.openai.background import keep_running
 from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
@@ -393,11 +394,12 @@ class OpenAiIngress:
         """Tell each LLMServer deployment's autoscaler how many requests its engines serve."""
         from llmserve.serve.handle import report_ongoing
 
-        while True:
+        async def report() -> None:
             for pool in self.pools.values():
                 if pool.handle is not None:
                     report_ongoing(pool.handle, pool.in_flight)
-            await asyncio.sleep(0.1)
+
+        await keep_running("load report", report, 0.1)
 
     def __del__(self) -> Any:
         """The replica's shutdown hook (the runtime awaits the coroutine), once: when the

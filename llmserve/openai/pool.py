@@ -19,6 +19,7 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.policy import (
@@ -194,12 +195,7 @@ class EngineDirectory:
         await pool.refresh_stats(self.client)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("engine directory refresh failed")
-            await asyncio.sleep(self.refresh_s)
+        await keep_running("engine directory refresh", self.refresh, self.refresh_s)
 
     async def close(self) -> None:
         if self._task is not None:

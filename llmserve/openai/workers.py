@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from llmserve.openai.background import keep_running
+
 log = logging.getLogger("llmserve.openai")
 
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
@@ -74,14 +76,17 @@ class WorkerWatch:
             self._task.cancel()
 
     async def _run(self) -> None:
-        while self.not_ready:
-            try:
-                await asyncio.gather(*(self._try(url) for url in list(self.not_ready)))
-                if time.monotonic() >= self._deadline_s:
-                    self._give_up()
-            except Exception:  # keep watching: a bug here must not stop the others
-                log.exception("watching workers that are not up yet failed")
-            await asyncio.sleep(POLL_S)
+        watching = asyncio.ensure_future(keep_running("watching workers", self._poll, POLL_S))
+        try:
+            while self.not_ready:
+                await asyncio.sleep(POLL_S)
+        finally:
+            watching.cancel()
+
+    async def _poll(self) -> None:
+        await asyncio.gather(*(self._try(url) for url in list(self.not_ready)))
+        if time.monotonic() >= self._deadline_s:
+            self._give_up()
 
     async def _try(self, url: str) -> None:
         try:
