@@ -18,9 +18,10 @@ from llmserve.serve.exceptions import ConfigError
 
 def _run(args: argparse.Namespace) -> int:
     from llmserve import serve
-    from llmserve.config_file import build_application, load_config_file
+    from llmserve.config_file import apply_logging_config, build_application, load_config_file
 
     config = load_config_file(args.config)
+    apply_logging_config(config)
     if args.address:
         if args.runtime != "ray":
             raise ConfigError("--address needs --runtime ray")
