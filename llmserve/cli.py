@@ -88,7 +88,12 @@ def _serve(args: argparse.Namespace) -> int:
             config["routing_config"] = routing
         app_args["llm_configs"] = [LLMConfig.model_validate(config)]
     if args.api_key:
+        print("llmserve: warning: --api-key is visible to every local user in `ps`; prefer "
+              "--api-key-file or the LLMSERVE_API_KEYS environment variable",
+              file=sys.stderr, flush=True)
         app_args["api_keys"] = args.api_key
+    if args.api_key_file:
+        app_args["api_keys_file"] = args.api_key_file
     print(f"llmserve: starting ({args.engine} engine) ...", flush=True)
     serve.run(build_openai_app(app_args), host=args.host, port=args.port)
     url = serve.http_url()
@@ -114,7 +119,8 @@ def _routing_config(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _snippet(url: str, args: argparse.Namespace) -> str:
-    key = args.api_key[0] if args.api_key else "none"
+    key = "YOUR_API_KEY" if args.api_key or args.api_key_file or \
+        os.environ.get("LLMSERVE_API_KEYS") else "none"
     model = args.model_id or (Path(args.model).name if args.model else "MODEL")
     return (
         "\n# OpenAI SDK:\n"
@@ -187,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", action="append", default=[],
-                     help="accepted API key (repeatable); none = no auth")
+                     help="accepted API key (repeatable; visible in `ps`: prefer "
+                          "--api-key-file or LLMSERVE_API_KEYS); none = no auth")
+    srv.add_argument("--api-key-file", metavar="PATH",
+                     help="file with the accepted API keys, one a line")
     srv.add_argument("--routing", help="routing policy name (see routing/)")
     srv.add_argument("--routing-config", metavar="JSON",
                      help='full routing_config, e.g. \'{"policy": "prefix_aware", '

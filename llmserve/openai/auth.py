@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from pathlib import Path
+
+from llmserve.serve.exceptions import ConfigError
 
 
 def key_digest(key: bytes) -> bytes:
@@ -41,3 +44,15 @@ def bearer_token(header: str) -> bytes | None:
     token = token.strip()
     # Starlette decodes header bytes as latin-1: encoding back gives the original bytes.
     return token.encode("latin-1") if token else None
+
+
+def keys_from_file(path: str | Path) -> list[str]:
+    """One key per line; blank lines and ``#`` comments skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read API keys file {path}: {exc.strerror}") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise ConfigError(f"API keys file {path} holds no key")
+    return keys

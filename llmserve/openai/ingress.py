@@ -90,6 +90,7 @@ async def until_left(work: Awaitable[T], leaving: asyncio.Future[None]) -> T:
 @dataclass(frozen=True)
 class IngressSettings:
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
+    admin_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))  # for /metrics
     max_request_body_bytes: int = 32 * 1024 * 1024
     request_timeout_s: float | None = 600.0
     stats_refresh_s: float = 0.5
@@ -100,6 +101,7 @@ class IngressSettings:
         keys = value.get("api_keys") or ()
         return cls(
             api_keys=ApiKeys([keys] if isinstance(keys, str) else keys),
+            admin_keys=ApiKeys([value["admin_key"]] if value.get("admin_key") else []),
             max_request_body_bytes=int(value.get("max_request_body_bytes",
                                                  cls.max_request_body_bytes)),
             request_timeout_s=value.get("request_timeout_s", cls.request_timeout_s),
@@ -379,6 +381,10 @@ class OpenAiIngress:
             self.prompts[model_id] = renderer
 
     async def _metrics(self, request: Request, request_id: str) -> Response:
+        admin = self.settings.admin_keys
+        token = bearer_token(request.headers.get("authorization", ""))
+        if admin and (token is None or admin.match(token) is None):
+            raise Unauthorized("/metrics needs the admin key")
         for model, pool in self.pools.items():
             self.metrics.in_flight.labels(model).set(pool.in_flight)
             for endpoint in pool.endpoints.values():

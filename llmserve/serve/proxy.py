@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from llmserve.serve.admin import admin_key_digest, bearer_matches
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.control_plane import ControlPlane
 from llmserve.serve.exceptions import (
@@ -37,6 +38,7 @@ _ids = itertools.count()
 class HttpProxy:
     def __init__(self, controller: ControlPlane) -> None:
         self.controller = controller
+        self.admin_digest = admin_key_digest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -47,6 +49,10 @@ class HttpProxy:
         path: str = scope["path"]
         if path == "/-/healthz":
             await _send_text(send, 200, "success")
+            return
+        if path in ("/-/routes", "/-/status") and self.admin_digest is not None \
+                and not bearer_matches(self.admin_digest, scope["headers"]):
+            await _send_error(send, 401, f"{path} needs the admin key", "invalid_api_key")
             return
         if path == "/-/routes":
             await _send_json(send, 200, self.controller.routes())
