@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from llmserve.llm.config import LLMConfig
-from llmserve.llm.server import LLMServer
+from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
 from llmserve.openai.auth import keys_from_file
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.openai.workers import (
@@ -35,7 +35,8 @@ def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
                          *, name_prefix: str = "LLMServer:") -> Application:
     """One `LLMServer` deployment for one model (its replicas each run an engine)."""
     config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
-    options = {"health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 60.0,
+    options = {"health_check_period_s": 5.0,
+               "graceful_shutdown_timeout_s": DEFAULT_GRACEFUL_SHUTDOWN_S,
                **config.deployment_config}
     if config.placement_group_config or config.accelerator_type:
         actor_options = dict(options.get("ray_actor_options") or {})

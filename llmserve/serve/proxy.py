@@ -39,6 +39,7 @@ class HttpProxy:
     def __init__(self, controller: ControlPlane) -> None:
         self.controller = controller
         self.admin_digest = admin_key_digest()
+        self.draining = False  # shutting down: fail health checks, refuse new requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -48,7 +49,8 @@ class HttpProxy:
             return
         path: str = scope["path"]
         if path == "/-/healthz":
-            await _send_text(send, 200, "success")
+            await _send_text(send, 503 if self.draining else 200,
+                             "draining" if self.draining else "success")
             return
         if path in ("/-/routes", "/-/status") and self.admin_digest is not None \
                 and not bearer_matches(self.admin_digest, scope["headers"]):
@@ -60,6 +62,10 @@ class HttpProxy:
         if path == "/-/status":
             status = await self.controller.fetch_status(_own_url(scope))
             await _send_json(send, 200, status_to_json(status))
+            return
+        if self.draining and not path.startswith("/-/"):
+            await _send_error(send, 503, "the server is shutting down; retry on another",
+                              "unavailable", retry_after_s=1.0)
             return
         match = self._match(path)
         if match is None:
