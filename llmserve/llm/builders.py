@@ -11,8 +11,8 @@ import httpx
 
 from llmserve.llm.config import LLMConfig
 from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
-from llmserve.openai.auth import keys_from_file
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
+from llmserve.openai.key_policy import policies_from_file
 from llmserve.openai.workers import (
     DEFAULT_STARTUP_TIMEOUT_S,
     PendingWorkers,
@@ -25,7 +25,7 @@ from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to_options
 
 KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_file",
-              "max_request_body_bytes",
+              "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
               "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
@@ -98,13 +98,15 @@ def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def _settings(args: Mapping[str, Any]) -> IngressSettings:
     values = {k: args[k] for k in ("api_keys", "max_request_body_bytes", "request_timeout_s",
-                                   "stats_refresh_s", "max_ongoing_requests_per_model")
+                                   "stats_refresh_s", "max_ongoing_requests_per_model",
+                                   "body_read_timeout_s", "max_request_header_bytes")
               if k in args}
     if "api_keys_file" in args:
         if "api_keys" in args:
             raise ConfigError("build_openai_app: give api_keys or api_keys_file, not both")
-        values["api_keys"] = keys_from_file(args["api_keys_file"])
-    if "api_keys" not in values and os.environ.get(API_KEYS_ENV):
+        values["api_key_policies"] = policies_from_file(args["api_keys_file"])
+    if "api_keys" not in values and "api_key_policies" not in values \
+            and os.environ.get(API_KEYS_ENV):
         values["api_keys"] = [k for k in os.environ[API_KEYS_ENV].split(",") if k]
     if os.environ.get(ADMIN_KEY_ENV):
         values["admin_key"] = os.environ[ADMIN_KEY_ENV]

@@ -29,16 +29,20 @@ from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
     InvalidRequest,
+    ModelNotAllowed,
     ModelNotFound,
     NotFound,
     OpenAIError,
+    RequestTimeout,
     TooManyRequests,
     Unauthorized,
     error_response,
 )
+from llmserve.openai.key_policy import KeyPolicy
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
+from llmserve.openai.rate_limit import RateLimiter
 from llmserve.openai.relay import (
     EngineConnectError,
     Outcome,
@@ -48,6 +52,7 @@ from llmserve.openai.relay import (
     wait_disconnect,
 )
 from llmserve.openai.request_checks import (
+    check_header_size,
     id_header,
     parse_json_body,
     refuse_request_chat_template,
@@ -89,8 +94,10 @@ async def until_left(work: Awaitable[T], leaving: asyncio.Future[None]) -> T:
 
 @dataclass(frozen=True)
 class IngressSettings:
-    api_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))
-    admin_keys: ApiKeys = field(default_factory=lambda: ApiKeys(()))  # for /metrics
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
+    admin_keys: ApiKeys = field(default_factory=ApiKeys)  # for /metrics
+    body_read_timeout_s: float = 30.0  # the longest wait for the next piece of a body
+    max_request_header_bytes: int = 64 * 1024
     max_request_body_bytes: int = 32 * 1024 * 1024
     request_timeout_s: float | None = 600.0
     stats_refresh_s: float = 0.5
@@ -100,8 +107,13 @@ class IngressSettings:
     def from_mapping(cls, value: Mapping[str, Any]) -> IngressSettings:
         keys = value.get("api_keys") or ()
         return cls(
-            api_keys=ApiKeys([keys] if isinstance(keys, str) else keys),
-            admin_keys=ApiKeys([value["admin_key"]] if value.get("admin_key") else []),
+            api_keys=ApiKeys(value["api_key_policies"]) if "api_key_policies" in value
+            else ApiKeys.plain([keys] if isinstance(keys, str) else keys),
+            admin_keys=ApiKeys.plain([value["admin_key"]] if value.get("admin_key") else []),
+            body_read_timeout_s=float(value.get("body_read_timeout_s",
+                                                cls.body_read_timeout_s)),
+            max_request_header_bytes=int(value.get("max_request_header_bytes",
+                                                   cls.max_request_header_bytes)),
             max_request_body_bytes=int(value.get("max_request_body_bytes",
                                                  cls.max_request_body_bytes)),
             request_timeout_s=value.get("request_timeout_s", cls.request_timeout_s),
@@ -153,6 +165,7 @@ class OpenAiIngress:
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics()
+        self.limiter = RateLimiter()
         self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
                                    self._take_in_worker)
         self.workers.start()
@@ -167,6 +180,7 @@ class OpenAiIngress:
         request_id = uuid.uuid4().hex
         path = request.url.path
         try:
+            check_header_size(request.headers.raw, self.settings.max_request_header_bytes)
             request_id = id_header(request.headers.get("x-request-id"),
                                    "x-request-id") or request_id
             handler = self._routes.get((request.method, path))
@@ -180,8 +194,8 @@ class OpenAiIngress:
             elif path in FORWARDED:
                 if request.method != "POST":
                     raise NotFound(f"{request.method} {path} is not supported; use POST")
-                self._authenticate(request)
-                response = await self._forward(request, path, request_id)
+                key = self._authenticate(request)
+                response = await self._forward(request, path, request_id, key)
             else:
                 raise NotFound(f"no route for {request.method} {path}")
         except OpenAIError as exc:
@@ -196,16 +210,18 @@ class OpenAiIngress:
         return response
 
     # ---- checks ----------------------------------------------------------------------
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request) -> KeyPolicy | None:
         keys = self.settings.api_keys
         if not keys:
-            return
+            return None
         token = bearer_token(request.headers.get("authorization", ""))
         if token is None:
             raise Unauthorized("You didn't provide an API key. Provide it in the "
                                "Authorization header as 'Bearer YOUR_KEY'.")
-        if keys.match(token) is None:
+        policy = keys.match(token)
+        if policy is None:
             raise Unauthorized("Incorrect API key provided.")
+        return policy
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_body_bytes
@@ -215,7 +231,16 @@ class OpenAiIngress:
                                f"{limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        pieces = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(pieces.__anext__(),
+                                               self.settings.body_read_timeout_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within "
+                                     f"{self.settings.body_read_timeout_s:g} s") from None
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
@@ -244,9 +269,15 @@ class OpenAiIngress:
         return payload, model
 
     # ---- forwarding ------------------------------------------------------------------
-    async def _forward(self, request: Request, path: str, request_id: str) -> Response:
+    async def _forward(self, request: Request, path: str, request_id: str,
+                       key: KeyPolicy | None) -> Response:
         body = await self._read_body(request)
         payload, model = await self._parse(body, path)
+        if key is not None:
+            if not key.allows(model):
+                raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`",
+                                      param="model")
+            self.limiter.admit(key)
         pool = self.pools[model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
@@ -259,7 +290,8 @@ class OpenAiIngress:
             await self.directory.refresh_pool(pool)
         leaving = asyncio.ensure_future(wait_disconnect(request.receive))
         try:
-            return await self._relay(request, path, request_id, payload, body, pool, leaving)
+            return await self._relay(request, path, request_id, payload, body, pool, leaving,
+                                     key)
         except ClientLeft:
             log.info("request %s: the client left before the answer; engine request aborted",
                      request_id)
@@ -269,7 +301,7 @@ class OpenAiIngress:
 
     async def _relay(self, request: Request, path: str, request_id: str,
                      payload: dict[str, Any], body: bytes, pool: ModelPool,
-                     leaving: asyncio.Future[None]) -> Response:
+                     leaving: asyncio.Future[None], key: KeyPolicy | None) -> Response:
         model = pool.model_id
         route = await until_left(
             self._route_request(request_id, path, payload, request, pool), leaving)
@@ -287,6 +319,8 @@ class OpenAiIngress:
             def done(result: Outcome, endpoint: Any = endpoint) -> None:
                 pool.finish(endpoint, route, failed=result.error is not None)
                 self.metrics.record(model, path, result, time.monotonic())
+                if key is not None and result.usage:
+                    self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
 
             try:
                 upstream = await until_left(
