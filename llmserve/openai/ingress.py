@@ -40,6 +40,7 @@ from llmserve.openai.errors import (
 )
 from llmserve.openai.key_policy import KeyPolicy
 from llmserve.openai.metrics import IngressMetrics
+from llmserve.openai.openapi import openapi_document
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
 from llmserve.openai.rate_limit import RateLimiter
@@ -174,6 +175,7 @@ class OpenAiIngress:
             ("GET", "/v1/models"): self._list_models,
             ("GET", "/health"): self._health,
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/openapi.json"): self._openapi,
         }
 
     async def __call__(self, request: Request) -> Response:
@@ -413,6 +415,9 @@ class OpenAiIngress:
                                       self.directory.client)
             renderer.start_loading()
             self.prompts[model_id] = renderer
+
+    async def _openapi(self, request: Request, request_id: str) -> Response:
+        return JSONResponse(openapi_document(list(self.pools)))
 
     async def _metrics(self, request: Request, request_id: str) -> Response:
         admin = self.settings.admin_keys
