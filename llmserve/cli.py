@@ -71,7 +71,9 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError("llmserve serve needs --model PATH (or --worker-urls URL ...)")
         engine_kwargs = _engine_kwargs(args.engine_arg)
         if args.engine == "vllm":
-            engine_kwargs = {"enforce_eager": True, **engine_kwargs}
+            from engines.vllm.engine import default_cli_kwargs
+
+            engine_kwargs = {**default_cli_kwargs(), **engine_kwargs}
         config: dict[str, Any] = {
             "model_loading_config": {"model_id": args.model_id or Path(args.model).name,
                                      "model_source": args.model},
