@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmserve.serve.exceptions import ConfigError
+from llmserve.serve.exceptions import ConfigError, DeployFailedError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -243,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValidationError) as exc:
         print(f"llmserve: configuration error: {exc}", file=sys.stderr)
         return 2
+    except DeployFailedError as exc:  # the replica's log above holds the details
+        print(f"llmserve: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 from llmserve.serve.asgi import bind_class_routes
 from llmserve.serve.deployment import Application, replace_applications
 from llmserve.serve.deployment_state import DeploymentState, DesiredDeployment
-from llmserve.serve.exceptions import ConfigError, DeploymentUnavailableError
+from llmserve.serve.exceptions import ConfigError, DeployFailedError, DeploymentUnavailableError
 from llmserve.serve.handle import DeploymentHandle
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import ReplicaRef, Runtime
@@ -141,7 +141,7 @@ class Controller:
             if failed:
                 message = failed[0].last_error
                 await self.delete_app(app_name)
-                raise RuntimeError(f"deploying {app_name!r} failed: {message}")
+                raise DeployFailedError(f"deploying {app_name!r} failed: {message}")
             if all(s.is_settled() for s in states):
                 return
             await asyncio.sleep(0.01)
