@@ -18,7 +18,12 @@ from llmserve.serve.exceptions import ConfigError, DeployFailedError, Deployment
 from llmserve.serve.handle import DeploymentHandle
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import ReplicaRef, Runtime
-from llmserve.serve.status import ApplicationStatus, DeploymentStatusCode, ServeStatus
+from llmserve.serve.status import (
+    ApplicationStatus,
+    ApplicationStatusCode,
+    DeploymentStatusCode,
+    ServeStatus,
+)
 
 log = logging.getLogger("llmserve.serve")
 
@@ -196,13 +201,7 @@ class Controller:
     def app_status(self, name: str) -> ApplicationStatus:
         record = self.apps[name]
         deployments = {d: self.deployments[(name, d)].status() for d in record.deployments}
-        codes = {s.status for s in deployments.values()}
-        overall = DeploymentStatusCode.HEALTHY
-        for code in (DeploymentStatusCode.DEPLOY_FAILED, DeploymentStatusCode.UNHEALTHY,
-                     DeploymentStatusCode.UPDATING):
-            if code in codes:
-                overall = code
-                break
+        overall = ApplicationStatusCode.of({s.status for s in deployments.values()})
         return ApplicationStatus(name, record.route_prefix, overall, record.ingress, deployments)
 
 
