@@ -100,6 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.worker_urls:
         app_args["worker_urls"] = args.worker_urls
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
+        if args.worker_startup_timeout_secs is not None:
+            app_args["worker_startup_timeout_s"] = args.worker_startup_timeout_secs
         if args.model:  # the engines' files: route on their tokenizer's token ids
             routing = {"tokenizer_source": args.model, **(routing or {})}
         if routing:
@@ -107,6 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise ConfigError("llmserve serve needs --model PATH (or --worker-urls URL ...)")
+        if args.worker_startup_timeout_secs is not None:
+            raise ConfigError("--worker-startup-timeout-secs needs --worker-urls")
         engine_kwargs = _engine_kwargs(args.engine_arg)
         if args.engine == "vllm":
             from engines.vllm.engine import default_cli_kwargs
@@ -237,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help='full routing_config, e.g. \'{"policy": "prefix_aware", '
                           '"balance_abs_threshold": 64}\' (--routing overrides its policy)')
     srv.add_argument("--worker-urls", nargs="+", default=[],
-                     help="front engine servers that already run instead of launching any")
+                     help="front engine servers instead of launching any; those not up yet "
+                          "are taken in when they answer")
+    srv.add_argument("--worker-startup-timeout-secs", type=float, default=None,
+                     help="with --worker-urls: how long to wait for a worker to come up "
+                          "before reporting it failed on /health (default 600)")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
     srv.set_defaults(handler=_serve)

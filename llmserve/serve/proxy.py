@@ -75,12 +75,13 @@ class HttpProxy:
         request_id = session = model_id = ""
         for name, value in scope["headers"]:
             if name in _ROUTING_HEADERS:
+                # latin-1 decodes any bytes (as Starlette does); the app judges the value
                 if name == b"x-request-id":
-                    request_id = value.decode()
+                    request_id = value.decode("latin-1")
                 elif name == b"x-session-id":
-                    session = value.decode()
+                    session = value.decode("latin-1")
                 else:
-                    model_id = value.decode()
+                    model_id = value.decode("latin-1")
         request_id = request_id or f"{_ID_PREFIX}{next(_ids)}"
         meta = RequestMetadata(request_id, "__call__", model_id, False, session or None)
         request = RouteRequest(request_id, model_id, meta.session_key)
