@@ -371,7 +371,7 @@ class OpenAiIngress:
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
         self.sources[model_id] = source
         self.pools[model_id] = pool
-        if needs_prompt(pool.policy):
+        if pool.policy.needs_prompt:
             renderer = PromptRenderer(model_id, _tokenizer_source(source),
                                       self.directory.client)
             renderer.start_loading()

@@ -95,7 +95,7 @@ class ModelPool:
         url = url.rstrip("/")
         if url not in self.endpoints:
             self.endpoints[url] = Endpoint(url, url)
-            notify_replicas_changed(self.policy, list(self.endpoints))
+            self.dispatcher.set_replicas(list(self.endpoints))
 
     def mark_unreachable(self, endpoint: Endpoint) -> None:
         """A connection to it failed."""
