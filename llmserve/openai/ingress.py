@@ -60,7 +60,6 @@ from llmserve.openai.request_checks import (
 )
 from llmserve.openai.workers import PendingWorkers, WorkerWatch
 from routing import RouteRequest
-from routing.policy import needs_prompt
 
 log = logging.getLogger("llmserve.openai")
 
@@ -161,7 +160,7 @@ class OpenAiIngress:
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
         self.prompts: dict[str, PromptRenderer] = {
             m.model_id: PromptRenderer(m.model_id, _tokenizer_source(m), self.directory.client)
-            for m in models if needs_prompt(self.pools[m.model_id].policy)
+            for m in models if self.pools[m.model_id].policy.needs_prompt
         }
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
@@ -410,7 +409,7 @@ class OpenAiIngress:
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
         self.sources[model_id] = source
         self.pools[model_id] = pool
-        if needs_prompt(pool.policy):
+        if pool.policy.needs_prompt:
             renderer = PromptRenderer(model_id, _tokenizer_source(source),
                                       self.directory.client)
             renderer.start_loading()

@@ -43,7 +43,7 @@ def test_request_supplied_chat_template_is_refused_before_rendering(
         started = time.monotonic()
         health = httpx.get(f"{gateway.url}/health", timeout=5)
         assert health.status_code == 200
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # rendering it would hold the loop ~27 s
         response = answer.result()
     assert_error(response, 400)
     assert "chat_template" in response.json()["error"]["message"]
