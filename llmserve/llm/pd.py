@@ -80,13 +80,17 @@ def worker_source(args: Mapping[str, Any]) -> ModelSource:
         raise ConfigError("give prefill_config/decode_config or prefill_worker_urls/"
                           "decode_worker_urls, not both")
     engine = str(args.get("worker_engine", "vllm"))
-    sources = {}
+    sources: dict[str, ModelSource] = {}
     for role, default in (("prefill", {"policy": "prefix_aware"}),
                           ("decode", DECODE_DEFAULT_ROUTING)):
         urls = list(args.get(f"{role}_worker_urls") or [])
         if not urls:
             raise ConfigError(f"build_pd_openai_app needs {role}_worker_urls too")
-        found = discover_workers(urls, engine, args.get(f"{role}_routing_config") or default)
+        found, pending = discover_workers(urls, engine,
+                                          args.get(f"{role}_routing_config") or default)
+        if pending.urls:
+            raise ConfigError(f"{role}_worker_urls do not answer /v1/models: "
+                              f"{list(pending.urls)}")
         if len(found) != 1:
             raise ConfigError(f"{role}_worker_urls must serve exactly one model; they serve "
                               f"{sorted(s.model_id for s in found)}")

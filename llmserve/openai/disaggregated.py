@@ -9,16 +9,16 @@ counting the prompt once) is what the client gets. See docs/pd.md.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 
 from llmserve.openai.errors import (
@@ -43,6 +43,7 @@ from routing import RouteRequest
 
 log = logging.getLogger("llmserve.openai")
 
+CLIENT_CLOSED = 499
 SPLIT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 PREFILL_PARAMS: dict[str, Any] = {
     "do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
@@ -108,8 +109,11 @@ class DisaggregatedFlow:
     def model_id(self) -> str:
         return self.decode.model_id
 
-    async def forward(self, request: Request, path: str, payload: dict[str, Any],
-                      request_id: str, route: RouteRequest) -> Response:
+    async def forward(self, path: str, payload: dict[str, Any], request_id: str,
+                      route: RouteRequest, leaving: asyncio.Future[None],
+                      charge: Callable[[Outcome], None]) -> Response:
+        """The client's response. ``leaving`` completes when the client disconnects;
+        ``charge`` gets the decode outcome (usage) for per-key token limits."""
         model = self.model_id
         try:
             check_splittable(payload)
@@ -123,11 +127,11 @@ class DisaggregatedFlow:
         self.in_flight += 1
         finished = False
         try:
-            prefill = await self._prefill(request, path, payload, request_id, route)
+            prefill = await self._prefill(path, payload, request_id, route, leaving)
             if isinstance(prefill, Response):
                 return prefill
-            response = await self._decode(request, path, payload, request_id, route, prefill,
-                                          started_s)
+            response = await self._decode(path, payload, request_id, route, prefill,
+                                          started_s, leaving, charge)
             finished = not isinstance(response, RelayedStream)  # a stream ends later
             return response
         except BaseException:
@@ -138,8 +142,9 @@ class DisaggregatedFlow:
                 self.in_flight -= 1
 
     # ---- prefill ---------------------------------------------------------------------
-    async def _prefill(self, request: Request, path: str, payload: Mapping[str, Any],
-                       request_id: str, route: RouteRequest) -> PrefillResult | Response:
+    async def _prefill(self, path: str, payload: Mapping[str, Any], request_id: str,
+                       route: RouteRequest,
+                       leaving: asyncio.Future[None]) -> PrefillResult | Response:
         """The prefill answer's KV location, or the response to give the client instead
         (the prefill replica's own error, or 499 when the client left)."""
         model, pool = self.model_id, self.prefill
@@ -165,7 +170,7 @@ class DisaggregatedFlow:
                 self.pd_metrics.requests.labels(model, "prefill_error").inc()
                 raise
             try:
-                content = await read_whole(upstream, outcome, request.receive)
+                content = await read_whole(upstream, outcome, leaving)
             except OpenAIError:
                 pool.finish(endpoint, route, failed=True)
                 self.pd_metrics.requests.labels(model, "prefill_error").inc()
@@ -174,7 +179,7 @@ class DisaggregatedFlow:
             pool.finish(endpoint, route, failed=content is None or upstream.status != 200)
             if content is None:
                 self.pd_metrics.requests.labels(model, "client_left").inc()
-                return Response(status_code=499)
+                return Response(status_code=CLIENT_CLOSED)
             if upstream.status != 200:
                 self.pd_metrics.requests.labels(model, "prefill_error").inc()
                 return _relayed(content, upstream)
@@ -199,9 +204,10 @@ class DisaggregatedFlow:
         return params
 
     # ---- decode ----------------------------------------------------------------------
-    async def _decode(self, request: Request, path: str, payload: Mapping[str, Any],
-                      request_id: str, route: RouteRequest, prefill: PrefillResult,
-                      started_s: float) -> Response:
+    async def _decode(self, path: str, payload: Mapping[str, Any], request_id: str,
+                      route: RouteRequest, prefill: PrefillResult, started_s: float,
+                      leaving: asyncio.Future[None],
+                      charge: Callable[[Outcome], None]) -> Response:
         model, pool = self.model_id, self.decode
         body = json.dumps(decode_payload(payload, prefill.kv_transfer_params)).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
@@ -228,16 +234,17 @@ class DisaggregatedFlow:
                 pool.finish(endpoint, route, failed=True)
                 self.pd_metrics.requests.labels(model, "decode_error").inc()
                 raise
-            return await self._relay_decode(request, path, payload, endpoint, route, upstream,
-                                            outcome, prefill, started_s)
+            return await self._relay_decode(path, payload, endpoint, route, upstream, outcome,
+                                            prefill, started_s, leaving, charge)
         self.pd_metrics.requests.labels(model, "decode_error").inc()
         raise BadGateway(f"no decode replica of `{model}` could take the request after its "
                          f"prefill")
 
-    async def _relay_decode(self, request: Request, path: str, payload: Mapping[str, Any],
-                            endpoint: Endpoint, route: RouteRequest,
-                            upstream: UpstreamResponse, outcome: Outcome,
-                            prefill: PrefillResult, started_s: float) -> Response:
+    async def _relay_decode(self, path: str, payload: Mapping[str, Any], endpoint: Endpoint,
+                            route: RouteRequest, upstream: UpstreamResponse,
+                            outcome: Outcome, prefill: PrefillResult, started_s: float,
+                            leaving: asyncio.Future[None],
+                            charge: Callable[[Outcome], None]) -> Response:
         model, pool = self.model_id, self.decode
 
         def done(result: Outcome, stream: bool = False) -> None:
@@ -249,6 +256,7 @@ class DisaggregatedFlow:
             self.pd_metrics.record_decode(model, result, prefill.done_s, now_s)
             self.metrics.record(model, path, dataclasses.replace(result, started_s=started_s),
                                 now_s)
+            charge(result)
             if stream:
                 self.in_flight -= 1
 
@@ -256,14 +264,14 @@ class DisaggregatedFlow:
             return RelayedStream(upstream, {"x-request-id": route.request_id}, outcome,
                                  functools.partial(done, stream=True))
         try:
-            content = await read_whole(upstream, outcome, request.receive)
+            content = await read_whole(upstream, outcome, leaving)
         except OpenAIError as exc:
             outcome.error = exc.message
             done(outcome)
             raise
         done(outcome)
         if content is None:
-            return Response(status_code=499)
+            return Response(status_code=CLIENT_CLOSED)
         return _relayed(content, upstream)
 
     async def _choose(self, pool: ModelPool, route: RouteRequest) -> Endpoint | None:
