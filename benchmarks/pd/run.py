@@ -19,7 +19,7 @@ Times are simulated: the simulator runs at ``--time-scale`` of real time and the
 generator scales its measurements back. Outputs under ``--result-dir``: one JSON per run,
 ``summary.json``, ``summary.md`` and ``pd-goodput.png``.
 
-Run: ``.venv/bin/python -m benchmarks.pd.run --port 22100`` (about 25 minutes on 2 cores).
+Run: ``.venv/bin/python -m benchmarks.pd.run --port 22100`` (about 20 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "long": {"input_len": 6144, "input_range_ratio": 1 / 3},   # 4,096-8,192
     "mixed": {"input_len": 2048, "input_range_ratio": 0.9},    # 204-3,891
 }
-RATES = {"long": (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0),
-         "mixed": (8.0, 16.0, 24.0, 32.0, 40.0, 48.0)}
+RATES = {"long": (6.0, 10.0, 14.0, 18.0, 22.0, 26.0, 30.0),
+         "mixed": (10.0, 20.0, 30.0, 40.0, 50.0, 60.0)}
 SPLITS = ("agg", "2:6", "3:5", "4:4")
 OUTPUT_LEN = 256
 SIM_ARGS = ("--max-model-len", "16384")
@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--rates", nargs="*", type=float, default=None,
                         help="request rates (simulated req/s); default: per workload")
-    parser.add_argument("--seconds", type=float, default=8.0,
+    parser.add_argument("--seconds", type=float, default=6.0,
                         help="simulated seconds of arrivals per rate (at least 48 requests)")
     parser.add_argument("--time-scale", type=float, default=0.5)
     parser.add_argument("--tight-tpot-ms", type=float, default=20.0)
