@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from routing.decision import RoutingDecision
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -55,6 +57,7 @@ class PolicyBase:
     """
 
     needs_prompt = False
+    last_decision: RoutingDecision | None = None  # set by choose() if it explains itself
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
         raise NotImplementedError

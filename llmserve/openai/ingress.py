@@ -44,6 +44,7 @@ from llmserve.openai.relay import (
     RelayedStream,
     read_whole,
 )
+from llmserve.openai.routes import route_template
 from routing import RouteRequest
 from routing.policy import needs_prompt
 
@@ -119,7 +120,7 @@ class OpenAiIngress:
         }
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
-        self.metrics = IngressMetrics()
+        self.metrics = IngressMetrics(self.pools)
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
             ("GET", "/v1/models"): self._list_models,
@@ -128,6 +129,7 @@ class OpenAiIngress:
         }
 
     async def __call__(self, request: Request) -> Response:
+        request.state.arrival_s = time.monotonic()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         path = request.url.path
         try:
@@ -147,9 +149,13 @@ class OpenAiIngress:
             else:
                 raise NotFound(f"no route for {request.method} {path}")
         except OpenAIError as exc:
-            self.metrics.record_error("", path, exc.status_code)
+            if not getattr(request.state, "relayed", False):  # else counted when it ended
+                self.metrics.record_local(getattr(request.state, "model_name", ""),
+                                          route_template(path), exc.status_code)
             log.info("request %s: %d %s", request_id, exc.status_code, exc.message)
             return error_response(exc, request_id)
+        if not getattr(request.state, "relayed", False):
+            self.metrics.record_local("", route_template(path), response.status_code)
         response.headers["x-request-id"] = request_id
         return response
 
@@ -203,6 +209,7 @@ class OpenAiIngress:
     async def _forward(self, request: Request, path: str, request_id: str) -> Response:
         body = await self._read_body(request)
         payload, model = self._parse(body, path)
+        request.state.model_name = model
         pool = self.pools[model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
@@ -215,7 +222,8 @@ class OpenAiIngress:
             await self.directory.refresh_pool(pool)
         route = await self._route_request(request_id, path, payload, request, pool)
         headers = {"content-type": "application/json", "x-request-id": request_id}
-        outcome = Outcome()
+        outcome = Outcome(started_s=request.state.arrival_s)
+        streamed = payload.get("stream") is True
         for _ in range(max(1, len(pool.endpoints))):
             endpoint = pool.choose(route)
             if endpoint is None:
@@ -223,6 +231,7 @@ class OpenAiIngress:
                 endpoint = pool.choose(route)
             if endpoint is None:
                 break
+            self.metrics.record_routing(model, pool.policy_name, pool.last_decision)
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
             try:
                 upstream = await self.relay.open(endpoint.url + path, body, headers)
@@ -237,14 +246,17 @@ class OpenAiIngress:
 
             def done(result: Outcome, endpoint: Any = endpoint) -> None:
                 pool.finish(endpoint, route, failed=result.error is not None)
-                self.metrics.record(model, path, result, time.monotonic())
+                self.metrics.record(model, path, result, time.monotonic(),
+                                    streamed=streamed)
 
-            if payload.get("stream") is True and upstream.status == 200:
+            request.state.relayed = True
+            if streamed and upstream.status == 200:
                 return RelayedStream(upstream, {"x-request-id": request_id}, outcome, done)
             try:
                 content = await read_whole(upstream, outcome, request.receive)
             except OpenAIError as exc:
                 outcome.error = exc.message
+                outcome.status = exc.status_code
                 done(outcome)
                 raise
             done(outcome)
@@ -296,14 +308,6 @@ class OpenAiIngress:
         return JSONResponse({"status": "ok"})
 
     async def _metrics(self, request: Request, request_id: str) -> Response:
-        for model, pool in self.pools.items():
-            self.metrics.in_flight.labels(model).set(pool.in_flight)
-            for endpoint in pool.endpoints.values():
-                stats = endpoint.stats
-                self.metrics.engine_running.labels(model, endpoint.key).set(stats.num_running)
-                self.metrics.engine_waiting.labels(model, endpoint.key).set(stats.num_waiting)
-                self.metrics.engine_kv_usage.labels(model, endpoint.key).set(
-                    stats.kv_cache_usage)
         return Response(self.metrics.exposition(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 

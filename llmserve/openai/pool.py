@@ -20,7 +20,9 @@ import httpx
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
+from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.policy import (
+    PolicyBase,
     notify_finished,
     notify_first_token,
     notify_replicas_changed,
@@ -42,6 +44,7 @@ class Endpoint:
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
+    restarts: int = 0  # of its engine process, as its LLMServer reports
 
     def candidate(self) -> Candidate:
         stats = self.stats.as_mapping()
@@ -58,6 +61,8 @@ class ModelPool:
         self.engine = engine
         self.policy = policy
         self.handle = handle
+        self.policy_name = type(policy).__name__
+        self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
         if urls:
             notify_replicas_changed(policy, list(self.endpoints))
@@ -72,9 +77,13 @@ class ModelPool:
             return None
         if len(ready) == 1:
             chosen = ready[0]
+            self.last_decision = SINGLE
         else:
             ranked = self.policy.choose(request, [e.candidate() for e in ready])
             chosen = self.endpoints[ranked[0].replica_id]
+            explained = self.policy.last_decision \
+                if isinstance(self.policy, PolicyBase) else None
+            self.last_decision = explained or RANKED
         chosen.in_flight += 1
         notify_routed(self.policy, request, chosen.key)
         return chosen
@@ -123,6 +132,7 @@ class ModelPool:
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+            self.endpoints[rid].restarts = info.restarts
         if changed:
             notify_replicas_changed(self.policy, list(self.endpoints))
 
@@ -191,4 +201,6 @@ def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
     if "block_size" in options and not policy_accepts(name, "block_size"):
         options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
     policy = make_policy(name, **options)
-    return ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool.policy_name = name
+    return pool
