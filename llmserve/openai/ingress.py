@@ -34,6 +34,7 @@ from llmserve.openai.errors import (
     Unauthorized,
     error_response,
 )
+from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
@@ -99,6 +100,7 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    log_engine_metrics: bool = True  # list its engines at /metrics/engines
 
 
 class OpenAiIngress:
@@ -126,6 +128,7 @@ class OpenAiIngress:
             ("GET", "/v1/models"): self._list_models,
             ("GET", "/health"): self._health,
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/metrics/engines"): self._engine_targets,
         }
 
     async def __call__(self, request: Request) -> Response:
@@ -310,6 +313,10 @@ class OpenAiIngress:
     async def _metrics(self, request: Request, request_id: str) -> Response:
         return Response(self.metrics.exposition(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def _engine_targets(self, request: Request, request_id: str) -> Response:
+        logged = {m: s.log_engine_metrics for m, s in self.sources.items()}
+        return JSONResponse(engine_targets(self.pools, logged))
 
     async def _report_load(self) -> None:
         """Tell each LLMServer deployment's autoscaler how many requests its engines serve."""

@@ -106,3 +106,15 @@ def test_per_replica_gauges_name_both_replicas(gateway: str) -> None:
                 if n == "llmserve_engine_requests_running"}
     assert len(replicas) == 2
     assert total(series, "llmserve_replica_ready", model_name="sim") == 2
+
+
+def test_engine_targets_list_each_replica_for_prometheus(gateway: str) -> None:
+    groups = httpx.get(f"{gateway}/metrics/engines").json()
+    assert len(groups) == 2
+    assert {g["labels"]["model_name"] for g in groups} == {"sim"}
+    assert len({g["labels"]["replica"] for g in groups}) == 2
+    for group in groups:
+        (target,) = group["targets"]
+        labels = group["labels"]
+        text = httpx.get(f"{labels['__scheme__']}://{target}{labels['__metrics_path__']}").text
+        assert "vllm:num_requests_running" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.pool import make_pool
 from llmserve.openai.relay import Outcome
@@ -67,3 +68,12 @@ def test_rejections_by_reason() -> None:
     reasons = {dict(labels)["reason"] for name, labels in got
                if name == "llmserve_rejections_total"}
     assert reasons == {"unauthorized", "body_too_large", "too_many_requests", "unavailable"}
+
+
+def test_engine_targets_follow_log_engine_metrics() -> None:
+    pool = make_pool("m", "sim", {"policy": "round_robin"}, urls=("http://10.0.0.1:8001",))
+    (group,) = engine_targets({"m": pool}, {"m": True})
+    assert group["targets"] == ["10.0.0.1:8001"]
+    assert group["labels"]["__metrics_path__"] == "/metrics"
+    assert group["labels"]["replica"] == "http://10.0.0.1:8001"
+    assert engine_targets({"m": pool}, {"m": False}) == []
