@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
+from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
@@ -34,7 +35,6 @@ from llmserve.openai.errors import (
     Unauthorized,
     error_response,
 )
-from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from llmserve.openai.pool import ModelPool
 from llmserve.openai.relay import Outcome
 from llmserve.openai.replica_metrics import ReplicaCollector
+from llmserve.serve.metrics import SERVE_REGISTRY
 from routing.decision import RoutingDecision, depth_bucket
 
 # vLLM's buckets (vllm/v1/metrics/buckets.py), so gateway and engine histograms compare
@@ -103,7 +104,8 @@ class IngressMetrics:
                             depth_bucket(decision.matched_tokens)).inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The gateway's metrics and this process's serving-core metrics."""
+        return generate_latest(self.registry) + generate_latest(SERVE_REGISTRY)
 
 
 def _count(value: object) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from llmserve.serve.context import RequestMetadata, get_request_metadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
+from llmserve.serve.metrics import observe_request
 from routing import RouteRequest
 
 _END = object()
@@ -116,7 +117,8 @@ class _Call:
             else:
                 replica = await router.acquire(request)
             try:
-                return await replica.call(self.meta, args, kwargs)
+                with observe_request(self.app_name, self.deployment):
+                    return await replica.call(self.meta, args, kwargs)
             except ReplicaUnavailableError:
                 if self.replica_id is not None:
                     raise
@@ -134,9 +136,10 @@ class _Call:
             replica = await router.acquire(request)
             started = False
             try:
-                async for item in replica.stream(self.meta, args, kwargs):
-                    started = True
-                    yield item
+                with observe_request(self.app_name, self.deployment):
+                    async for item in replica.stream(self.meta, args, kwargs):
+                        started = True
+                        yield item
                 return
             except ReplicaUnavailableError:
                 if started:

@@ -10,6 +10,7 @@ import socket
 import uuid
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
@@ -20,6 +21,7 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from llmserve.serve.metrics import SERVE_REGISTRY, observe_request
 from llmserve.serve.status import status_to_json
 from routing import RouteRequest
 
@@ -47,6 +49,10 @@ class HttpProxy:
         path: str = scope["path"]
         if path == "/-/healthz":
             await _send_text(send, 200, "success")
+            return
+        if path == "/-/metrics":  # the serving core's metrics (the gateway adds its own)
+            await _send_body(send, 200, generate_latest(SERVE_REGISTRY),
+                             CONTENT_TYPE_LATEST.encode())
             return
         if path == "/-/routes":
             await _send_json(send, 200, self.controller.routes())
@@ -84,11 +90,13 @@ class HttpProxy:
         request = RouteRequest(request_id, model_id, meta.session_key)
         child = dict(scope, root_path=scope.get("root_path", "") + prefix) if prefix else scope
         try:
-            router = self.controller.router_for(app_name, self.controller.ingress_of(app_name))
+            ingress = self.controller.ingress_of(app_name)
+            router = self.controller.router_for(app_name, ingress)
             while True:
                 replica = await router.acquire(request)
                 try:
-                    await replica.handle_http(meta, child, receive, send)
+                    with observe_request(app_name, ingress):
+                        await replica.handle_http(meta, child, receive, send)
                     return
                 except ReplicaUnavailableError:
                     continue
