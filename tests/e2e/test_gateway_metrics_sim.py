@@ -10,6 +10,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from dashboards.catalogue import read_catalogue
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
 from tests.fixtures_engines import cached_tiny_model
@@ -118,3 +119,18 @@ def test_engine_targets_list_each_replica_for_prometheus(gateway: str) -> None:
         labels = group["labels"]
         text = httpx.get(f"{labels['__scheme__']}://{target}{labels['__metrics_path__']}").text
         assert "vllm:num_requests_running" in text
+
+
+def test_every_exported_metric_is_in_the_catalogue_with_its_labels(gateway: str) -> None:
+    catalogue = read_catalogue()
+    text = httpx.get(f"{gateway}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)
+                if f.name.startswith("llmserve_")}
+    assert families
+    for name, family in families.items():
+        documented = name + "_total" if family.type == "counter" else name
+        assert documented in catalogue, f"{documented} is not in docs/metrics.md"
+        entry = catalogue[documented]
+        assert entry.type == family.type
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == set(entry.labels), sample
