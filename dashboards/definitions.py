@@ -9,8 +9,8 @@ REQUESTS_BY_STATUS = PanelSpec(
     "Requests per second at the gateway, by HTTP status (499: the client left).")
 ERROR_RATIO = PanelSpec(
     "Error ratio (5xx)",
-    (Query(f'sum(rate(llmserve_requests_total{{{M}, status=~"5.."}}{RATE})) / '
-           f"clamp_min(sum(rate(llmserve_requests_total{{{M}}}{RATE})), 1e-9)", "5xx"),),
+    (Query(f'(sum(rate(llmserve_requests_total{{{M}, status=~"5.."}}{RATE})) or vector(0))'
+           f" / clamp_min(sum(rate(llmserve_requests_total{{{M}}}{RATE})), 1e-9)", "5xx"),),
     "percentunit", "Share of gateway requests answered with a 5xx status.")
 TTFT = PanelSpec("Time to first token (gateway, streamed)",
                  quantiles("llmserve_time_to_first_token_seconds"), "s",
@@ -96,8 +96,8 @@ ENGINES = (
 ROUTING = (
     ROUTING_OUTCOMES,
     PanelSpec("Prefix hit share of routed requests",
-              (Query(f'sum(rate(llmserve_routing_decisions_total{{{M}, outcome="hit"}}{RATE}))'
-                     f" / clamp_min(sum(rate(llmserve_routing_decisions_total{{{M}, "
+              (Query(f'(sum(rate(llmserve_routing_decisions_total{{{M}, outcome="hit"}}{RATE}))'
+                     f" or vector(0)) / clamp_min(sum(rate(llmserve_routing_decisions_total{{{M}, "
                      f'outcome=~"hit|miss|spill"}}{RATE})), 1e-9)', "hit share"),),
               "percentunit", "Of the decisions among several replicas by a prefix policy."),
     PanelSpec("Spills by guard",
