@@ -13,14 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmserve.serve.exceptions import ConfigError
+from llmserve.serve.exceptions import ConfigError, DeployFailedError
 
 
 def _run(args: argparse.Namespace) -> int:
     from llmserve import serve
-    from llmserve.config_file import build_application, load_config_file
+    from llmserve.config_file import build_application
 
-    config = load_config_file(args.config)
+    config = _run_target(args)
     if args.address:
         if args.runtime != "ray":
             raise ConfigError("--address needs --runtime ray")
@@ -39,18 +39,56 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+def _run_target(args: argparse.Namespace) -> Any:
+    """A config file, or (as `serve run module:app key=value ...`) an import path whose
+    builder gets the ``key=value`` pairs as its args."""
+    from llmserve.config_file import ApplicationConfig, ServeConfigFile, load_config_file
+
+    target: str = args.config
+    if target.endswith((".yaml", ".yml", ".json")) or Path(target).is_file():
+        if args.app_args:
+            raise ConfigError(f"key=value arguments go in the config file {target}, not "
+                              f"on the command line: {args.app_args}")
+        return load_config_file(target)
+    app = ApplicationConfig(name=args.name, route_prefix=args.route_prefix,
+                            import_path=target, args=_key_values(args.app_args, "run"))
+    return ServeConfigFile(applications=[app])
+
+
+def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values parse as JSON when they can (numbers, booleans)."""
-    kwargs: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--engine-arg expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{what} expects KEY=VALUE, got {pair!r}")
         try:
-            kwargs[key.replace("-", "_")] = json.loads(value)
+            values[key] = json.loads(value)
         except ValueError:
-            kwargs[key.replace("-", "_")] = value
-    return kwargs
+            values[key] = value
+    return values
+
+
+def _shutdown(args: argparse.Namespace) -> int:
+    """Ray Serve's `serve shutdown`: remove every application from the Ray cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("llmserve shutdown acts on a Ray cluster: pip install "
+                          "'llmserve[ray]'. A local-runtime server stops with Ctrl-C or "
+                          "SIGTERM to its process") from None
+    from llmserve import serve
+
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto",
+             logging_level=logging.WARNING)
+    serve.shutdown()
+    print("llmserve: every application on the Ray cluster was shut down", flush=True)
+    return 0
+
+
+def _engine_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+    return {key.replace("-", "_"): value
+            for key, value in _key_values(pairs, "--engine-arg").items()}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -158,8 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     def add_command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, parents=[common])
 
-    run = add_command("run", "serve the applications of a Ray-Serve-style YAML")
-    run.add_argument("config", help="YAML file with an 'applications' list")
+    run = add_command("run", "serve a Ray-Serve-style config file, or an application by "
+                             "import path (module:app or module:builder key=value ...)")
+    run.add_argument("config", metavar="CONFIG_OR_IMPORT_PATH",
+                     help="YAML file with an 'applications' list, or module:attribute naming "
+                          "an application or a builder")
+    run.add_argument("app_args", nargs="*", metavar="KEY=VALUE",
+                     help="with an import path: arguments for the builder (values parse as "
+                          "JSON when they can)")
+    run.add_argument("--name", default="default", help="application name (import path form)")
+    run.add_argument("--route-prefix", default="/",
+                     help="application route prefix (import path form)")
     run.add_argument("--runtime", default="local", choices=["local", "ray"],
                      help="ray: replicas are Ray actors; the controller is a detached Ray "
                           "actor that survives this process and its own restarts "
@@ -194,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
     srv.set_defaults(handler=_serve)
+
+    stop = add_command("shutdown", "remove every application from a Ray cluster (as "
+                                   "`serve shutdown`)")
+    stop.add_argument("--address", default=None,
+                      help="the Ray cluster (default: RAY_ADDRESS, else the local one)")
+    stop.set_defaults(handler=_shutdown)
 
     status = add_command(
         "status", "applications, deployments and replicas (node, resources, state)")
@@ -243,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValidationError) as exc:
         print(f"llmserve: configuration error: {exc}", file=sys.stderr)
         return 2
+    except DeployFailedError as exc:  # the replica's log above holds the details
+        print(f"llmserve: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from engines.process import EngineProcess, free_port, kill_group
 from engines.protocol import EngineSpec
 from engines.registry import make_engine
 from llmserve.llm.config import LLMConfig
+from llmserve.llm.server_calls import OpenAICalls
 from llmserve.serve.context import NODE_IP_ENV
 
 log = logging.getLogger("llmserve.llm")
@@ -41,7 +42,7 @@ class EngineEndpointInfo:
     pid: int | None = None
 
 
-class LLMServer:
+class LLMServer(OpenAICalls):
     async def __init__(self, llm_config: LLMConfig) -> None:  # type: ignore[misc]
         from llmserve import serve
 
@@ -102,6 +103,14 @@ class LLMServer:
                 continue
             self._failed_restarts = 0
             self.restarts += 1
+
+    @property
+    def engine_url(self) -> str:
+        return self.spec.base_url
+
+    @property
+    def served_model_id(self) -> str:
+        return self.config.model_id
 
     async def endpoint(self) -> EngineEndpointInfo:
         return EngineEndpointInfo(self.replica_id, self.config.model_id, self.spec.base_url,

@@ -21,13 +21,7 @@ from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.decision import RANKED, SINGLE, RoutingDecision
-from routing.policy import (
-    PolicyBase,
-    notify_finished,
-    notify_first_token,
-    notify_replicas_changed,
-    notify_routed,
-)
+from routing.dispatch import Dispatcher
 from routing.registry import policy_accepts
 
 log = logging.getLogger("llmserve.openai")
@@ -40,15 +34,14 @@ class Endpoint:
     key: str
     url: str
     ready: bool = True
-    in_flight: int = 0
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
     restarts: int = 0  # of its engine process, as its LLMServer reports
 
-    def candidate(self) -> Candidate:
+    def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
-        return Candidate(self.key, self.in_flight, 0, frozenset(self.stats.running_lora_adapters),
+        return Candidate(self.key, in_flight, 0, frozenset(self.stats.running_lora_adapters),
                          stats)
 
 
@@ -59,43 +52,46 @@ class ModelPool:
                  handle: Any = None, urls: Sequence[str] = ()) -> None:
         self.model_id = model_id
         self.engine = engine
-        self.policy = policy
         self.handle = handle
         self.policy_name = type(policy).__name__
         self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
-        if urls:
-            notify_replicas_changed(policy, list(self.endpoints))
+        self.dispatcher = Dispatcher(policy, list(self.endpoints))
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return self.dispatcher.policy
 
     @property
     def in_flight(self) -> int:
-        return sum(e.in_flight for e in self.endpoints.values())
+        return self.dispatcher.num_in_flight
+
+    def in_flight_of(self, endpoint: Endpoint) -> int:
+        return self.dispatcher.in_flight_of(endpoint.key)
 
     def choose(self, request: RouteRequest) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
         ready = [e for e in self.endpoints.values() if e.ready]
         if not ready:
             return None
         if len(ready) == 1:
             chosen = ready[0]
             self.last_decision = SINGLE
-        else:
-            ranked = self.policy.choose(request, [e.candidate() for e in ready])
-            chosen = self.endpoints[ranked[0].replica_id]
-            explained = self.policy.last_decision \
-                if isinstance(self.policy, PolicyBase) else None
-            self.last_decision = explained or RANKED
-        chosen.in_flight += 1
-        notify_routed(self.policy, request, chosen.key)
-        return chosen
+            self.dispatcher.routed(request, chosen.key)
+            return chosen
+        dispatcher = self.dispatcher
+        key = dispatcher.choose(request, [e.candidate(dispatcher.in_flight_of(e.key))
+                                          for e in ready])
+        self.last_decision = self.policy.last_decision or RANKED
+        return self.endpoints[key] if key is not None else None
 
     def first_token(self, endpoint: Endpoint, request: RouteRequest) -> None:
-        notify_first_token(self.policy, request, endpoint.key)
+        self.dispatcher.first_token(request, endpoint.key)
 
     def finish(self, endpoint: Endpoint, request: RouteRequest, *, failed: bool) -> None:
-        endpoint.in_flight -= 1
         if failed:
             endpoint.failures += 1
-        notify_finished(self.policy, request, endpoint.key)
+        self.dispatcher.finished(request, endpoint.key)
 
     def mark_unreachable(self, endpoint: Endpoint) -> None:
         """A connection to it failed: stop routing there until its stats answer again."""
@@ -134,7 +130,7 @@ class ModelPool:
                 current.ready = info.ready and current.ready
             self.endpoints[rid].restarts = info.restarts
         if changed:
-            notify_replicas_changed(self.policy, list(self.endpoints))
+            self.dispatcher.set_replicas(list(self.endpoints))
 
     async def refresh_stats(self, client: httpx.AsyncClient) -> None:
         await asyncio.gather(*(self._read_stats(client, e) for e in self.endpoints.values()))

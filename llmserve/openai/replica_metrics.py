@@ -45,7 +45,7 @@ class ReplicaCollector(Collector):
                 labels = [model, endpoint.key]
                 stats = endpoint.stats
                 ready.add_metric(labels, 1.0 if endpoint.ready else 0.0)
-                routed.add_metric(labels, endpoint.in_flight)
+                routed.add_metric(labels, pool.in_flight_of(endpoint))
                 running.add_metric(labels, stats.num_running)
                 waiting.add_metric(labels, stats.num_waiting)
                 kv_usage.add_metric(labels, stats.kv_cache_usage)

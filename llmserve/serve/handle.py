@@ -113,12 +113,14 @@ class _Call:
         request = self.route_request()
         while True:
             if self.replica_id is not None:
-                replica = router.acquire_pinned(self.replica_id)
+                replica = router.acquire_pinned(self.replica_id, request)
             else:
                 replica = await router.acquire(request)
             try:
                 with observe_request(self.app_name, self.deployment):
-                    return await replica.call(self.meta, args, kwargs)
+                    result = await replica.call(self.meta, args, kwargs)
+                router.first_output(replica, request)
+                return result
             except ReplicaUnavailableError:
                 if self.replica_id is not None:
                     raise
@@ -138,7 +140,9 @@ class _Call:
             try:
                 with observe_request(self.app_name, self.deployment):
                     async for item in replica.stream(self.meta, args, kwargs):
-                        started = True
+                        if not started:
+                            started = True
+                            router.first_output(replica, request)
                         yield item
                 return
             except ReplicaUnavailableError:

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.control_plane import ControlPlane
@@ -22,6 +22,8 @@ from llmserve.serve.exceptions import (
     ReplicaUnavailableError,
 )
 from llmserve.serve.metrics import SERVE_REGISTRY, observe_request
+from llmserve.serve.router import Router
+from llmserve.serve.runtime import ReplicaRef
 from llmserve.serve.status import status_to_json
 from routing import RouteRequest
 
@@ -96,7 +98,9 @@ class HttpProxy:
                 replica = await router.acquire(request)
                 try:
                     with observe_request(app_name, ingress):
-                        await replica.handle_http(meta, child, receive, send)
+                        await replica.handle_http(
+                            meta, child, receive,
+                            _reporting_start(send, router, replica, request))
                     return
                 except ReplicaUnavailableError:
                     continue
@@ -111,6 +115,21 @@ class HttpProxy:
             with contextlib.suppress(RuntimeError):
                 await _send_error(send, 503, str(exc), "unavailable", request_id=request_id,
                                   retry_after_s=1.0)
+
+
+def _reporting_start(send: Send, router: Router, replica: ReplicaRef,
+                     request: RouteRequest) -> Send:
+    """``send``, telling the router when the replica starts its response."""
+    started = False
+
+    async def reporting_send(message: Message) -> None:
+        nonlocal started
+        if not started and message["type"] == "http.response.start":
+            started = True
+            router.first_output(replica, request)
+        await send(message)
+
+    return reporting_send
 
 
 def _own_url(scope: Scope) -> str | None:
