@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
+from llmserve.openai.access_log import log_access
 from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.errors import (
     BodyTooLarge,
@@ -152,14 +153,21 @@ class OpenAiIngress:
                 raise NotFound(f"no route for {request.method} {path}")
         except OpenAIError as exc:
             if not getattr(request.state, "relayed", False):  # else counted when it ended
-                self.metrics.record_local(getattr(request.state, "model_name", ""),
-                                          route_template(path), exc.status_code)
+                self._answered(request, request_id, getattr(request.state, "model_name", ""),
+                               path, exc.status_code)
             log.info("request %s: %d %s", request_id, exc.status_code, exc.message)
             return error_response(exc, request_id)
         if not getattr(request.state, "relayed", False):
-            self.metrics.record_local("", route_template(path), response.status_code)
+            self._answered(request, request_id, "", path, response.status_code)
         response.headers["x-request-id"] = request_id
         return response
+
+    def _answered(self, request: Request, request_id: str, model: str, path: str,
+                  status: int) -> None:
+        """A request the gateway answered itself: count it and log it."""
+        route = route_template(path)
+        self.metrics.record_local(model, route, status)
+        log_access(request, request_id, model, route, status)
 
     # ---- checks ----------------------------------------------------------------------
     def _authenticate(self, request: Request) -> None:
@@ -250,6 +258,9 @@ class OpenAiIngress:
                 pool.finish(endpoint, route, failed=result.error is not None)
                 self.metrics.record(model, path, result, time.monotonic(),
                                     streamed=streamed)
+                log_access(request, request_id, model, path,
+                           499 if result.disconnected else result.status, result,
+                           endpoint.key, streamed)
 
             request.state.relayed = True
             if streamed and upstream.status == 200:
