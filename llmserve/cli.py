@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from llmserve.log_setup import LOG_FORMATS, configure_logging
 from llmserve.serve.exceptions import ConfigError, DeployFailedError
+from llmserve.tracing_setup import configure_tracing_from_env
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -294,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    configure_tracing_from_env()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -47,6 +47,7 @@ from llmserve.openai.relay import (
     read_whole,
 )
 from llmserve.openai.routes import route_template
+from llmserve.openai.tracing import RequestSpans
 from routing import RouteRequest
 
 log = logging.getLogger("llmserve.openai")
@@ -152,6 +153,9 @@ class OpenAiIngress:
             else:
                 raise NotFound(f"no route for {request.method} {path}")
         except OpenAIError as exc:
+            spans = getattr(request.state, "spans", None)
+            if spans is not None:
+                spans.end(exc.status_code)
             if not getattr(request.state, "relayed", False):  # else counted when it ended
                 self._answered(request, request_id, getattr(request.state, "model_name", ""),
                                path, exc.status_code)
@@ -230,8 +234,11 @@ class OpenAiIngress:
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
-        route = await self._route_request(request_id, path, payload, request, pool)
-        headers = {"content-type": "application/json", "x-request-id": request_id}
+        spans = request.state.spans = RequestSpans(request.headers, model, path)
+        with spans.routing():
+            route = await self._route_request(request_id, path, payload, request, pool)
+        headers = {"content-type": "application/json", "x-request-id": request_id,
+                   **spans.engine_headers()}
         outcome = Outcome(started_s=request.state.arrival_s)
         streamed = payload.get("stream") is True
         for _ in range(max(1, len(pool.endpoints))):
@@ -242,6 +249,7 @@ class OpenAiIngress:
             if endpoint is None:
                 break
             self.metrics.record_routing(model, pool.policy_name, pool.last_decision)
+            spans.replica(endpoint.key)
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
             try:
                 upstream = await self.relay.open(endpoint.url + path, body, headers)
@@ -258,9 +266,10 @@ class OpenAiIngress:
                 pool.finish(endpoint, route, failed=result.error is not None)
                 self.metrics.record(model, path, result, time.monotonic(),
                                     streamed=streamed)
-                log_access(request, request_id, model, path,
-                           499 if result.disconnected else result.status, result,
-                           endpoint.key, streamed)
+                status = 499 if result.disconnected else result.status
+                log_access(request, request_id, model, path, status, result, endpoint.key,
+                           streamed)
+                spans.end(status)
 
             request.state.relayed = True
             if streamed and upstream.status == 200:
