@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from llmserve.openai.pool import ModelPool
 from llmserve.openai.relay import Outcome
-from llmserve.openai.replica_metrics import ReplicaCollector
+from llmserve.openai.replica_metrics import render_replica_metrics
 from llmserve.serve.metrics import SERVE_REGISTRY
 from routing.decision import RoutingDecision, depth_bucket
 
@@ -72,8 +72,7 @@ class IngressMetrics:
             "llmserve_routing_decisions",
             "Routing decisions by policy, outcome, spilling guard and matched prefix depth",
             ["model_name", "policy", "outcome", "guard", "prefix_depth"], registry=r)
-        if pools is not None:
-            r.register(ReplicaCollector(pools))
+        self.pools = pools or {}
 
     def record(self, model: str, route: str, outcome: Outcome, now_s: float, *,
                streamed: bool) -> None:
@@ -105,7 +104,8 @@ class IngressMetrics:
 
     def exposition(self) -> bytes:
         """The gateway's metrics and this process's serving-core metrics."""
-        return generate_latest(self.registry) + generate_latest(SERVE_REGISTRY)
+        return (generate_latest(self.registry) + render_replica_metrics(self.pools)
+                + generate_latest(SERVE_REGISTRY))
 
 
 def _count(value: object) -> int:
