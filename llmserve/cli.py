@@ -20,9 +20,10 @@ from llmserve.tracing_setup import configure_tracing_from_env
 
 def _run(args: argparse.Namespace) -> int:
     from llmserve import serve
-    from llmserve.config_file import build_application
+    from llmserve.config_file import apply_logging_config, build_application
 
     config = _run_target(args)
+    apply_logging_config(config)
     if args.address:
         if args.runtime != "ray":
             raise ConfigError("--address needs --runtime ray")
@@ -102,6 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.worker_urls:
         app_args["worker_urls"] = args.worker_urls
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
+        if args.worker_startup_timeout_secs is not None:
+            app_args["worker_startup_timeout_s"] = args.worker_startup_timeout_secs
         if args.model:  # the engines' files: route on their tokenizer's token ids
             routing = {"tokenizer_source": args.model, **(routing or {})}
         if routing:
@@ -109,6 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise ConfigError("llmserve serve needs --model PATH (or --worker-urls URL ...)")
+        if args.worker_startup_timeout_secs is not None:
+            raise ConfigError("--worker-startup-timeout-secs needs --worker-urls")
         engine_kwargs = _engine_kwargs(args.engine_arg)
         if args.engine == "vllm":
             from engines.vllm.engine import default_cli_kwargs
@@ -125,7 +130,12 @@ def _serve(args: argparse.Namespace) -> int:
             config["routing_config"] = routing
         app_args["llm_configs"] = [LLMConfig.model_validate(config)]
     if args.api_key:
+        print("llmserve: warning: --api-key is visible to every local user in `ps`; prefer "
+              "--api-key-file or the LLMSERVE_API_KEYS environment variable",
+              file=sys.stderr, flush=True)
         app_args["api_keys"] = args.api_key
+    if args.api_key_file:
+        app_args["api_keys_file"] = args.api_key_file
     print(f"llmserve: starting ({args.engine} engine) ...", flush=True)
     serve.run(build_openai_app(app_args), host=args.host, port=args.port)
     url = serve.http_url()
@@ -151,7 +161,8 @@ def _routing_config(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _snippet(url: str, args: argparse.Namespace) -> str:
-    key = args.api_key[0] if args.api_key else "none"
+    key = "YOUR_API_KEY" if args.api_key or args.api_key_file or \
+        os.environ.get("LLMSERVE_API_KEYS") else "none"
     model = args.model_id or (Path(args.model).name if args.model else "MODEL")
     return (
         "\n# OpenAI SDK:\n"
@@ -233,13 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", action="append", default=[],
-                     help="accepted API key (repeatable); none = no auth")
+                     help="accepted API key (repeatable; visible in `ps`: prefer "
+                          "--api-key-file or LLMSERVE_API_KEYS); none = no auth")
+    srv.add_argument("--api-key-file", metavar="PATH",
+                     help="file with the accepted API keys, one a line")
     srv.add_argument("--routing", help="routing policy name (see routing/)")
     srv.add_argument("--routing-config", metavar="JSON",
                      help='full routing_config, e.g. \'{"policy": "prefix_aware", '
                           '"balance_abs_threshold": 64}\' (--routing overrides its policy)')
     srv.add_argument("--worker-urls", nargs="+", default=[],
-                     help="front engine servers that already run instead of launching any")
+                     help="front engine servers instead of launching any; those not up yet "
+                          "are taken in when they answer")
+    srv.add_argument("--worker-startup-timeout-secs", type=float, default=None,
+                     help="with --worker-urls: how long to wait for a worker to come up "
+                          "before reporting it failed on /health (default 600)")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
     srv.set_defaults(handler=_serve)
