@@ -13,7 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from llmserve.log_setup import LOG_FORMATS, configure_logging
 from llmserve.serve.exceptions import ConfigError, DeployFailedError
+from llmserve.tracing_setup import configure_tracing_from_env
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -321,6 +323,11 @@ def _version() -> str:
 def _add_global_options(parser: argparse.ArgumentParser, log_level_default: str) -> None:
     parser.add_argument("--log-level", default=log_level_default,
                         help="debug, info, warning or error (default: info)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        default="text" if log_level_default != argparse.SUPPRESS
+                        else argparse.SUPPRESS,
+                        help="text lines or one JSON object per line (default: text); "
+                             "the access log has one line per request either way")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,9 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format)
+    configure_tracing_from_env()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
