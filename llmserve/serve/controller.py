@@ -14,8 +14,9 @@ from typing import Any
 from llmserve.serve.asgi import bind_class_routes, install_error_handlers
 from llmserve.serve.deployment import Application, replace_applications
 from llmserve.serve.deployment_state import DeploymentState, DesiredDeployment
-from llmserve.serve.exceptions import ConfigError, DeploymentUnavailableError
+from llmserve.serve.exceptions import ConfigError, DeployFailedError, DeploymentUnavailableError
 from llmserve.serve.handle import DeploymentHandle
+from llmserve.serve.metrics import watch_controller
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import (
     ControllerLink,
@@ -24,7 +25,12 @@ from llmserve.serve.runtime import (
     ReplicaRef,
     Runtime,
 )
-from llmserve.serve.status import ApplicationStatus, DeploymentStatusCode, ServeStatus
+from llmserve.serve.status import (
+    ApplicationStatus,
+    ApplicationStatusCode,
+    DeploymentStatusCode,
+    ServeStatus,
+)
 
 log = logging.getLogger("llmserve.serve")
 
@@ -50,6 +56,7 @@ class Controller:
         self._bound_ingress: set[int] = set()
         self.route_table: list[tuple[str, str]] = []  # (prefix without trailing /, app)
         runtime.link(ControllerLink(self.deployment_routes, self._apply_remote_loads))
+        watch_controller(lambda: self.deployments)
 
     # ---- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -154,7 +161,7 @@ class Controller:
             if failed:
                 message = failed[0].last_error
                 await self.delete_app(app_name)
-                raise RuntimeError(f"deploying {app_name!r} failed: {message}")
+                raise DeployFailedError(f"deploying {app_name!r} failed: {message}")
             if all(s.is_settled() for s in states):
                 return
             await asyncio.sleep(0.01)
@@ -228,13 +235,7 @@ class Controller:
     def app_status(self, name: str) -> ApplicationStatus:
         record = self.apps[name]
         deployments = {d: self.deployments[(name, d)].status() for d in record.deployments}
-        codes = {s.status for s in deployments.values()}
-        overall = DeploymentStatusCode.HEALTHY
-        for code in (DeploymentStatusCode.DEPLOY_FAILED, DeploymentStatusCode.UNHEALTHY,
-                     DeploymentStatusCode.UPDATING):
-            if code in codes:
-                overall = code
-                break
+        overall = ApplicationStatusCode.of({s.status for s in deployments.values()})
         return ApplicationStatus(name, record.route_prefix, overall, record.ingress, deployments)
 
 
