@@ -15,6 +15,7 @@ import pytest
 
 from engines.process import EngineProcess, free_port, group_pids
 from engines.protocol import EngineStartError
+from tests.eventually import eventually, eventually_async
 
 DUMMY = Path(__file__).with_name("dummy_engine_server.py")
 ROOT = Path(__file__).resolve().parents[3]
@@ -118,11 +119,7 @@ async def test_crash_after_start_is_seen_and_leftovers_are_killed(tmp_path: Path
 
     assert code == 5 and not process.is_alive
     assert "boom: simulated crash" in process.log_tail()
-    for _ in range(100):
-        if not pid_alive(grandchild):
-            break
-        await asyncio.sleep(0.05)
-    assert not pid_alive(grandchild)
+    await eventually_async(lambda: not pid_alive(grandchild))
     assert await process.stop() == 5
 
 
@@ -166,10 +163,7 @@ def test_no_orphans_when_the_parent_dies(how: str) -> None:
         if how == "sigkill":
             parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while group_pids(guard_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert group_pids(guard_pid) == []
+        eventually(lambda: group_pids(guard_pid) == [])
         assert not pid_alive(grandchild)
     finally:
         parent.kill()
@@ -191,14 +185,9 @@ async def test_engine_stops_when_its_guard_is_sigkilled(tmp_path: Path) -> None:
     try:
         assert process.pid is not None
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-        deadline = time.monotonic() + 5
-        while not children.read_text().split() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await eventually_async(lambda: children.read_text().split())
         engine = int(children.read_text().split()[0])
         os.kill(process.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while pid_alive(engine) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert not pid_alive(engine)
+        await eventually_async(lambda: not pid_alive(engine))
     finally:
         await process.stop()

@@ -16,6 +16,7 @@ from llmserve.openai.upstream import (
     UpstreamPool,
     UpstreamReadTimeout,
 )
+from tests.eventually import eventually_async
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -110,10 +111,7 @@ async def test_streamed_pieces_reach_the_sink_as_they_come(serve_with) -> None: 
     response = await pool.request("POST", url + "/s", b"{}", {})
     pieces: list[bytes] = []
     done = response.stream_to(pieces.append)
-    for _ in range(100):
-        if pieces:
-            break
-        await asyncio.sleep(0.01)
+    await eventually_async(lambda: pieces)
     assert pieces == [b"one"] and not done.done()  # the first piece did not wait for more
     gate.set()
     await response.wait_done()

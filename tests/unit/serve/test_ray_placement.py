@@ -77,7 +77,7 @@ async def test_membership_long_poll_and_load_reports() -> None:
     assert await broker.listen(-1, 0) is None
     assert await broker.listen(7, 0.01) is None
     waiter = asyncio.create_task(broker.listen(7, 5))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # the listener is waiting on the next publish
     view = DeploymentView(5, -1, {}, (ReplicaEntry("A#1", object()),))
     await broker.publish(1, {("app", "A"): view})
     version, snapshot = await asyncio.wait_for(waiter, 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -15,6 +15,7 @@ from engines.sim import ClusterConfig, SimCluster
 from engines.sim.profiles import get_profile
 from engines.sim.time_model import SeqChunk, kv_transfer_time_s, step_time_s
 from engines.sim.tokenizer import HFTokenizer
+from tests.eventually import eventually_async
 
 MODEL = "sim-tiny"
 
@@ -141,10 +142,7 @@ async def test_client_disconnect_aborts_the_request(cluster: SimCluster) -> None
             async for _ in response.aiter_lines():
                 break
             assert metric(await scrape(url), "vllm:num_requests_running") == 1
-        for _ in range(100):
-            if metric(await scrape(url), "vllm:num_requests_running") == 0:
-                break
-            await asyncio.sleep(0.02)
+        await eventually_async(running_is(url, 0))
     text = await scrape(url)
     assert metric(text, "vllm:num_requests_running") == 0
     assert re.search(r'vllm:request_success_total\{[^}]*finished_reason="abort"[^}]*\} 1.0', text)
@@ -155,16 +153,16 @@ async def test_non_streaming_disconnect_aborts_the_request(cluster: SimCluster) 
     body = {"model": MODEL, "prompt": "x", "max_tokens": 8000, "ignore_eos": True}
     async with httpx.AsyncClient(timeout=10) as http:
         task = asyncio.create_task(http.post(f"{url}/v1/completions", json=body))
-        for _ in range(100):
-            if metric(await scrape(url), "vllm:num_requests_running") == 1:
-                break
-            await asyncio.sleep(0.02)
+        await eventually_async(running_is(url, 1))
         task.cancel()
-        for _ in range(100):
-            if metric(await scrape(url), "vllm:num_requests_running") == 0:
-                break
-            await asyncio.sleep(0.02)
-    assert metric(await scrape(url), "vllm:num_requests_running") == 0
+        await eventually_async(running_is(url, 0))
+
+
+def running_is(url: str, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return metric(await scrape(url), "vllm:num_requests_running") == count
+
+    return check
 
 
 async def test_lora_load_use_unload(cluster: SimCluster) -> None:
