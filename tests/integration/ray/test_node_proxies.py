@@ -13,6 +13,7 @@ import pytest
 from llmserve import serve
 from llmserve.serve.ray.names import NAMESPACE
 from llmserve.serve.ray.proxy_actor import PROXY_NAME_PREFIX, node_proxies, node_proxy_urls
+from tests.eventually import eventually
 from tests.integration.ray.apps import InProxyWord, SlowPlain
 from tests.integration.ray.conftest import RayCluster
 from tests.integration.ray.http_load import wait_node_proxy_serving
@@ -62,19 +63,15 @@ def test_a_proxy_on_every_node_follows_the_node_list(ray_serve: RayCluster) -> N
     urls = _serving_proxies(every | {joined.node_id})
     assert httpx.get(f"{urls[joined.node_id]}/slow", timeout=10).json()["pid"] > 0
     cluster.remove_node(joined)  # ... and drops the proxy of a node that died
-    deadline = time.monotonic() + 60
-    while joined.node_id in node_proxies():
-        assert time.monotonic() < deadline, "the dead node's proxy was not removed"
-        time.sleep(0.2)
+    eventually(lambda: joined.node_id not in node_proxies(), timeout_s=60, interval_s=0.2,
+               what="the dead node's proxy is removed")
 
     serve.shutdown()  # stops the proxies with the detached controller
     from ray.util import list_named_actors
 
-    deadline = time.monotonic() + 10
-    while [e for e in list_named_actors(all_namespaces=True)
-           if e["namespace"] == NAMESPACE]:  # type: ignore[index]
-        assert time.monotonic() < deadline, list_named_actors(all_namespaces=True)
-        time.sleep(0.1)
+    eventually(lambda: not [e for e in list_named_actors(all_namespaces=True)
+                            if e["namespace"] == NAMESPACE],  # type: ignore[index]
+               what="no named actor left")
 
 
 def test_head_only_and_disabled(ray_serve: RayCluster) -> None:
@@ -111,8 +108,10 @@ def test_in_proxy_copies_follow_user_config_without_restarting(
     serve.run(InProxyWord.options(user_config={"word": "two"}).bind(), route_prefix="/word",
               port=0, runtime="ray", proxy_location="HeadOnly")
     for pid, url in urls.items():  # reconfigured in place: the same processes answer
-        deadline = time.monotonic() + 20
-        while (answer := httpx.get(f"{url}/word", timeout=10).json())["word"] != "two":
-            assert time.monotonic() < deadline, answer
-            time.sleep(0.1)
+        answer = eventually(lambda url=url: _word_answer(url, "two"), timeout_s=20)
         assert (answer["pid"], answer["instance"]) == (pid, instances[pid])
+
+
+def _word_answer(url: str, word: str) -> dict[str, Any] | None:
+    answer: dict[str, Any] = httpx.get(f"{url}/word", timeout=10).json()
+    return answer if answer["word"] == word else None

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from llmserve import serve
 from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray.cluster import replica_placements
+from tests.eventually import eventually
 from tests.integration.ray.apps import Adder, Configurable, Gateway, Plain
 from tests.integration.ray.conftest import RayCluster
 from tests.integration.serve.overload_apps import Busy, Front, Middle, PlainFront
@@ -127,18 +127,12 @@ def test_user_config_changes_in_place_and_cancel_reaches_the_replica(
     assert word == "one"
     changed = Configurable.options(user_config={"word": "two"})
     serve.run(changed.bind(), route_prefix=None, runtime="ray")
-    deadline = time.monotonic() + 10
-    while handle.remote().result(timeout_s=30) != ("two", pid):  # same actor, new config
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    # the same actor, with the new config
+    eventually(lambda: handle.remote().result(timeout_s=30) == ("two", pid))
     call = handle.hang.remote()
-    while handle.num_running.remote().result(timeout_s=30) != 1:
-        time.sleep(0.05)
-    call.cancel()
-    deadline = time.monotonic() + 10
-    while handle.num_running.remote().result(timeout_s=30) != 0:  # cancelled over there
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: handle.num_running.remote().result(timeout_s=30) == 1)
+    call.cancel()  # cancelled over there
+    eventually(lambda: handle.num_running.remote().result(timeout_s=30) == 0)
 
 
 def test_overload_at_any_depth_is_503_with_retry_after(ray_serve: RayCluster) -> None:
