@@ -70,13 +70,15 @@ def _inject_self(func: Callable[..., Any], signature: inspect.Signature) -> Call
     params = list(signature.parameters.values())[1:]
     new_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
 
+    # ``current_instance`` by name, not the ContextVar: the app is cloudpickled to Ray
+    # replicas with these closures, and a ContextVar does not pickle
     if inspect.iscoroutinefunction(func):
         async def endpoint(**kwargs: Any) -> Any:
-            return await func(_instance.get(), **kwargs)
+            return await func(current_instance(), **kwargs)
     else:
         def endpoint(**kwargs: Any) -> Any:  # type: ignore[misc]
             # FastAPI runs it in its thread pool, in a copy of the request's context
-            return func(_instance.get(), **kwargs)
+            return func(current_instance(), **kwargs)
 
     endpoint.__name__ = func.__name__
     endpoint.__doc__ = func.__doc__
