@@ -308,11 +308,12 @@ class OpenAiIngress:
             self._route_request(request_id, path, payload, request, pool), leaving)
         headers = {"content-type": "application/json", "x-request-id": request_id}
         outcome = Outcome()
+        unreachable: set[str] = set()  # engines this request could not connect to
         for _ in range(max(1, len(pool.endpoints))):
-            endpoint = pool.choose(route)
+            endpoint = pool.choose(route, unreachable)
             if endpoint is None:
                 await self.directory.refresh_pool(pool)  # membership may be newer than ours
-                endpoint = pool.choose(route)
+                endpoint = pool.choose(route, unreachable)
             if endpoint is None:
                 break
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
@@ -328,6 +329,7 @@ class OpenAiIngress:
                     self.relay.open(endpoint.url + path, body, headers), leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
+                unreachable.add(endpoint.key)
                 pool.mark_unreachable(endpoint)
                 pool.finish(endpoint, route, failed=True)
                 continue

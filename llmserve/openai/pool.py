@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +68,10 @@ class ModelPool:
     def in_flight_of(self, endpoint: Endpoint) -> int:
         return self.dispatcher.in_flight_of(endpoint.key)
 
-    def choose(self, request: RouteRequest) -> Endpoint | None:
-        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
-        ready = [e for e in self.endpoints.values() if e.ready]
+    def choose(self, request: RouteRequest, exclude: Collection[str] = ()) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``), not to
+        one in ``exclude`` (engines this request could not reach)."""
+        ready = [e for e in self.endpoints.values() if e.ready and e.key not in exclude]
         if not ready:
             return None
         if len(ready) == 1:
