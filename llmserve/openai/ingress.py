@@ -260,9 +260,9 @@ class OpenAiIngress:
         if not isinstance(model, str) or not model:
             raise InvalidRequest("you must provide a model parameter", param="model")
         if model not in self.pools and self.workers.not_ready:
-            raise EngineUnavailable(
-                f"the model `{model}` is not served yet: workers "
-                f"{', '.join(self.workers.not_ready)} are not up yet", retry_after_s=5.0)
+            raise EngineUnavailable(  # no addresses: clients need not know the workers'
+                f"the model `{model}` is not served yet: {len(self.workers.not_ready)} "
+                f"workers are not up yet", retry_after_s=5.0)
         if model not in self.pools:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
