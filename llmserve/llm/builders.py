@@ -74,7 +74,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         server = build_llm_deployment(config)
         handle = server  # replaced by a DeploymentHandle when the graph is deployed
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
-                                   handle, source=config.model_loading_config.source))
+                                   handle, source=config.model_loading_config.source,
+                                   log_engine_metrics=config.log_engine_metrics))
     found, pending = discover_workers(
         urls, merged.get("worker_engine", "vllm"),
         merged.get("routing_config") or {"policy": "prefix_aware"},
