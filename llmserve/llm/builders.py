@@ -11,6 +11,8 @@ import httpx
 
 from llmserve.llm.config import LLMConfig
 from llmserve.llm.server import LLMServer
+from llmserve.lora.directory import WorkerAdapter
+from llmserve.lora.settings import LoraSettings, lora_settings
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.serve import Application, deployment
 from llmserve.serve.exceptions import ConfigError
@@ -25,7 +27,8 @@ API_KEYS_ENV = "LLMSERVE_API_KEYS"
 def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
                          *, name_prefix: str = "LLMServer:") -> Application:
     """One `LLMServer` deployment for one model (its replicas each run an engine)."""
-    config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
+    config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping)
+                              else llm_config).with_lora_enabled()
     options = {"health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 60.0,
                **config.deployment_config}
     if config.placement_group_config or config.accelerator_type:
@@ -54,7 +57,7 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     if unknown:
         raise ConfigError(f"unknown build_openai_app arguments: {unknown}; "
                           f"known: {sorted(KNOWN_ARGS)}")
-    configs = [LLMConfig.coerce(c) for c in merged.get("llm_configs") or []]
+    configs = [LLMConfig.coerce(c).with_lora_enabled() for c in merged.get("llm_configs") or []]
     urls = list(merged.get("worker_urls") or [])
     if not configs and not urls:
         raise ConfigError("build_openai_app needs at least one of llm_configs or worker_urls")
@@ -64,10 +67,12 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         server = build_llm_deployment(config)
         handle = server  # replaced by a DeploymentHandle when the graph is deployed
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
-                                   handle, source=config.model_loading_config.source))
+                                   handle, source=config.model_loading_config.source,
+                                   lora=model_lora_settings(config)))
     sources += discover_workers(urls, merged.get("worker_engine", "vllm"),
                                 merged.get("routing_config") or {"policy": "prefix_aware"})
-    _check_unique([s.model_id for s in sources])
+    _check_unique([s.model_id for s in sources]
+                  + [name for s in sources if s.lora for name in s.lora.static])
     settings = _settings(merged)
     return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings)
 
@@ -98,6 +103,7 @@ def discover_workers(urls: Sequence[str], engine: str,
                      routing_config: Mapping[str, Any]) -> list[ModelSource]:
     """Ask each running engine which model it serves; group URLs by model id."""
     by_model: dict[str, list[str]] = {}
+    adapters: dict[str, tuple[str, str, list[str]]] = {}  # id -> (parent, root, urls)
     for url in urls:
         base = url.rstrip("/").removesuffix("/v1")
         try:
@@ -105,10 +111,24 @@ def discover_workers(urls: Sequence[str], engine: str,
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot list models of the worker at {url}: {exc!r}") from exc
         for card in data:
-            if card.get("parent") is None:  # skip LoRA adapters; they ride on the base
+            if card.get("parent") is None:
                 by_model.setdefault(card["id"], []).append(base)
-    return [ModelSource(model, engine, dict(routing_config), urls=tuple(group))
+            else:  # a LoRA adapter the worker serves on top of its base model
+                found = adapters.setdefault(card["id"], (card["parent"],
+                                                         str(card.get("root") or ""), []))
+                found[2].append(base)
+    return [ModelSource(model, engine, dict(routing_config), urls=tuple(group),
+                        adapters=tuple(WorkerAdapter(name, model, tuple(where), root)
+                                       for name, (parent, root, where) in adapters.items()
+                                       if parent == model))
             for model, group in by_model.items()]
+
+
+def model_lora_settings(config: LLMConfig) -> LoraSettings | None:
+    if config.lora_config is None:
+        return None
+    return lora_settings(config.model_id, config.model_loading_config.source,
+                         config.lora_config, config.engine_kwargs)
 
 
 def _check_unique(model_ids: list[str]) -> None:

@@ -8,6 +8,7 @@ feature (tools, response_format, logprobs, chat templates, ...) comes through un
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import json
@@ -23,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
+from llmserve.lora.directory import AdapterDirectory, AdapterTarget, WorkerAdapter
+from llmserve.lora.settings import LoraSettings
 from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
@@ -98,6 +101,8 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    lora: LoraSettings | None = None  # adapters the gateway loads on demand
+    adapters: tuple[WorkerAdapter, ...] = ()  # adapters the workers at ``urls`` list
 
 
 class OpenAiIngress:
@@ -120,6 +125,11 @@ class OpenAiIngress:
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics()
+        self.adapters = AdapterDirectory(
+            {m.model_id: (m.lora, self.pools[m.model_id].engine) for m in models if m.lora},
+            [a for m in models for a in m.adapters], self.directory.client,
+            self.metrics.registry)
+        await self.adapters.start()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
             ("GET", "/v1/models"): self._list_models,
@@ -193,7 +203,7 @@ class OpenAiIngress:
             model = next(iter(self.pools))
         if not isinstance(model, str) or not model:
             raise InvalidRequest("you must provide a model parameter", param="model")
-        if model not in self.pools:
+        if model not in self.pools and self.adapters.resolve(model) is None:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
                 f"{', '.join(sorted(self.pools))}", param="model")
@@ -203,7 +213,8 @@ class OpenAiIngress:
     async def _forward(self, request: Request, path: str, request_id: str) -> Response:
         body = await self._read_body(request)
         payload, model = self._parse(body, path)
-        pool = self.pools[model]
+        adapter = self.adapters.resolve(model) if model not in self.pools else None
+        pool = self.pools[adapter.base_model if adapter else model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
@@ -214,29 +225,41 @@ class OpenAiIngress:
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
         route = await self._route_request(request_id, path, payload, request, pool)
+        if adapter is not None:
+            route = dataclasses.replace(route, lora_adapter=adapter.adapter_id)
         headers = {"content-type": "application/json", "x-request-id": request_id}
         outcome = Outcome()
-        for _ in range(max(1, len(pool.endpoints))):
-            endpoint = pool.choose(route)
+        # one more try for an adapter: an engine that lost it (404) gets it loaded again
+        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
+            only = adapter.urls if adapter is not None else None
+            endpoint = pool.choose(route, only)
             if endpoint is None:
                 await self.directory.refresh_pool(pool)  # membership may be newer than ours
-                endpoint = pool.choose(route)
+                endpoint = pool.choose(route, only)
             if endpoint is None:
                 break
+            if adapter is not None:
+                await self._load_adapter(adapter, pool, endpoint, route)
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
             try:
                 upstream = await self.relay.open(endpoint.url + path, body, headers)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
                 pool.mark_unreachable(endpoint)
-                pool.finish(endpoint, route, failed=True)
+                self._finish(pool, endpoint, route, adapter, failed=True)
                 continue
             except OpenAIError:
-                pool.finish(endpoint, route, failed=True)
+                self._finish(pool, endpoint, route, adapter, failed=True)
                 raise
+            if adapter is not None and upstream.status == 404 and adapter.entry is not None:
+                # the engine lost the adapter (it restarted): load it again, once
+                upstream.close()
+                endpoint.lora.forget(adapter.adapter_id)
+                self._finish(pool, endpoint, route, adapter, failed=True)
+                continue
 
             def done(result: Outcome, endpoint: Any = endpoint) -> None:
-                pool.finish(endpoint, route, failed=result.error is not None)
+                self._finish(pool, endpoint, route, adapter, failed=result.error is not None)
                 self.metrics.record(model, path, result, time.monotonic())
 
             if payload.get("stream") is True and upstream.status == 200:
@@ -256,6 +279,20 @@ class OpenAiIngress:
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
 
+    async def _load_adapter(self, adapter: AdapterTarget, pool: ModelPool, endpoint: Any,
+                            route: RouteRequest) -> None:
+        try:
+            await self.adapters.acquire(adapter, endpoint.key, endpoint.lora, endpoint.url)
+        except BaseException:
+            pool.finish(endpoint, route, failed=True)
+            raise
+
+    def _finish(self, pool: ModelPool, endpoint: Any, route: RouteRequest,
+                adapter: AdapterTarget | None, *, failed: bool) -> None:
+        pool.finish(endpoint, route, failed=failed)
+        if adapter is not None:
+            self.adapters.release(adapter, endpoint.lora)
+
     async def _route_request(self, request_id: str, path: str, payload: dict[str, Any],
                              request: Request, pool: ModelPool) -> RouteRequest:
         """What the routing policy sees; the prompt's tokens only if the policy uses them."""
@@ -274,9 +311,13 @@ class OpenAiIngress:
     # ---- local endpoints -------------------------------------------------------------
     async def _list_models(self, request: Request, request_id: str) -> Response:
         return JSONResponse({"object": "list",
-                             "data": [self._model_card(m) for m in sorted(self.pools)]})
+                             "data": [self._model_card(m) for m in sorted(self.pools)]
+                             + self.adapters.cards(CREATED_AT)})
 
     def _get_model(self, model_id: str) -> Response:
+        if model_id not in self.pools and self.adapters.resolve(model_id) is not None:
+            return JSONResponse(next(c for c in self.adapters.cards(CREATED_AT)
+                                     if c["id"] == model_id))
         if model_id not in self.pools:
             raise ModelNotFound(f"The model `{model_id}` does not exist. Available models: "
                                 f"{', '.join(sorted(self.pools))}")
@@ -331,6 +372,7 @@ class OpenAiIngress:
 
     async def _close(self) -> None:
         self._report_task.cancel()
+        await self.adapters.close()
         await self.directory.close()
         await self.relay.close()
 

@@ -19,6 +19,7 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+from llmserve.lora.residency import ReplicaAdapters
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.policy import (
     notify_finished,
@@ -42,11 +43,13 @@ class Endpoint:
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
+    pid: int | None = None  # of the engine process: a new one has no adapters loaded
+    lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)
 
     def candidate(self) -> Candidate:
         stats = self.stats.as_mapping()
-        return Candidate(self.key, self.in_flight, 0, frozenset(self.stats.running_lora_adapters),
-                         stats)
+        adapters = frozenset(self.stats.running_lora_adapters) | self.lora.resident
+        return Candidate(self.key, self.in_flight, 0, adapters, stats)
 
 
 class ModelPool:
@@ -66,8 +69,10 @@ class ModelPool:
     def in_flight(self) -> int:
         return sum(e.in_flight for e in self.endpoints.values())
 
-    def choose(self, request: RouteRequest) -> Endpoint | None:
-        ready = [e for e in self.endpoints.values() if e.ready]
+    def choose(self, request: RouteRequest,
+               only_urls: Sequence[str] | None = None) -> Endpoint | None:
+        ready = [e for e in self.endpoints.values()
+                 if e.ready and (only_urls is None or e.url in only_urls)]
         if not ready:
             return None
         if len(ready) == 1:
@@ -118,8 +123,8 @@ class ModelPool:
                 log.debug("no endpoint from %s: %r", rid, exc)
                 continue
             current = self.endpoints.get(rid)
-            if current is None or current.url != info.url:
-                self.endpoints[rid] = Endpoint(rid, info.url, info.ready)
+            if current is None or current.url != info.url or current.pid != info.pid:
+                self.endpoints[rid] = Endpoint(rid, info.url, info.ready, pid=info.pid)
                 changed = True
             else:
                 current.ready = info.ready and current.ready
