@@ -71,8 +71,9 @@ class AdapterCatalog:
                 log.warning("adapters of %r: %s (keeping the last listing)",
                             self.base_model, exc)
 
-    def local_copy(self, entry: AdapterEntry) -> Path:
-        """A local folder with ``entry``'s files (blocking: may download)."""
+    def local_copy(self, entry: AdapterEntry) -> tuple[Path, bool]:
+        """A local folder with ``entry``'s files, and whether it was downloaded now
+        (blocking: may download)."""
         if entry.static or self.folder is None:
-            return Path(entry.location)
+            return Path(entry.location), False
         return self.folder.local_copy(entry.name)

@@ -37,8 +37,9 @@ class AdapterFolder(Protocol):
         """The adapter's ``adapter_config.json``."""
         ...
 
-    def local_copy(self, name: str) -> Path:
-        """A local folder with the adapter's files (blocking; call it in a thread)."""
+    def local_copy(self, name: str) -> tuple[Path, bool]:
+        """A local folder with the adapter's files, and whether it was downloaded now
+        (blocking; call it in a thread)."""
         ...
 
 
@@ -77,14 +78,14 @@ class LocalFolder:
         return {c.name: str(c) for c in children if (c / CONFIG_FILE).is_file()}
 
     def read_config(self, name: str) -> bytes:
-        return (self.local_copy(name) / CONFIG_FILE).read_bytes()
+        return (self.local_copy(name)[0] / CONFIG_FILE).read_bytes()
 
-    def local_copy(self, name: str) -> Path:
+    def local_copy(self, name: str) -> tuple[Path, bool]:
         root = self.path.resolve()
         path = (self.path / name).resolve()
         if path.parent != root:  # a symlink leading out of the folder
             raise AdapterFolderError(f"adapter {name!r} resolves outside {self.path}")
-        return path
+        return path, False
 
 
 class S3Folder:
@@ -120,10 +121,10 @@ class S3Folder:
             raise AdapterFolderError(f"cannot read {self.uri}/{name}/{CONFIG_FILE}: "
                                      f"{exc!r}") from exc
 
-    def local_copy(self, name: str) -> Path:
+    def local_copy(self, name: str) -> tuple[Path, bool]:
         final = self.cache / name
         if final.is_dir():
-            return final
+            return final, False
         self.cache.mkdir(parents=True, exist_ok=True)
         partial = self.cache / f".{name}.{uuid.uuid4().hex}.partial"
         try:
@@ -141,4 +142,4 @@ class S3Folder:
             raise AdapterFolderError(f"cannot download {self.uri}/{name}: {exc!r}") from exc
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-        return final
+        return final, True

@@ -16,6 +16,9 @@ class LoraMetrics:
         self.evictions = Counter("llmserve_lora_adapter_evictions",
                                  "Adapters unloaded to make room (least recently used)",
                                  ["model_name"], registry=r)
+        self.downloads = Counter("llmserve_lora_adapter_downloads",
+                                 "Adapters copied from remote storage into the node's cache",
+                                 ["model_name"], registry=r)
         self.load_failures = Counter("llmserve_lora_adapter_load_failures",
                                      "Adapter fetches, checks or engine loads that failed",
                                      ["model_name"], registry=r)

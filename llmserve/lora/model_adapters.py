@@ -128,8 +128,11 @@ class ModelAdapters:
         reason = ""
         for attempt in range(1, tries + 1):
             try:
-                return await asyncio.wait_for(
+                path, downloaded = await asyncio.wait_for(
                     asyncio.to_thread(self.catalog.local_copy, entry), timeout_s)
+                if downloaded:
+                    self.metrics.downloads.labels(entry.adapter_id).inc()
+                return path
             except TimeoutError:
                 reason = f"timed out after {timeout_s:g} s"
             except AdapterFolderError as exc:
