@@ -126,7 +126,7 @@ class PrefixAwarePolicy(PolicyBase):
 
     # ---- the decision -----------------------------------------------------------------
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-        return self.rank(self.match(request), candidates)
+        return self.rank(self.match(request), candidates, request.lora_adapter)
 
     def match(self, request: RouteRequest) -> PrefixMatch | None:
         """Hash the prompt and look it up; remembered until ``on_routed``."""
@@ -145,11 +145,13 @@ class PrefixAwarePolicy(PolicyBase):
             self._pending.popitem(last=False)
         return found
 
-    def rank(self, match: PrefixMatch | None,
-             candidates: Sequence[Candidate]) -> list[Candidate]:
-        """Best first: not overloaded, longest cached prefix, least prefill queued, least
-        loaded, fewest cached blocks, random. One pass over the candidates (this runs per
-        request: 64 replicas cost ~20 µs here, most of a decision)."""
+    def rank(self, match: PrefixMatch | None, candidates: Sequence[Candidate],
+             adapter: str | None = None) -> list[Candidate]:
+        """Best first: not overloaded, holding the request's LoRA ``adapter`` (in
+        ``Candidate.model_ids``), longest cached prefix, fewest resident adapters (where
+        the adapter would have to be loaded: a load costs least there), least prefill
+        queued, least loaded, fewest cached blocks, random. One pass over the candidates
+        (this runs per request: 64 replicas cost ~20 µs here, most of a decision)."""
         if not candidates:
             return []
         loads = [replica_load(c) for c in candidates]
@@ -189,7 +191,10 @@ class PrefixAwarePolicy(PolicyBase):
             if rid == warming:
                 held -= 0.5  # after the holders that have computed it, before the rest
             queued = prefilling.get(rid, 0) if prefilling else 0
-            keyed.append((full, -held, queued, load, cached.get(rid, 0), rand(), i))
+            # an adapter request: where it is resident first; else where a load costs least
+            miss = adapter is not None and adapter not in c.model_ids
+            slots = len(c.model_ids) if miss else 0
+            keyed.append((full, miss, -held, slots, queued, load, cached.get(rid, 0), rand(), i))
         keyed.sort()
         return [candidates[k[-1]] for k in keyed]
 
