@@ -40,10 +40,13 @@ CHAT = [{"role": "user", "content": "Tell me about the sea."}]
 class Bare:
     url: str
     process: EngineProcess
+    loop: asyncio.AbstractEventLoop  # the process's pipes belong to the loop that started it
     expected: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def stop(self) -> None:
-        asyncio.run(self.process.stop())
+        if not self.loop.is_closed():
+            self.loop.run_until_complete(self.process.stop())
+            self.loop.close()
 
 
 def complete(client: OpenAI, model: str, *, stream: bool = False) -> str:
@@ -77,9 +80,10 @@ def bare(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                       env=vllm_cpu_env(),
                       lora_modules={a: str(model_dir / "loras" / a) for a in ADAPTERS})
     log_path = tmp_path_factory.mktemp("bare-vllm") / "engine.log"
-    process = asyncio.run(EngineProcess.launch(VllmEngine(), spec, log_path=log_path,
-                                               ready_timeout_s=300))
-    found = Bare(spec.base_url, process)
+    loop = asyncio.new_event_loop()
+    process = loop.run_until_complete(EngineProcess.launch(VllmEngine(), spec, log_path=log_path,
+                                                           ready_timeout_s=300))
+    found = Bare(spec.base_url, process, loop)
     client = OpenAI(base_url=spec.base_url + "/v1", api_key="unused", max_retries=0)
     for model in ("tiny", *ADAPTERS):
         found.expected[(model, "completion")] = complete(client, model)
