@@ -60,11 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
     routing = _routing_config(args)
     app_args: dict[str, Any] = {}
     if args.worker_urls:
-        if args.lora_dir or args.lora_modules or args.max_loras_per_replica is not None:
-            raise ConfigError("--lora-dir/--lora-modules/--max-loras-per-replica configure "
-                              "engines llmserve launches; with --worker-urls the adapters "
-                              "the workers list are served")
         app_args["worker_urls"] = args.worker_urls
+        lora = _lora_config(args)  # adapters the gateway loads into the workers on demand
+        if lora is not None:
+            app_args["worker_lora_config"] = lora
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
         if args.model:  # the engines' files: route on their tokenizer's token ids
             routing = {"tokenizer_source": args.model, **(routing or {})}

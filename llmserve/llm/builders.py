@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from llmserve.llm.config import LLMConfig
+from llmserve.llm.config import LLMConfig, LoraConfig
 from llmserve.llm.server import LLMServer
 from llmserve.lora.directory import WorkerAdapter
 from llmserve.lora.settings import LoraSettings, lora_settings
@@ -20,7 +20,7 @@ from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to
 
 KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
-              "worker_engine", "max_ongoing_requests_per_model"}
+              "worker_engine", "max_ongoing_requests_per_model", "worker_lora_config"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
@@ -70,7 +70,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
                                    handle, source=config.model_loading_config.source,
                                    lora=model_lora_settings(config)))
     sources += discover_workers(urls, merged.get("worker_engine", "vllm"),
-                                merged.get("routing_config") or {"policy": "prefix_aware"})
+                                merged.get("routing_config") or {"policy": "prefix_aware"},
+                                _worker_lora(merged.get("worker_lora_config")))
     _check_unique([s.model_id for s in sources]
                   + [name for s in sources if s.lora for name in s.lora.static])
     settings = _settings(merged)
@@ -99,9 +100,20 @@ def _settings(args: Mapping[str, Any]) -> IngressSettings:
         raise ConfigError(f"build_openai_app: {exc}") from None
 
 
-def discover_workers(urls: Sequence[str], engine: str,
-                     routing_config: Mapping[str, Any]) -> list[ModelSource]:
-    """Ask each running engine which model it serves; group URLs by model id."""
+def _worker_lora(value: Any) -> LoraConfig | None:
+    if value is None:
+        return None
+    try:
+        return value if isinstance(value, LoraConfig) else LoraConfig.model_validate(value)
+    except ValueError as exc:
+        raise ConfigError(f"worker_lora_config: {exc}") from None
+
+
+def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
+                     lora: LoraConfig | None = None) -> list[ModelSource]:
+    """Ask each running engine which model it serves; group URLs by model id. With
+    ``lora``, the gateway also loads that config's adapters into the workers on demand
+    (their engines must have runtime LoRA loading on)."""
     by_model: dict[str, list[str]] = {}
     adapters: dict[str, tuple[str, str, list[str]]] = {}  # id -> (parent, root, urls)
     for url in urls:
@@ -118,6 +130,7 @@ def discover_workers(urls: Sequence[str], engine: str,
                                                          str(card.get("root") or ""), []))
                 found[2].append(base)
     return [ModelSource(model, engine, dict(routing_config), urls=tuple(group),
+                        lora=None if lora is None else lora_settings(model, model, lora, {}),
                         adapters=tuple(WorkerAdapter(name, model, tuple(where), root)
                                        for name, (parent, root, where) in adapters.items()
                                        if parent == model))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.cluster_procs import wait_http_ok
+from benchmarks.cluster_procs import sim_cluster, wait_http_ok
 from llmserve.llm.tiny_model import cached_tiny_model
 from tests.integration.serve.ports import free_port
 
@@ -51,8 +51,25 @@ def test_serve_with_lora_dir_and_modules() -> None:
     assert proc.returncode == 0, out
 
 
-def test_lora_flags_with_worker_urls_are_refused() -> None:
-    proc = serve_cli("--worker-urls", "http://127.0.0.1:9", "--lora-dir", "/tmp")
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    assert "--lora-dir/--lora-modules/--max-loras-per-replica" in out
+def test_worker_urls_with_lora_dir_loads_into_the_workers(tmp_path: Path) -> None:
+    model = cached_tiny_model(num_loras=3)
+    sim_port, port = free_port(), free_port()
+    with sim_cluster(str(model), 1, sim_port, "tiny-cpu", 1.0, tmp_path / "sim.log",
+                     ("--served-model-name", "base", "--max-loras", "1")) as urls:
+        proc = serve_cli("--worker-urls", *urls, "--port", str(port),
+                         "--lora-dir", str(model / "loras"), "--max-loras-per-replica", "1")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http_ok(f"{url}/v1/models", 90, proc)
+            ids = {c["id"] for c in httpx.get(f"{url}/v1/models").json()["data"]}
+            assert ids == {"base", "base:lora-0", "base:lora-1", "base:lora-2"}
+            for model_id in ("base:lora-0", "base:lora-1"):
+                answer = httpx.post(f"{url}/v1/completions", timeout=30, json={
+                    "model": model_id, "prompt": "hi", "max_tokens": 2})
+                assert answer.status_code == 200, answer.text
+            worker = httpx.get(f"{urls[0]}/v1/models").json()["data"]
+            assert [c["id"] for c in worker if c["parent"]] == ["base:lora-1"]  # one slot
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
