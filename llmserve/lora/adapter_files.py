@@ -52,6 +52,12 @@ def rank_from_json(raw: bytes) -> int:
         return 0  # a broken config is reported when the adapter is used
 
 
+def warm_up() -> None:
+    """Import the readers (peft imports torch: seconds) ahead of the first adapter."""
+    import peft  # noqa: F401
+    import safetensors  # noqa: F401
+
+
 def inspect_adapter(adapter_id: str, path: Path) -> AdapterFacts:
     """Read and check the files of one adapter (blocking: run it in a thread)."""
     if not (path / CONFIG_FILE).is_file():

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmserve.lora.folder import AdapterFolder, AdapterFolderError
+from llmserve.lora.folder import AdapterFolder, AdapterFolderError, LocalFolder
 from llmserve.lora.names import check_adapter_name, public_id
 
 log = logging.getLogger("llmserve.lora")
@@ -70,6 +70,11 @@ class AdapterCatalog:
             except AdapterFolderError as exc:
                 log.warning("adapters of %r: %s (keeping the last listing)",
                             self.base_model, exc)
+
+    @property
+    def is_remote(self) -> bool:
+        """Adapters are downloaded (not read in place)."""
+        return self.folder is not None and not isinstance(self.folder, LocalFolder)
 
     def local_copy(self, entry: AdapterEntry) -> tuple[Path, bool]:
         """A local folder with ``entry``'s files, and whether it was downloaded now

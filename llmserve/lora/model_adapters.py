@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from engines.protocol import Engine, LoraAdapterError
-from llmserve.lora.adapter_files import AdapterFacts, check_fits, inspect_adapter
+from llmserve.lora.adapter_files import AdapterFacts, check_fits, inspect_adapter, warm_up
 from llmserve.lora.catalog import AdapterCatalog, AdapterEntry
 from llmserve.lora.errors import AdapterUnavailable, InvalidAdapter
 from llmserve.lora.folder import AdapterFolderError, open_folder
@@ -47,8 +47,12 @@ class ModelAdapters:
         self._fetching: dict[str, asyncio.Task[Path]] = {}
         self._checked: dict[str, tuple[tuple[float, ...], AdapterFacts]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._warm: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # peft (and torch under it) loads in seconds: before the first request, not in it
+        self._warm = asyncio.get_running_loop().create_task(asyncio.to_thread(warm_up))
+        self._warm.add_done_callback(_log_failure)
         try:
             await self.catalog.refresh()
         except AdapterFolderError as exc:
@@ -81,8 +85,7 @@ class ModelAdapters:
         else:
             started = time.monotonic()
             try:
-                path = await self._local_path(entry)
-                await self._check(entry, path)
+                path = await self._ready_files(entry)
                 missed = await replica.acquire(
                     adapter_id, self.settings.max_per_replica,
                     lambda: self._load(url, adapter_id, path), self._unloader(url),
@@ -114,15 +117,27 @@ class ModelAdapters:
         return Unloader(self.engine, self.client, url)
 
     # ---- files -----------------------------------------------------------------------
-    async def _local_path(self, entry: AdapterEntry) -> Path:
+    async def _ready_files(self, entry: AdapterEntry) -> Path:
+        """The adapter's local folder, fetched and checked; one task per adapter at a time
+        (concurrent first requests share it, and its error)."""
         task = self._fetching.get(entry.adapter_id)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(entry))
+            task = asyncio.get_running_loop().create_task(self._fetch_and_check(entry))
             self._fetching[entry.adapter_id] = task
             task.add_done_callback(lambda _: self._fetching.pop(entry.adapter_id, None))
         return await asyncio.shield(task)
 
+    async def _fetch_and_check(self, entry: AdapterEntry) -> Path:
+        path = await self._fetch(entry)
+        await self._check(entry, path)
+        return path
+
     async def _fetch(self, entry: AdapterEntry) -> Path:
+        if entry.static or not self.catalog.is_remote:  # a local folder: read in place
+            try:
+                return self.catalog.local_copy(entry)[0]
+            except AdapterFolderError as exc:
+                raise InvalidAdapter(str(exc), param="model") from None
         tries = self.settings.max_download_tries
         timeout_s = self.settings.download_timeout_s
         reason = ""
@@ -166,6 +181,12 @@ class Unloader:
         except LoraAdapterError as exc:
             if exc.status_code != 404:
                 log.warning("unloading adapter %s from %s: %s", adapter_id, self.url, exc)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cannot load the adapter file readers (pip install 'llmserve[lora]'): %r",
+                    task.exception())
 
 
 async def _never() -> None:
