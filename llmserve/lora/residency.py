@@ -26,6 +26,7 @@ class ReplicaAdapters:
         self._resident: OrderedDict[str, None] = OrderedDict()
         self._in_flight: dict[str, int] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
+        self._claimed = 0  # slots held by loads under way (room made, not yet resident)
         self._released = asyncio.Event()
 
     @property
@@ -39,17 +40,23 @@ class ReplicaAdapters:
                       *, wait_s: float, on_evict: Evicted | None = None) -> bool:
         """Make ``name`` resident and count one request using it; True if this call
         waited for a load (a miss), False if it was resident already (a hit)."""
-        missed = False
-        while name not in self._resident:
-            missed = True
-            task = self._loading.get(name)
-            if task is None:
-                task = asyncio.get_running_loop().create_task(
-                    self._load(name, capacity, load, unload, wait_s, on_evict))
-                self._loading[name] = task
-            await asyncio.shield(task)  # a cancelled waiter leaves the load running
-        self._resident.move_to_end(name)
+        # counted as in use from now on, so the adapter is not evicted between its load
+        # and this request's turn to run
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        missed = False
+        try:
+            while name not in self._resident:
+                missed = True
+                task = self._loading.get(name)
+                if task is None:
+                    task = asyncio.get_running_loop().create_task(
+                        self._load(name, capacity, load, unload, wait_s, on_evict))
+                    self._loading[name] = task
+                await asyncio.shield(task)  # a cancelled waiter leaves the load running
+        except BaseException:
+            self.release(name)
+            raise
+        self._resident.move_to_end(name)
         return missed
 
     def release(self, name: str) -> None:
@@ -68,15 +75,20 @@ class ReplicaAdapters:
                     wait_s: float, on_evict: Evicted | None) -> None:
         try:
             await self._make_room(capacity, unload, wait_s, on_evict)
-            await load()
-            self._resident[name] = None
+            self._claimed += 1
+            try:
+                await load()
+                self._resident[name] = None
+            finally:
+                self._claimed -= 1
+                self._released.set()  # a failed load frees its slot
         finally:
             self._loading.pop(name, None)
 
     async def _make_room(self, capacity: int, unload: Unload, wait_s: float,
                          on_evict: Evicted | None) -> None:
         deadline = asyncio.get_running_loop().time() + wait_s
-        while len(self._resident) + len(self._loading) > capacity:
+        while len(self._resident) + self._claimed >= capacity:
             victim = next((n for n in self._resident if not self._in_flight.get(n)), None)
             if victim is None:
                 left = deadline - asyncio.get_running_loop().time()

@@ -117,3 +117,16 @@ async def test_forget_makes_the_next_use_load_again() -> None:
     replica.forget("a")
     assert await use(replica, engine, "a") is True
     assert engine.loaded == ["a", "a"]
+
+
+async def test_loads_of_many_adapters_at_once_take_turns_for_the_slots() -> None:
+    replica, engine = ReplicaAdapters(), FakeEngine()
+    users = [asyncio.ensure_future(use(replica, engine, name, capacity=2))
+             for name in ("a", "b", "c", "d")]
+    done, waiting = await asyncio.wait(users, timeout=0.1)
+    assert len(done) == 2 and len(waiting) == 2  # two slots; the other two wait
+    for _task in done:
+        replica.release(next(n for n in ("a", "b", "c", "d") if n in engine.loaded
+                             and replica.in_flight(n)))
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 1.0) == [True, True]
+    assert sorted(engine.loaded) == ["a", "b", "c", "d"] and len(engine.unloaded) == 2
