@@ -63,7 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", default="llama-3.1-8b-h100")
     parser.add_argument("--rates", type=float, nargs="+", default=[16.0, 32.0, 48.0, 64.0],
                         help="requests per second")
-    parser.add_argument("--requests", type=int, default=600, help="requests per run")
+    parser.add_argument("--duration-s", type=float, default=30.0,
+                        help="seconds of arrivals per run (requests = rate x duration)")
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
@@ -74,8 +75,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_workload(args: argparse.Namespace, model_dir: str) -> Workload:
-    params = WorkloadParams(seed=args.seed, num_requests=args.requests,
+def make_workload(args: argparse.Namespace, model_dir: str, rate: float) -> Workload:
+    params = WorkloadParams(seed=args.seed, num_requests=round(rate * args.duration_s),
                             input_len=args.input_len, output_len=args.output_len,
                             lora_num_adapters=args.adapters, lora_zipf_s=args.zipf_s,
                             lora_prefix=f"{BASE}:lora-")
@@ -191,12 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiny = cached_tiny_model(num_loras=3)
     model_dir = args.model_dir or str(tiny)
     args.result_dir.mkdir(parents=True, exist_ok=True)
-    workload = make_workload(args, model_dir)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="llmserve-lora-bench-") as tmp:
         lora_dir = adapter_folder(tiny / "loras" / "lora-0", args.adapters, Path(tmp))
         for rate in args.rates:
+            workload = make_workload(args, model_dir, rate)
             for router in args.routers:
                 try:
                     rows.append(run_one(args, model_dir, lora_dir, workload, router, rate))

@@ -47,12 +47,14 @@ class ModelAdapters:
         self._fetching: dict[str, asyncio.Task[Path]] = {}
         self._checked: dict[str, tuple[tuple[float, ...], AdapterFacts]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._warm: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         # peft (and torch under it) loads in seconds: before the first request, not in it
-        self._warm = asyncio.get_running_loop().create_task(asyncio.to_thread(warm_up))
-        self._warm.add_done_callback(_log_failure)
+        try:
+            await asyncio.to_thread(warm_up)
+        except ImportError as exc:
+            log.warning("cannot load the adapter file readers (pip install "
+                        "'llmserve[lora]'): %r", exc)
         try:
             await self.catalog.refresh()
         except AdapterFolderError as exc:
@@ -181,12 +183,6 @@ class Unloader:
         except LoraAdapterError as exc:
             if exc.status_code != 404:
                 log.warning("unloading adapter %s from %s: %s", adapter_id, self.url, exc)
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("cannot load the adapter file readers (pip install 'llmserve[lora]'): %r",
-                    task.exception())
 
 
 async def _never() -> None:
