@@ -56,8 +56,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
+from routing.decision import RoutingDecision
 from routing.load import replica_load
-from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.policy import Candidate, RouteRequest, RoutingPolicy
 from routing.prefix_index import PrefixIndex
 
 MatchKey = tuple[str, BlockHash]  # (index key, deepest matched block): a cached prefix
@@ -82,7 +83,7 @@ class PrefixMatch:
         return (self.index_key, self.hashes[depth - 1]) if depth else None
 
 
-class PrefixAwarePolicy(PolicyBase):
+class PrefixAwarePolicy(RoutingPolicy):
     needs_prompt = True
 
     def __init__(self, block_size: int = 16, max_index_bytes: int = 64 * 1024 * 1024,
@@ -196,7 +197,22 @@ class PrefixAwarePolicy(PolicyBase):
             slots = len(c.model_ids) if miss else 0
             keyed.append((full, miss, -held, slots, queued, load, cached.get(rid, 0), rand(), i))
         keyed.sort()
+        self.last_decision = self._explain(depth, blocks, candidates[keyed[0][-1]].replica_id,
+                                           candidates, loads, bound)
         return [candidates[k[-1]] for k in keyed]
+
+    def _explain(self, depth: int, blocks: dict[str, int], chosen: str,
+                 candidates: Sequence[Candidate], loads: Sequence[float],
+                 bound: float) -> RoutingDecision:
+        """For metrics: hit, miss, or spill and the guard that marked the holders full."""
+        tokens = depth * self.block_size
+        if depth == 0:
+            return RoutingDecision("miss")
+        if blocks.get(chosen, 0) >= depth:
+            return RoutingDecision("hit", tokens)
+        by_load = any(blocks.get(c.replica_id, 0) >= depth and load > bound
+                      for c, load in zip(candidates, loads, strict=True))
+        return RoutingDecision("spill", tokens, "load" if by_load else "share")
 
     # ---- hooks ------------------------------------------------------------------------
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:

@@ -9,27 +9,51 @@ from typing import Any
 
 import httpx
 
+<<<<<<< HEAD
 from llmserve.llm.config import LLMConfig, LoraConfig
 from llmserve.llm.server import LLMServer
 from llmserve.lora.directory import WorkerAdapter
 from llmserve.lora.settings import LoraSettings, lora_settings
+=======
+from llmserve.llm.config import LLMConfig
+from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
+>>>>>>> main
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
+from llmserve.openai.key_policy import policies_from_file
+from llmserve.openai.workers import (
+    DEFAULT_STARTUP_TIMEOUT_S,
+    PendingWorkers,
+    base_url,
+    served_models,
+)
 from llmserve.serve import Application, deployment
+from llmserve.serve.admin import ADMIN_KEY_ENV
 from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to_options
 
-KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
+KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_file",
+              "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
+<<<<<<< HEAD
               "worker_engine", "max_ongoing_requests_per_model", "worker_lora_config"}
+=======
+              "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s"}
+>>>>>>> main
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
 def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
                          *, name_prefix: str = "LLMServer:") -> Application:
     """One `LLMServer` deployment for one model (its replicas each run an engine)."""
+<<<<<<< HEAD
     config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping)
                               else llm_config).with_lora_enabled()
     options = {"health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 60.0,
+=======
+    config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
+    options = {"health_check_period_s": 5.0,
+               "graceful_shutdown_timeout_s": DEFAULT_GRACEFUL_SHUTDOWN_S,
+>>>>>>> main
                **config.deployment_config}
     if config.placement_group_config or config.accelerator_type:
         actor_options = dict(options.get("ray_actor_options") or {})
@@ -68,14 +92,25 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         handle = server  # replaced by a DeploymentHandle when the graph is deployed
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
                                    handle, source=config.model_loading_config.source,
+<<<<<<< HEAD
                                    lora=model_lora_settings(config)))
     sources += discover_workers(urls, merged.get("worker_engine", "vllm"),
                                 merged.get("routing_config") or {"policy": "prefix_aware"},
                                 _worker_lora(merged.get("worker_lora_config")))
     _check_unique([s.model_id for s in sources]
                   + [name for s in sources if s.lora for name in s.lora.static])
+=======
+                                   log_engine_metrics=config.log_engine_metrics))
+    found, pending = discover_workers(
+        urls, merged.get("worker_engine", "vllm"),
+        merged.get("routing_config") or {"policy": "prefix_aware"},
+        _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S))
+    sources += found
+    _check_unique([s.model_id for s in sources])
+>>>>>>> main
     settings = _settings(merged)
-    return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings)
+    return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings,
+                                                                       pending)
 
 
 def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,16 +125,25 @@ def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def _settings(args: Mapping[str, Any]) -> IngressSettings:
     values = {k: args[k] for k in ("api_keys", "max_request_body_bytes", "request_timeout_s",
-                                   "stats_refresh_s", "max_ongoing_requests_per_model")
+                                   "stats_refresh_s", "max_ongoing_requests_per_model",
+                                   "body_read_timeout_s", "max_request_header_bytes")
               if k in args}
-    if "api_keys" not in values and os.environ.get(API_KEYS_ENV):
+    if "api_keys_file" in args:
+        if "api_keys" in args:
+            raise ConfigError("build_openai_app: give api_keys or api_keys_file, not both")
+        values["api_key_policies"] = policies_from_file(args["api_keys_file"])
+    if "api_keys" not in values and "api_key_policies" not in values \
+            and os.environ.get(API_KEYS_ENV):
         values["api_keys"] = [k for k in os.environ[API_KEYS_ENV].split(",") if k]
+    if os.environ.get(ADMIN_KEY_ENV):
+        values["admin_key"] = os.environ[ADMIN_KEY_ENV]
     try:
         return IngressSettings.from_mapping(values)
     except ValueError as exc:
         raise ConfigError(f"build_openai_app: {exc}") from None
 
 
+<<<<<<< HEAD
 def _worker_lora(value: Any) -> LoraConfig | None:
     if value is None:
         return None
@@ -116,9 +160,19 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
     (their engines must have runtime LoRA loading on)."""
     by_model: dict[str, list[str]] = {}
     adapters: dict[str, tuple[str, str, list[str]]] = {}  # id -> (parent, root, urls)
+=======
+def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
+                     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+                     ) -> tuple[list[ModelSource], PendingWorkers]:
+    """Ask each engine which model it serves and group URLs by model id; the engines
+    that do not answer yet are returned as pending (the ingress takes them in later)."""
+    by_model: dict[str, list[str]] = {}
+    pending: list[str] = []
+>>>>>>> main
     for url in urls:
-        base = url.rstrip("/").removesuffix("/v1")
+        base = base_url(url)
         try:
+<<<<<<< HEAD
             data = httpx.get(f"{base}/v1/models", timeout=10, trust_env=False).json()["data"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot list models of the worker at {url}: {exc!r}") from exc
@@ -135,6 +189,27 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
                                        for name, (parent, root, where) in adapters.items()
                                        if parent == model))
             for model, group in by_model.items()]
+=======
+            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False)
+            response.raise_for_status()
+            models = served_models(response.json())
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            pending.append(base)
+            continue
+        for model in models:
+            by_model.setdefault(model, []).append(base)
+    found = [ModelSource(model, engine, dict(routing_config), urls=tuple(group))
+             for model, group in by_model.items()]
+    return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
+                                 startup_timeout_s)
+
+
+def _positive_float(args: Mapping[str, Any], name: str, default: float) -> float:
+    value = args.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"build_openai_app: {name} must be a positive number, got {value!r}")
+    return float(value)
+>>>>>>> main
 
 
 def model_lora_settings(config: LLMConfig) -> LoraSettings | None:

@@ -19,14 +19,15 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+<<<<<<< HEAD
 from llmserve.lora.residency import ReplicaAdapters
+=======
+from llmserve.openai.background import keep_running
+from llmserve.openai.breaker import is_failing, should_eject
+>>>>>>> main
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
-from routing.policy import (
-    notify_finished,
-    notify_first_token,
-    notify_replicas_changed,
-    notify_routed,
-)
+from routing.decision import RANKED, SINGLE, RoutingDecision
+from routing.dispatch import Dispatcher
 from routing.registry import policy_accepts
 
 log = logging.getLogger("llmserve.openai")
@@ -39,17 +40,26 @@ class Endpoint:
     key: str
     url: str
     ready: bool = True
-    in_flight: int = 0
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
+<<<<<<< HEAD
     pid: int | None = None  # of the engine process: a new one has no adapters loaded
     lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)
+=======
+    consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
+    restarts: int = 0  # of its engine process, as its LLMServer reports
+>>>>>>> main
 
-    def candidate(self) -> Candidate:
+    def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
+<<<<<<< HEAD
         adapters = frozenset(self.stats.running_lora_adapters) | self.lora.resident
         return Candidate(self.key, self.in_flight, 0, adapters, stats)
+=======
+        return Candidate(self.key, in_flight, 0, frozenset(self.stats.running_lora_adapters),
+                         stats)
+>>>>>>> main
 
 
 class ModelPool:
@@ -59,43 +69,86 @@ class ModelPool:
                  handle: Any = None, urls: Sequence[str] = ()) -> None:
         self.model_id = model_id
         self.engine = engine
-        self.policy = policy
         self.handle = handle
+        self.policy_name = type(policy).__name__
+        self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
-        if urls:
-            notify_replicas_changed(policy, list(self.endpoints))
+        self.dispatcher = Dispatcher(policy, list(self.endpoints))
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return self.dispatcher.policy
 
     @property
     def in_flight(self) -> int:
-        return sum(e.in_flight for e in self.endpoints.values())
+        return self.dispatcher.num_in_flight
 
+    def in_flight_of(self, endpoint: Endpoint) -> int:
+        return self.dispatcher.in_flight_of(endpoint.key)
+
+<<<<<<< HEAD
     def choose(self, request: RouteRequest,
                only_urls: Sequence[str] | None = None) -> Endpoint | None:
         ready = [e for e in self.endpoints.values()
                  if e.ready and (only_urls is None or e.url in only_urls)]
+=======
+    def choose(self, request: RouteRequest) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
+        ready = [e for e in self.endpoints.values() if e.ready]
+>>>>>>> main
         if not ready:
             return None
         if len(ready) == 1:
             chosen = ready[0]
-        else:
-            ranked = self.policy.choose(request, [e.candidate() for e in ready])
-            chosen = self.endpoints[ranked[0].replica_id]
-        chosen.in_flight += 1
-        notify_routed(self.policy, request, chosen.key)
-        return chosen
+            self.last_decision = SINGLE
+            self.dispatcher.routed(request, chosen.key)
+            return chosen
+        dispatcher = self.dispatcher
+        key = dispatcher.choose(request, [e.candidate(dispatcher.in_flight_of(e.key))
+                                          for e in ready])
+        self.last_decision = self.policy.last_decision or RANKED
+        return self.endpoints[key] if key is not None else None
 
     def first_token(self, endpoint: Endpoint, request: RouteRequest) -> None:
-        notify_first_token(self.policy, request, endpoint.key)
+        self.dispatcher.first_token(request, endpoint.key)
 
     def finish(self, endpoint: Endpoint, request: RouteRequest, *, failed: bool) -> None:
-        endpoint.in_flight -= 1
         if failed:
             endpoint.failures += 1
-        notify_finished(self.policy, request, endpoint.key)
+        self.dispatcher.finished(request, endpoint.key)
+
+    def add_url(self, url: str) -> None:
+        """A worker given by URL that came up after the gateway started."""
+        url = url.rstrip("/")
+        if url not in self.endpoints:
+            self.endpoints[url] = Endpoint(url, url)
+            self.dispatcher.set_replicas(list(self.endpoints))
 
     def mark_unreachable(self, endpoint: Endpoint) -> None:
-        """A connection to it failed: stop routing there until its stats answer again."""
-        endpoint.ready = False
+        """A connection to it failed."""
+        self.note_failure(endpoint, "connect failed")
+
+    def note_failure(self, endpoint: Endpoint, reason: str) -> None:
+        """Eject it after several failures in a row, unless it is the last one routable."""
+        endpoint.consecutive_failures += 1
+        others = sum(1 for e in self.endpoints.values() if e.ready and e is not endpoint)
+        if endpoint.ready and should_eject(endpoint.consecutive_failures, others):
+            endpoint.ready = False
+            log.warning("engine %s for %r: %d failures in a row (%s); no traffic until it "
+                        "answers a probe", endpoint.url, self.model_id,
+                        endpoint.consecutive_failures, reason)
+
+    def note_success(self, endpoint: Endpoint) -> None:
+        if not endpoint.ready:
+            log.info("engine %s for %r answers again", endpoint.url, self.model_id)
+        endpoint.consecutive_failures = 0
+        endpoint.ready = True
+
+    @property
+    def is_down(self) -> bool:
+        """No engine to serve from: none routable, or every one failing."""
+        return all(not e.ready or is_failing(e.consecutive_failures)
+                   for e in self.endpoints.values())
 
     def membership_changed(self) -> bool:
         """The deployment's running replicas differ from the engines we know (cheap)."""
@@ -128,8 +181,9 @@ class ModelPool:
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+            self.endpoints[rid].restarts = info.restarts
         if changed:
-            notify_replicas_changed(self.policy, list(self.endpoints))
+            self.dispatcher.set_replicas(list(self.endpoints))
 
     async def refresh_stats(self, client: httpx.AsyncClient) -> None:
         await asyncio.gather(*(self._read_stats(client, e) for e in self.endpoints.values()))
@@ -140,12 +194,9 @@ class ModelPool:
             response.raise_for_status()
             endpoint.stats = self.engine.parse_stats(response.text)
             endpoint.stats_at_s = time.monotonic()
-            endpoint.ready = True
+            self.note_success(endpoint)
         except (httpx.HTTPError, ValueError) as exc:
-            if endpoint.ready:
-                log.warning("engine %s for %r is not answering: %r", endpoint.url,
-                            self.model_id, exc)
-            endpoint.ready = False
+            self.note_failure(endpoint, f"stats: {exc!r}")
 
 
 class EngineDirectory:
@@ -161,21 +212,17 @@ class EngineDirectory:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def refresh(self) -> None:
-        for pool in self.pools.values():
+        pools = list(self.pools.values())  # a pool may be added meanwhile (late workers)
+        for pool in pools:
             await pool.refresh_members()
-        await asyncio.gather(*(p.refresh_stats(self.client) for p in self.pools.values()))
+        await asyncio.gather(*(p.refresh_stats(self.client) for p in pools))
 
     async def refresh_pool(self, pool: ModelPool) -> None:
         await pool.refresh_members()
         await pool.refresh_stats(self.client)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("engine directory refresh failed")
-            await asyncio.sleep(self.refresh_s)
+        await keep_running("engine directory refresh", self.refresh, self.refresh_s)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -196,4 +243,6 @@ def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
     if "block_size" in options and not policy_accepts(name, "block_size"):
         options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
     policy = make_policy(name, **options)
-    return ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool.policy_name = name
+    return pool

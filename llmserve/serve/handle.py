@@ -16,6 +16,7 @@ from typing import Any
 
 from llmserve.serve.context import RequestMetadata, get_request_metadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
+from llmserve.serve.metrics import observe_request
 from routing import RouteRequest
 
 _END = object()
@@ -112,11 +113,14 @@ class _Call:
         request = self.route_request()
         while True:
             if self.replica_id is not None:
-                replica = router.acquire_pinned(self.replica_id)
+                replica = router.acquire_pinned(self.replica_id, request)
             else:
                 replica = await router.acquire(request)
             try:
-                return await replica.call(self.meta, args, kwargs)
+                with observe_request(self.app_name, self.deployment):
+                    result = await replica.call(self.meta, args, kwargs)
+                router.first_output(replica, request)
+                return result
             except ReplicaUnavailableError:
                 if self.replica_id is not None:
                     raise
@@ -134,9 +138,12 @@ class _Call:
             replica = await router.acquire(request)
             started = False
             try:
-                async for item in replica.stream(self.meta, args, kwargs):
-                    started = True
-                    yield item
+                with observe_request(self.app_name, self.deployment):
+                    async for item in replica.stream(self.meta, args, kwargs):
+                        if not started:
+                            started = True
+                            router.first_output(replica, request)
+                        yield item
                 return
             except ReplicaUnavailableError:
                 if started:
