@@ -153,7 +153,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def _lora_config(args: argparse.Namespace) -> dict[str, Any] | None:
     """``lora_config`` from --lora-dir, --lora-modules and --max-loras-per-replica."""
     if not (args.lora_dir or args.lora_modules):
@@ -170,7 +169,8 @@ def _lora_config(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.max_loras_per_replica is not None:
         lora["max_num_adapters_per_replica"] = args.max_loras_per_replica
     return lora
-=======
+
+
 def pd_app(args: argparse.Namespace, app_args: dict[str, Any]) -> Any:
     """``--prefill-replicas``/``--decode-replicas``: the model's prefill and decode pools
     (docs/pd.md); ``--routing`` applies to the prefill pool, decode goes by load."""
@@ -188,7 +188,6 @@ def pd_app(args: argparse.Namespace, app_args: dict[str, Any]) -> Any:
         pool["deployment_config"] = {"num_replicas": replicas or 1}
         pools[f"{role}_config"] = pool
     return build_pd_openai_app({**app_args, **pools})
->>>>>>> main
 
 
 def _routing_config(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -80,7 +80,6 @@ class LLMConfig(_Strict):
     def model_id(self) -> str:
         return self.model_loading_config.model_id
 
-<<<<<<< HEAD
     def with_lora_enabled(self) -> LLMConfig:
         """With ``lora_config``: the engine's LoRA flags filled in (see llmserve.lora)."""
         if self.lora_config is None:
@@ -90,7 +89,7 @@ class LLMConfig(_Strict):
         kwargs = lora_engine_kwargs(self.lora_config, self.engine_kwargs)
         return self if kwargs == self.engine_kwargs else self.model_copy(
             update={"engine_kwargs": kwargs})
-=======
+
     @field_validator("log_engine_metrics")
     @classmethod
     def _engine_metrics_are_read(cls, value: bool) -> bool:
@@ -98,7 +97,6 @@ class LLMConfig(_Strict):
             raise ValueError("log_engine_metrics=False is not supported: the gateway always "
                              "reads each engine's metrics (routing needs them)")
         return value
->>>>>>> main
 
     @field_validator("llm_engine", mode="before")
     @classmethod

@@ -8,11 +8,8 @@ feature (tools, response_format, logprobs, chat templates, ...) comes through un
 from __future__ import annotations
 
 import asyncio
-<<<<<<< HEAD
-import dataclasses
-=======
 import contextlib
->>>>>>> main
+import dataclasses
 import functools
 import json
 import logging
@@ -27,16 +24,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
-<<<<<<< HEAD
 from llmserve.lora.directory import AdapterDirectory, AdapterTarget, WorkerAdapter
 from llmserve.lora.settings import LoraSettings
-=======
 from llmserve.openai.access_log import log_access
 from llmserve.openai.auth import ApiKeys, bearer_token
 from llmserve.openai.background import keep_running
 from llmserve.openai.disaggregated import SPLIT_PATHS, DisaggregatedFlow
 from llmserve.openai.engine_targets import engine_targets
->>>>>>> main
 from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
@@ -157,13 +151,10 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
-<<<<<<< HEAD
-    lora: LoraSettings | None = None  # adapters the gateway loads on demand
-    adapters: tuple[WorkerAdapter, ...] = ()  # adapters the workers at ``urls`` list
-=======
     prefill: ModelSource | None = None  # set: prefill here, decode on handle/urls (docs/pd.md)
     log_engine_metrics: bool = True  # list its engines at /metrics/engines
->>>>>>> main
+    lora: LoraSettings | None = None  # adapters the gateway loads on demand (docs/lora.md)
+    adapters: tuple[WorkerAdapter, ...] = ()  # adapters the workers at ``urls`` list
 
 
 class OpenAiIngress:
@@ -195,14 +186,6 @@ class OpenAiIngress:
         }
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
-<<<<<<< HEAD
-        self.metrics = IngressMetrics()
-        self.adapters = AdapterDirectory(
-            {m.model_id: (m.lora, self.pools[m.model_id].engine) for m in models if m.lora},
-            [a for m in models for a in m.adapters], self.directory.client,
-            self.metrics.registry)
-        await self.adapters.start()
-=======
         self.metrics = IngressMetrics(self.pools)
         pd_metrics = PDMetrics(self.metrics.registry) if self.prefill_pools else None
         self.disaggregated = {
@@ -212,10 +195,14 @@ class OpenAiIngress:
             for model, prefill in self.prefill_pools.items() if pd_metrics is not None
         }
         self.limiter = RateLimiter()
+        self.adapters = AdapterDirectory(
+            {m.model_id: (m.lora, self.pools[m.model_id].engine) for m in models if m.lora},
+            [a for m in models for a in m.adapters], self.directory.client,
+            self.metrics.registry)
+        await self.adapters.start()
         self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
                                    self._take_in_worker)
         self.workers.start()
->>>>>>> main
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
             ("GET", "/v1/models"): self._list_models,
@@ -323,15 +310,12 @@ class OpenAiIngress:
             model = next(iter(self.pools))
         if not isinstance(model, str) or not model:
             raise InvalidRequest("you must provide a model parameter", param="model")
-<<<<<<< HEAD
-        if model not in self.pools and self.adapters.resolve(model) is None:
-=======
-        if model not in self.pools and self.workers.not_ready:
+        known = model in self.pools or self.adapters.resolve(model) is not None
+        if not known and self.workers.not_ready:
             raise EngineUnavailable(
                 f"the model `{model}` is not served yet: workers "
                 f"{', '.join(self.workers.not_ready)} are not up yet", retry_after_s=5.0)
-        if model not in self.pools:
->>>>>>> main
+        if not known:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
                 f"{', '.join(sorted(self.pools))}", param="model")
@@ -341,11 +325,6 @@ class OpenAiIngress:
     async def _forward(self, request: Request, path: str, request_id: str,
                        key: KeyPolicy | None) -> Response:
         body = await self._read_body(request)
-<<<<<<< HEAD
-        payload, model = self._parse(body, path)
-        adapter = self.adapters.resolve(model) if model not in self.pools else None
-        pool = self.pools[adapter.base_model if adapter else model]
-=======
         payload, model = await self._parse(body, path)
         request.state.model_name = model
         if key is not None:
@@ -353,8 +332,8 @@ class OpenAiIngress:
                 raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`",
                                       param="model")
             self.limiter.admit(key)
-        pool = self.pools[model]
->>>>>>> main
+        adapter = self.adapters.resolve(model) if model not in self.pools else None
+        pool = self.pools[adapter.base_model if adapter else model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
@@ -364,21 +343,10 @@ class OpenAiIngress:
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
-<<<<<<< HEAD
-        route = await self._route_request(request_id, path, payload, request, pool)
-        if adapter is not None:
-            route = dataclasses.replace(route, lora_adapter=adapter.adapter_id)
-        headers = {"content-type": "application/json", "x-request-id": request_id}
-        outcome = Outcome()
-        # one more try for an adapter: an engine that lost it (404) gets it loaded again
-        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
-            only = adapter.urls if adapter is not None else None
-            endpoint = pool.choose(route, only)
-=======
         leaving = asyncio.ensure_future(wait_disconnect(request.receive))
         try:
             return await self._relay(request, path, request_id, payload, body, pool, leaving,
-                                     key)
+                                     key, adapter)
         except ClientLeft:
             log.info("request %s: the client left before the answer; engine request aborted",
                      request_id)
@@ -388,7 +356,8 @@ class OpenAiIngress:
 
     async def _relay(self, request: Request, path: str, request_id: str,
                      payload: dict[str, Any], body: bytes, pool: ModelPool,
-                     leaving: asyncio.Future[None], key: KeyPolicy | None) -> Response:
+                     leaving: asyncio.Future[None], key: KeyPolicy | None,
+                     adapter: AdapterTarget | None = None) -> Response:
         model = pool.model_id
         spans = request.state.spans = RequestSpans(request.headers, model, path)
         flow = self.disaggregated.get(model)
@@ -401,29 +370,29 @@ class OpenAiIngress:
         with spans.routing():
             route = await until_left(
                 self._route_request(request_id, path, payload, request, pool), leaving)
+        if adapter is not None:
+            route = dataclasses.replace(route, lora_adapter=adapter.adapter_id)
         headers = {"content-type": "application/json", "x-request-id": request_id,
                    **spans.engine_headers()}
         outcome = Outcome(started_s=request.state.arrival_s)
         streamed = payload.get("stream") is True
-        for _ in range(max(1, len(pool.endpoints))):
-            endpoint = pool.choose(route)
->>>>>>> main
+        only = adapter.urls if adapter is not None else None
+        # one more try for an adapter: an engine that lost it (404) gets it loaded again
+        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
+            endpoint = pool.choose(route, only)
             if endpoint is None:
                 await self.directory.refresh_pool(pool)  # membership may be newer than ours
                 endpoint = pool.choose(route, only)
             if endpoint is None:
                 break
-<<<<<<< HEAD
-            if adapter is not None:
-                await self._load_adapter(adapter, pool, endpoint, route)
-=======
             self.metrics.record_routing(model, pool.policy_name, pool.last_decision)
             spans.replica(endpoint.key)
->>>>>>> main
+            if adapter is not None:
+                await until_left(self._load_adapter(adapter, pool, endpoint, route), leaving)
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
 
             def done(result: Outcome, endpoint: Any = endpoint) -> None:
-                pool.finish(endpoint, route, failed=result.error is not None)
+                self._finish(pool, endpoint, route, adapter, failed=result.error is not None)
                 self.metrics.record(model, path, result, time.monotonic(), streamed=streamed)
                 status = CLIENT_CLOSED if result.disconnected else result.status
                 log_access(request, request_id, model, path, status, result, endpoint.key,
@@ -455,15 +424,7 @@ class OpenAiIngress:
                 self._finish(pool, endpoint, route, adapter, failed=True)
                 continue
 
-<<<<<<< HEAD
-            def done(result: Outcome, endpoint: Any = endpoint) -> None:
-                self._finish(pool, endpoint, route, adapter, failed=result.error is not None)
-                self.metrics.record(model, path, result, time.monotonic())
-
-            if payload.get("stream") is True and upstream.status == 200:
-=======
             if streamed and upstream.status == 200:
->>>>>>> main
                 return RelayedStream(upstream, {"x-request-id": request_id}, outcome, done)
             try:
                 content = await read_whole(upstream, outcome, leaving)
@@ -481,7 +442,6 @@ class OpenAiIngress:
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
 
-<<<<<<< HEAD
     async def _load_adapter(self, adapter: AdapterTarget, pool: ModelPool, endpoint: Any,
                             route: RouteRequest) -> None:
         try:
@@ -495,11 +455,10 @@ class OpenAiIngress:
         pool.finish(endpoint, route, failed=failed)
         if adapter is not None:
             self.adapters.release(adapter, endpoint.lora)
-=======
+
     def _charge(self, key: KeyPolicy | None, result: Outcome) -> None:
         if key is not None and result.usage:
             self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
->>>>>>> main
 
     async def _route_request(self, request_id: str, path: str, payload: dict[str, Any],
                              request: Request, pool: ModelPool) -> RouteRequest:
@@ -609,13 +568,10 @@ class OpenAiIngress:
 
     async def _close(self) -> None:
         self._report_task.cancel()
-<<<<<<< HEAD
-        await self.adapters.close()
-=======
         await self.workers.close()
+        await self.adapters.close()
         for renderer in self.prompts.values():
             renderer.close()
->>>>>>> main
         await self.directory.close()
         await self.relay.close()
 

@@ -19,12 +19,9 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
-<<<<<<< HEAD
 from llmserve.lora.residency import ReplicaAdapters
-=======
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
->>>>>>> main
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.dispatch import Dispatcher
@@ -43,23 +40,14 @@ class Endpoint:
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
-<<<<<<< HEAD
-    pid: int | None = None  # of the engine process: a new one has no adapters loaded
-    lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)
-=======
     consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
     restarts: int = 0  # of its engine process, as its LLMServer reports
->>>>>>> main
+    lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)  # adapters loaded there
 
     def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
-<<<<<<< HEAD
         adapters = frozenset(self.stats.running_lora_adapters) | self.lora.resident
-        return Candidate(self.key, self.in_flight, 0, adapters, stats)
-=======
-        return Candidate(self.key, in_flight, 0, frozenset(self.stats.running_lora_adapters),
-                         stats)
->>>>>>> main
+        return Candidate(self.key, in_flight, 0, adapters, stats)
 
 
 class ModelPool:
@@ -86,16 +74,12 @@ class ModelPool:
     def in_flight_of(self, endpoint: Endpoint) -> int:
         return self.dispatcher.in_flight_of(endpoint.key)
 
-<<<<<<< HEAD
     def choose(self, request: RouteRequest,
                only_urls: Sequence[str] | None = None) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``); with
+        ``only_urls``, one of those (the workers listing the request's adapter)."""
         ready = [e for e in self.endpoints.values()
                  if e.ready and (only_urls is None or e.url in only_urls)]
-=======
-    def choose(self, request: RouteRequest) -> Endpoint | None:
-        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
-        ready = [e for e in self.endpoints.values() if e.ready]
->>>>>>> main
         if not ready:
             return None
         if len(ready) == 1:
@@ -176,11 +160,13 @@ class ModelPool:
                 log.debug("no endpoint from %s: %r", rid, exc)
                 continue
             current = self.endpoints.get(rid)
-            if current is None or current.url != info.url or current.pid != info.pid:
-                self.endpoints[rid] = Endpoint(rid, info.url, info.ready, pid=info.pid)
+            if current is None or current.url != info.url:
+                self.endpoints[rid] = Endpoint(rid, info.url, info.ready)
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+                if current.restarts != info.restarts:  # a new engine: no adapters loaded
+                    current.lora = ReplicaAdapters()
             self.endpoints[rid].restarts = info.restarts
         if changed:
             self.dispatcher.set_replicas(list(self.endpoints))
