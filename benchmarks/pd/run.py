@@ -162,7 +162,7 @@ def run_rate(args: argparse.Namespace, model_dir: str, name: str, split: str,
 
 def attainment(result: Mapping[str, Any], workload: Workload) -> float:
     """Fraction of all sent requests (failures included) that met the SLO."""
-    good = (result.get("request_goodput") or 0.0) * result["duration"]
+    good = float(result.get("request_goodput") or 0.0) * float(result["duration"])
     return round(good / workload.num_requests, 4)
 
 
