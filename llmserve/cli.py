@@ -13,7 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from llmserve.log_setup import LOG_FORMATS, configure_logging
 from llmserve.serve.exceptions import ConfigError, DeployFailedError
+from llmserve.tracing_setup import configure_tracing_from_env
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,6 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
     app_args: dict[str, Any] = {}
     if args.worker_urls:
         app_args["worker_urls"] = args.worker_urls
+        lora = _lora_config(args)  # adapters the gateway loads into the workers on demand
+        if lora is not None:
+            app_args["worker_lora_config"] = lora
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
         if args.worker_startup_timeout_secs is not None:
             app_args["worker_startup_timeout_s"] = args.worker_startup_timeout_secs
@@ -126,6 +131,9 @@ def _serve(args: argparse.Namespace) -> int:
         }
         if routing:
             config["routing_config"] = routing
+        lora = _lora_config(args)
+        if lora is not None:
+            config["lora_config"] = lora
         app_args["llm_configs"] = [LLMConfig.model_validate(config)]
     if args.api_key:
         print("llmserve: warning: --api-key is visible to every local user in `ps`; prefer "
@@ -143,6 +151,24 @@ def _serve(args: argparse.Namespace) -> int:
     print(_snippet(url or "", args), flush=True)
     serve.run_until_signal()
     return 0
+
+
+def _lora_config(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``lora_config`` from --lora-dir, --lora-modules and --max-loras-per-replica."""
+    if not (args.lora_dir or args.lora_modules):
+        if args.max_loras_per_replica is not None:
+            raise ConfigError("--max-loras-per-replica needs --lora-dir or --lora-modules")
+        return None
+    modules: dict[str, str] = {}
+    for pair in args.lora_modules:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--lora-modules expects NAME=PATH, got {pair!r}")
+        modules[name] = path
+    lora: dict[str, Any] = {"dynamic_lora_loading_path": args.lora_dir, "lora_modules": modules}
+    if args.max_loras_per_replica is not None:
+        lora["max_num_adapters_per_replica"] = args.max_loras_per_replica
+    return lora
 
 
 def pd_app(args: argparse.Namespace, app_args: dict[str, Any]) -> Any:
@@ -284,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "before reporting it failed on /health (default 600)")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
+    srv.add_argument("--lora-dir", metavar="PATH_OR_URI",
+                     help="folder of LoRA adapters (local, file:// or s3://), loaded on demand; "
+                          "request one as MODEL_ID:ADAPTER")
+    srv.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                     help="LoRA adapters served under their own NAME (vLLM's convention)")
+    srv.add_argument("--max-loras-per-replica", type=int, default=None, metavar="N",
+                     help="adapters resident per replica (default 16); least recently used "
+                          "are unloaded")
     srv.set_defaults(handler=_serve)
 
     stop = add_command("shutdown", "remove every application from a Ray cluster (as "
@@ -321,6 +355,11 @@ def _version() -> str:
 def _add_global_options(parser: argparse.ArgumentParser, log_level_default: str) -> None:
     parser.add_argument("--log-level", default=log_level_default,
                         help="debug, info, warning or error (default: info)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        default="text" if log_level_default != argparse.SUPPRESS
+                        else argparse.SUPPRESS,
+                        help="text lines or one JSON object per line (default: text); "
+                             "the access log has one line per request either way")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,9 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format)
+    configure_tracing_from_env()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

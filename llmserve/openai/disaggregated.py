@@ -258,7 +258,7 @@ class DisaggregatedFlow:
             self.pd_metrics.requests.labels(model, ended).inc()
             self.pd_metrics.record_decode(model, result, prefill.done_s, now_s)
             self.metrics.record(model, path, dataclasses.replace(result, started_s=started_s),
-                                now_s)
+                                now_s, streamed=payload.get("stream") is True)
             charge(result)
             if stream:
                 self._count(-1)

@@ -10,6 +10,7 @@ import socket
 import uuid
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
 from llmserve.serve.admin import admin_key_digest, bearer_matches
@@ -21,6 +22,7 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from llmserve.serve.metrics import SERVE_REGISTRY, observe_request
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import ReplicaRef
 from llmserve.serve.status import status_to_json
@@ -54,9 +56,13 @@ class HttpProxy:
             await _send_text(send, 503 if self.draining else 200,
                              "draining" if self.draining else "success")
             return
-        if path in ("/-/routes", "/-/status") and self.admin_digest is not None \
+        if path in ("/-/routes", "/-/status", "/-/metrics") and self.admin_digest is not None \
                 and not bearer_matches(self.admin_digest, scope["headers"]):
             await _send_error(send, 401, f"{path} needs the admin key", "invalid_api_key")
+            return
+        if path == "/-/metrics":  # the serving core's metrics (the gateway adds its own)
+            await _send_body(send, 200, generate_latest(SERVE_REGISTRY),
+                             CONTENT_TYPE_LATEST.encode())
             return
         if path == "/-/routes":
             await _send_json(send, 200, self.controller.routes())
@@ -99,12 +105,15 @@ class HttpProxy:
         request = RouteRequest(request_id, model_id, meta.session_key)
         child = dict(scope, root_path=scope.get("root_path", "") + prefix) if prefix else scope
         try:
-            router = self.controller.router_for(app_name, self.controller.ingress_of(app_name))
+            ingress = self.controller.ingress_of(app_name)
+            router = self.controller.router_for(app_name, ingress)
             while True:
                 replica = await router.acquire(request)
                 try:
-                    await replica.handle_http(meta, child, receive,
-                                              _reporting_start(send, router, replica, request))
+                    with observe_request(app_name, ingress):
+                        await replica.handle_http(
+                            meta, child, receive,
+                            _reporting_start(send, router, replica, request))
                     return
                 except ReplicaUnavailableError:
                     continue
