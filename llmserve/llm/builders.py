@@ -24,7 +24,8 @@ from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to
 
 KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
-              "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s"}
+              "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s",
+              "worker_model_id"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
@@ -53,7 +54,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     plus ingress options (``api_keys``, ``max_request_body_bytes``, ``request_timeout_s``,
     ``max_ongoing_requests_per_model``: beyond it a model answers 429 with Retry-After,
     ``ingress_deployment_config``) and ``worker_urls`` to front engine servers that are
-    already running instead of launching any.
+    already running instead of launching any (``worker_model_id``: the name clients
+    use for the one model those workers serve, whatever name they serve it under).
     """
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - KNOWN_ARGS)
@@ -74,7 +76,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     found, pending = discover_workers(
         urls, merged.get("worker_engine", "vllm"),
         merged.get("routing_config") or {"policy": "prefix_aware"},
-        _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S))
+        _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S),
+        model_id=str(merged.get("worker_model_id") or ""))
     sources += found
     _check_unique([s.model_id for s in sources])
     settings = _settings(merged)
@@ -106,9 +109,10 @@ def _settings(args: Mapping[str, Any]) -> IngressSettings:
 
 def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
                      startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
-                     ) -> tuple[list[ModelSource], PendingWorkers]:
+                     model_id: str = "") -> tuple[list[ModelSource], PendingWorkers]:
     """Ask each engine which model it serves and group URLs by model id; the engines
-    that do not answer yet are returned as pending (the ingress takes them in later)."""
+    that do not answer yet are returned as pending (the ingress takes them in later).
+    ``model_id``: clients name the workers' one model so (see ``worker_model_id``)."""
     by_model: dict[str, list[str]] = {}
     pending: list[str] = []
     for url in urls:
@@ -122,10 +126,15 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
             continue
         for model in models:
             by_model.setdefault(model, []).append(base)
-    found = [ModelSource(model, engine, dict(routing_config), urls=tuple(group))
+    if model_id and len(by_model) > 1:
+        raise ConfigError(f"worker_model_id {model_id!r} is ambiguous: the workers serve "
+                          f"{sorted(by_model)}; give it only when they serve one model")
+    found = [ModelSource(model_id or model, engine, dict(routing_config),
+                         urls=tuple(group), source=model if model_id else "",
+                         served_name=model if model_id else "")
              for model, group in by_model.items()]
     return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
-                                 startup_timeout_s)
+                                 startup_timeout_s, model_id=model_id)
 
 
 def _positive_float(args: Mapping[str, Any], name: str, default: float) -> float:
