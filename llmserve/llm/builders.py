@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 
 from llmserve.llm.config import LLMConfig
-from llmserve.llm.server import LLMServer
+from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
+from llmserve.openai.key_policy import policies_from_file
 from llmserve.openai.workers import (
     DEFAULT_STARTUP_TIMEOUT_S,
     PendingWorkers,
@@ -19,10 +20,12 @@ from llmserve.openai.workers import (
     served_models,
 )
 from llmserve.serve import Application, deployment
+from llmserve.serve.admin import ADMIN_KEY_ENV
 from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to_options
 
-KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
+KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_file",
+              "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
               "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s",
               "worker_model_id"}
@@ -33,7 +36,8 @@ def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
                          *, name_prefix: str = "LLMServer:") -> Application:
     """One `LLMServer` deployment for one model (its replicas each run an engine)."""
     config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
-    options = {"health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 60.0,
+    options = {"health_check_period_s": 5.0,
+               "graceful_shutdown_timeout_s": DEFAULT_GRACEFUL_SHUTDOWN_S,
                **config.deployment_config}
     if config.placement_group_config or config.accelerator_type:
         actor_options = dict(options.get("ray_actor_options") or {})
@@ -72,7 +76,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         server = build_llm_deployment(config)
         handle = server  # replaced by a DeploymentHandle when the graph is deployed
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
-                                   handle, source=config.model_loading_config.source))
+                                   handle, source=config.model_loading_config.source,
+                                   log_engine_metrics=config.log_engine_metrics))
     found, pending = discover_workers(
         urls, merged.get("worker_engine", "vllm"),
         merged.get("routing_config") or {"policy": "prefix_aware"},
@@ -97,10 +102,18 @@ def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def _settings(args: Mapping[str, Any]) -> IngressSettings:
     values = {k: args[k] for k in ("api_keys", "max_request_body_bytes", "request_timeout_s",
-                                   "stats_refresh_s", "max_ongoing_requests_per_model")
+                                   "stats_refresh_s", "max_ongoing_requests_per_model",
+                                   "body_read_timeout_s", "max_request_header_bytes")
               if k in args}
-    if "api_keys" not in values and os.environ.get(API_KEYS_ENV):
+    if "api_keys_file" in args:
+        if "api_keys" in args:
+            raise ConfigError("build_openai_app: give api_keys or api_keys_file, not both")
+        values["api_key_policies"] = policies_from_file(args["api_keys_file"])
+    if "api_keys" not in values and "api_key_policies" not in values \
+            and os.environ.get(API_KEYS_ENV):
         values["api_keys"] = [k for k in os.environ[API_KEYS_ENV].split(",") if k]
+    if os.environ.get(ADMIN_KEY_ENV):
+        values["admin_key"] = os.environ[ADMIN_KEY_ENV]
     try:
         return IngressSettings.from_mapping(values)
     except ValueError as exc:

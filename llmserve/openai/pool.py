@@ -22,6 +22,7 @@ from engines.registry import make_engine
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
+from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.dispatch import Dispatcher
 from routing.registry import policy_accepts
 
@@ -39,6 +40,7 @@ class Endpoint:
     stats_at_s: float = 0.0
     failures: int = 0
     consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
+    restarts: int = 0  # of its engine process, as its LLMServer reports
 
     def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
@@ -54,6 +56,8 @@ class ModelPool:
         self.model_id = model_id
         self.engine = engine
         self.handle = handle
+        self.policy_name = type(policy).__name__
+        self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
         self.dispatcher = Dispatcher(policy, list(self.endpoints))
 
@@ -75,11 +79,13 @@ class ModelPool:
             return None
         if len(ready) == 1:
             chosen = ready[0]
+            self.last_decision = SINGLE
             self.dispatcher.routed(request, chosen.key)
             return chosen
         dispatcher = self.dispatcher
         key = dispatcher.choose(request, [e.candidate(dispatcher.in_flight_of(e.key))
                                           for e in ready])
+        self.last_decision = self.policy.last_decision or RANKED
         return self.endpoints[key] if key is not None else None
 
     def first_token(self, endpoint: Endpoint, request: RouteRequest) -> None:
@@ -154,6 +160,7 @@ class ModelPool:
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+            self.endpoints[rid].restarts = info.restarts
         if changed:
             self.dispatcher.set_replicas(list(self.endpoints))
 
@@ -215,4 +222,6 @@ def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
     if "block_size" in options and not policy_accepts(name, "block_size"):
         options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
     policy = make_policy(name, **options)
-    return ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool.policy_name = name
+    return pool
