@@ -13,6 +13,7 @@ from llmserve.llm.config import LLMConfig
 from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.openai.key_policy import policies_from_file
+from llmserve.openai.tls import client_ssl_context
 from llmserve.openai.workers import (
     DEFAULT_STARTUP_TIMEOUT_S,
     PendingWorkers,
@@ -131,7 +132,8 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
     for url in urls:
         base = base_url(url)
         try:
-            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False)
+            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False,
+                                 verify=client_ssl_context())
             response.raise_for_status()
             models = served_models(response.json())
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
