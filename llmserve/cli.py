@@ -107,6 +107,9 @@ def _serve(args: argparse.Namespace) -> int:
         app_args["worker_urls"] = args.worker_urls
         if args.model_id:  # the name clients use, mapped onto the workers' served name
             app_args["worker_model_id"] = args.model_id
+        lora = _lora_config(args)  # adapters the gateway loads into the workers on demand
+        if lora is not None:
+            app_args["worker_lora_config"] = lora
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
         if args.worker_startup_timeout_secs is not None:
             app_args["worker_startup_timeout_s"] = args.worker_startup_timeout_secs
@@ -134,6 +137,9 @@ def _serve(args: argparse.Namespace) -> int:
         }
         if routing:
             config["routing_config"] = routing
+        lora = _lora_config(args)
+        if lora is not None:
+            config["lora_config"] = lora
         app_args["llm_configs"] = [LLMConfig.model_validate(config)]
     if args.api_key:
         print("llmserve: warning: --api-key is visible to every local user in `ps`; prefer "
@@ -182,6 +188,24 @@ def _merged_engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if both:
         raise ConfigError(f"engine flag(s) {both} given both as --flag and as --engine-arg")
     return {**flags, **pairs}
+
+
+def _lora_config(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``lora_config`` from --lora-dir, --lora-modules and --max-loras-per-replica."""
+    if not (args.lora_dir or args.lora_modules):
+        if args.max_loras_per_replica is not None:
+            raise ConfigError("--max-loras-per-replica needs --lora-dir or --lora-modules")
+        return None
+    modules: dict[str, str] = {}
+    for pair in args.lora_modules:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--lora-modules expects NAME=PATH, got {pair!r}")
+        modules[name] = path
+    lora: dict[str, Any] = {"dynamic_lora_loading_path": args.lora_dir, "lora_modules": modules}
+    if args.max_loras_per_replica is not None:
+        lora["max_num_adapters_per_replica"] = args.max_loras_per_replica
+    return lora
 
 
 def pd_app(args: argparse.Namespace, app_args: dict[str, Any]) -> Any:
@@ -355,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag as KEY=VALUE (repeatable), e.g. max_model_len=1024; "
                           "the same as --max-model-len 1024 after MODEL")
+    srv.add_argument("--lora-dir", metavar="PATH_OR_URI",
+                     help="folder of LoRA adapters (local, file:// or s3://), loaded on demand; "
+                          "request one as MODEL_ID:ADAPTER")
+    srv.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                     help="LoRA adapters served under their own NAME (vLLM's convention)")
+    srv.add_argument("--max-loras-per-replica", type=int, default=None, metavar="N",
+                     help="adapters resident per replica (default 16); least recently used "
+                          "are unloaded")
     srv.set_defaults(handler=_serve)
 
     stop = add_command("shutdown", "remove every application from a Ray cluster (as "

@@ -19,6 +19,7 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+from llmserve.lora.residency import ReplicaAdapters
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
 from llmserve.openai.tls import client_ssl_context
@@ -42,11 +43,12 @@ class Endpoint:
     failures: int = 0
     consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
     restarts: int = 0  # of its engine process, as its LLMServer reports
+    lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)  # adapters loaded there
 
     def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
-        return Candidate(self.key, in_flight, 0, frozenset(self.stats.running_lora_adapters),
-                         stats)
+        adapters = frozenset(self.stats.running_lora_adapters) | self.lora.resident
+        return Candidate(self.key, in_flight, 0, adapters, stats)
 
 
 class ModelPool:
@@ -73,9 +75,12 @@ class ModelPool:
     def in_flight_of(self, endpoint: Endpoint) -> int:
         return self.dispatcher.in_flight_of(endpoint.key)
 
-    def choose(self, request: RouteRequest) -> Endpoint | None:
-        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
-        ready = [e for e in self.endpoints.values() if e.ready]
+    def choose(self, request: RouteRequest,
+               only_urls: Sequence[str] | None = None) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``); with
+        ``only_urls``, one of those (the workers listing the request's adapter)."""
+        ready = [e for e in self.endpoints.values()
+                 if e.ready and (only_urls is None or e.url in only_urls)]
         if not ready:
             return None
         if len(ready) == 1:
@@ -161,6 +166,8 @@ class ModelPool:
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+                if current.restarts != info.restarts:  # a new engine: no adapters loaded
+                    current.lora = ReplicaAdapters()
             self.endpoints[rid].restarts = info.restarts
         if changed:
             self.dispatcher.set_replicas(list(self.endpoints))
