@@ -151,6 +151,7 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    served_name: str = ""  # the engines' name for the model when clients use another
     prefill: ModelSource | None = None  # set: prefill here, decode on handle/urls (docs/pd.md)
     log_engine_metrics: bool = True  # list its engines at /metrics/engines
     lora: LoraSettings | None = None  # adapters the gateway loads on demand (docs/lora.md)
@@ -338,8 +339,9 @@ class OpenAiIngress:
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
                                   f"retry shortly", retry_after_s=1.0)
-        if "model" not in payload:
-            payload["model"] = model
+        served_name = self.sources[model].served_name or model
+        if payload.get("model", model) == model and payload.get("model") != served_name:
+            payload["model"] = served_name  # absent, or clients' name for the engines' one
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
@@ -509,13 +511,22 @@ class OpenAiIngress:
 
     def _take_in_worker(self, model_id: str, url: str) -> None:
         """A worker given by URL answered: serve its model from it too."""
+        pending = self.workers.pending
+        served_name = model_id
+        if pending.model_id:  # clients' name for the workers' one model
+            bound = self.sources.get(pending.model_id)
+            if bound is not None and bound.served_name != served_name:
+                log.error("worker %s serves `%s`, but `%s` is mapped onto `%s`; not taking "
+                          "it in", url, served_name, pending.model_id, bound.served_name)
+                return
+            model_id = pending.model_id
         pool = self.pools.get(model_id)
         if pool is not None:
             pool.add_url(url)
             return
-        pending = self.workers.pending
+        aliased = served_name if pending.model_id else ""
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
-                             urls=(url,))
+                             urls=(url,), source=aliased, served_name=aliased)
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
         self.sources[model_id] = source
         self.pools[model_id] = pool

@@ -22,6 +22,7 @@ from engines.registry import make_engine
 from llmserve.lora.residency import ReplicaAdapters
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
+from llmserve.openai.tls import client_ssl_context
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.dispatch import Dispatcher
@@ -193,7 +194,7 @@ class EngineDirectory:
     def __init__(self, pools: dict[str, ModelPool], refresh_s: float = 0.5) -> None:
         self.pools = pools
         self.refresh_s = refresh_s
-        self.client = httpx.AsyncClient(trust_env=False)
+        self.client = httpx.AsyncClient(trust_env=False, verify=client_ssl_context())
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
