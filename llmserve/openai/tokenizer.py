@@ -120,7 +120,9 @@ def _special_tokens(root: Path, config: Mapping[str, Any], backend: Tokenizer
     padding = backend.padding
     if "pad_token" not in special and padding and isinstance(padding.get("pad_token"), str):
         special["pad_token"] = padding["pad_token"]
-    return special
+    # transformers' order (the order missing tokens get their ids): named, then the rest
+    named = {key: special[key] for key in NAMED_SPECIAL_TOKENS if key in special}
+    return {**named, **{k: v for k, v in special.items() if k not in named}}
 
 
 def _add_missing_tokens(backend: Tokenizer, config: Mapping[str, Any],
