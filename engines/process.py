@@ -45,6 +45,8 @@ import httpx
 from engines.protocol import Engine, EngineSpec, EngineStartError
 
 _log = logging.getLogger("engines.process")
+# Environment variables holding the gateway's credentials (read by llmserve).
+GATEWAY_SECRET_ENV = frozenset({"LLMSERVE_API_KEYS", "LLMSERVE_ADMIN_KEY"})
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -95,7 +97,9 @@ class EngineProcess:
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.command = list(command)
-        self.env = dict(env) if env is not None else None
+        # the gateway's own credentials never reach an engine (or what it starts)
+        base = os.environ if env is None else env
+        self.env = {k: v for k, v in base.items() if k not in GATEWAY_SECRET_ENV}
         self.name = name
         self.log_path = log_path or default_log_path(name)
         self.on_line = on_line

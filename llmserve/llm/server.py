@@ -34,6 +34,9 @@ MAX_RESTARTS_IN_A_ROW = 3
 # replaced with a new engine.
 ENGINE_PROBE_FAILURES = 3
 ENGINE_PROBE_TIMEOUT_S = 5.0
+DEFAULT_GRACEFUL_SHUTDOWN_S = 60.0  # as build_llm_deployment sets it
+ENGINE_STOP_MARGIN_S = 5.0  # of the graceful timeout, kept for stopping the engine
+DRAIN_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class LLMServer(OpenAICalls):
     async def __init__(self, llm_config: LLMConfig) -> None:  # type: ignore[misc]
         from llmserve import serve
 
-        self.config = llm_config
+        self.config = llm_config.with_lora_enabled()
         self.replica_id = serve.get_replica_context().replica_id
         self.engine = make_engine(llm_config.llm_engine)
         self.restarts = 0
@@ -172,7 +175,38 @@ class LLMServer(OpenAICalls):
         self._supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._supervisor
+        await self._drain()
         await self.process.stop()
+
+    async def _drain(self) -> None:
+        """Let the engine finish what it runs (the ingress sends it nothing new once this
+        replica stops), up to the deployment's graceful shutdown timeout less a margin
+        for stopping the engine itself. Requests never pass through this replica, so the
+        serving core sees none ongoing: the engine's own counts are the load."""
+        timeout_s = float(self.config.deployment_config.get(
+            "graceful_shutdown_timeout_s", DEFAULT_GRACEFUL_SHUTDOWN_S))
+        deadline = time.monotonic() + max(0.0, timeout_s - ENGINE_STOP_MARGIN_S)
+        busy = await self._engine_load()
+        if busy:
+            log.info("%s: draining %d engine requests before stopping", self.replica_id, busy)
+        while busy and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+            busy = await self._engine_load()
+        if busy:
+            log.warning("%s: stopping the engine with %d requests still running (graceful "
+                        "shutdown timeout)", self.replica_id, busy)
+
+    async def _engine_load(self) -> int:
+        """Requests the engine runs or queues; 0 when it cannot tell (not answering)."""
+        if not self.process.is_alive:
+            return 0
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+                response = await client.get(self.spec.base_url + self.engine.metrics_path)
+            stats = self.engine.parse_stats(response.text)
+        except (httpx.HTTPError, ValueError):
+            return 0
+        return int(stats.num_running + stats.num_waiting)
 
 
 async def _answers(url: str, timeout_s: float) -> bool:

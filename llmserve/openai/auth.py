@@ -4,32 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-
-def key_digest(key: bytes) -> bytes:
-    return hashlib.sha256(key).digest()
+from llmserve.openai.key_policy import KeyPolicy, plain_policy
 
 
 class ApiKeys:
-    """The accepted keys of one gateway (empty: no authentication)."""
+    """The accepted keys of one gateway and each one's policy (empty: no authentication)."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = tuple(key_digest(k.encode()) for k in keys if k)
+    def __init__(self, policies: Sequence[KeyPolicy] = ()) -> None:
+        self.policies = tuple(policies)
+
+    @classmethod
+    def plain(cls, keys: Iterable[str]) -> ApiKeys:
+        return cls([plain_policy(k, i) for i, k in enumerate(k for k in keys if k)])
 
     def __bool__(self) -> bool:
-        return bool(self._digests)
+        return bool(self.policies)
 
     def __repr__(self) -> str:
-        return f"ApiKeys({len(self._digests)} keys)"
+        return f"ApiKeys({len(self.policies)} keys)"
 
-    def match(self, token: bytes) -> int | None:
-        """The index of the key ``token`` is, or None; every key is compared, always."""
-        digest = key_digest(token)
-        found: int | None = None
-        for index, known in enumerate(self._digests):
-            if hmac.compare_digest(digest, known) and found is None:
-                found = index
+    def match(self, token: bytes) -> KeyPolicy | None:
+        """The policy of the key ``token`` is, or None; every key is compared, always."""
+        digest = hashlib.sha256(token).digest()
+        found: KeyPolicy | None = None
+        for policy in self.policies:
+            if hmac.compare_digest(digest, policy.digest) and found is None:
+                found = policy
         return found
 
 

@@ -19,9 +19,11 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+from llmserve.lora.residency import ReplicaAdapters
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
+from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.dispatch import Dispatcher
 from routing.registry import policy_accepts
 
@@ -39,11 +41,13 @@ class Endpoint:
     stats_at_s: float = 0.0
     failures: int = 0
     consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
+    restarts: int = 0  # of its engine process, as its LLMServer reports
+    lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)  # adapters loaded there
 
     def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
-        return Candidate(self.key, in_flight, 0, frozenset(self.stats.running_lora_adapters),
-                         stats)
+        adapters = frozenset(self.stats.running_lora_adapters) | self.lora.resident
+        return Candidate(self.key, in_flight, 0, adapters, stats)
 
 
 class ModelPool:
@@ -54,6 +58,8 @@ class ModelPool:
         self.model_id = model_id
         self.engine = engine
         self.handle = handle
+        self.policy_name = type(policy).__name__
+        self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
         self.dispatcher = Dispatcher(policy, list(self.endpoints))
 
@@ -68,18 +74,23 @@ class ModelPool:
     def in_flight_of(self, endpoint: Endpoint) -> int:
         return self.dispatcher.in_flight_of(endpoint.key)
 
-    def choose(self, request: RouteRequest) -> Endpoint | None:
-        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
-        ready = [e for e in self.endpoints.values() if e.ready]
+    def choose(self, request: RouteRequest,
+               only_urls: Sequence[str] | None = None) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``); with
+        ``only_urls``, one of those (the workers listing the request's adapter)."""
+        ready = [e for e in self.endpoints.values()
+                 if e.ready and (only_urls is None or e.url in only_urls)]
         if not ready:
             return None
         if len(ready) == 1:
             chosen = ready[0]
+            self.last_decision = SINGLE
             self.dispatcher.routed(request, chosen.key)
             return chosen
         dispatcher = self.dispatcher
         key = dispatcher.choose(request, [e.candidate(dispatcher.in_flight_of(e.key))
                                           for e in ready])
+        self.last_decision = self.policy.last_decision or RANKED
         return self.endpoints[key] if key is not None else None
 
     def first_token(self, endpoint: Endpoint, request: RouteRequest) -> None:
@@ -154,6 +165,9 @@ class ModelPool:
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+                if current.restarts != info.restarts:  # a new engine: no adapters loaded
+                    current.lora = ReplicaAdapters()
+            self.endpoints[rid].restarts = info.restarts
         if changed:
             self.dispatcher.set_replicas(list(self.endpoints))
 
@@ -215,4 +229,6 @@ def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
     if "block_size" in options and not policy_accepts(name, "block_size"):
         options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
     policy = make_policy(name, **options)
-    return ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool.policy_name = name
+    return pool

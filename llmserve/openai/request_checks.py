@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmserve.openai.errors import InvalidRequest
+from llmserve.openai.errors import HeadersTooLarge, InvalidRequest
 
 # Longest accepted x-request-id / x-session-id (they end up in logs and engine headers).
 MAX_ID_HEADER_CHARS = 256
@@ -36,6 +36,13 @@ def refuse_request_chat_template(payload: Mapping[str, Any]) -> None:
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise InvalidRequest("chat_template_kwargs must be an object",
                              param="chat_template_kwargs")
+
+
+def check_header_size(raw: Sequence[tuple[bytes, bytes]], limit: int) -> None:
+    size = sum(len(name) + len(value) + 4 for name, value in raw)
+    if size > limit:
+        raise HeadersTooLarge(f"request headers of {size} bytes exceed the limit of "
+                              f"{limit} bytes")
 
 
 def id_header(raw: str | None, name: str) -> str | None:

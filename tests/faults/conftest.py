@@ -45,8 +45,8 @@ def gateway_log(factory: pytest.TempPathFactory) -> Path:
 def gateway(engines: list[SimEngine], model_dir: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = Gateway([e.url for e in engines], gateway_log(tmp_path_factory),
-                 args=["--model", model_dir, "--routing", "prefix_aware",
-                       "--api-key", API_KEY])
+                 args=["--model", model_dir, "--routing", "prefix_aware"],
+                 env={"LLMSERVE_API_KEYS": API_KEY})
     gw.start()
     try:
         yield gw
