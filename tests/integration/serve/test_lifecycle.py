@@ -141,10 +141,10 @@ def test_redeploy_rolls_replicas_without_dropping_requests() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         workers = [pool.submit(load) for _ in range(4)]
-        eventually(lambda: seen["v1"] >= 8)
+        eventually(lambda: seen["v1"] >= 8, timeout_s=20)  # load flows before the redeploy
         serve.run(Versioned.bind("v2"), port=0)
         served_v2 = seen["v2"]
-        eventually(lambda: seen["v2"] >= served_v2 + 8)  # under load after the rollout
+        eventually(lambda: seen["v2"] >= served_v2 + 8, timeout_s=20)
         stop = True
         for w in workers:
             w.result()
