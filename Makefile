@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= cpu,dev,ray
+EXTRAS ?= cpu,dev,ray,pd
 PYTEST_ARGS ?=
 
 .PHONY: install test test-fast check lint typecheck layering dashboards dashboards-check serve clean

@@ -137,12 +137,33 @@ def _serve(args: argparse.Namespace) -> int:
     if args.api_key_file:
         app_args["api_keys_file"] = args.api_key_file
     print(f"llmserve: starting ({args.engine} engine) ...", flush=True)
-    serve.run(build_openai_app(app_args), host=args.host, port=args.port)
+    disaggregated = args.prefill_replicas is not None or args.decode_replicas is not None
+    app = pd_app(args, app_args) if disaggregated else build_openai_app(app_args)
+    serve.run(app, host=args.host, port=args.port)
     url = serve.http_url()
     print(f"llmserve: ready at {url}/v1", flush=True)
     print(_snippet(url or "", args), flush=True)
     serve.run_until_signal()
     return 0
+
+
+def pd_app(args: argparse.Namespace, app_args: dict[str, Any]) -> Any:
+    """``--prefill-replicas``/``--decode-replicas``: the model's prefill and decode pools
+    (docs/pd.md); ``--routing`` applies to the prefill pool, decode goes by load."""
+    from llmserve.llm import build_pd_openai_app
+
+    if args.worker_urls:
+        raise ConfigError("--prefill-replicas/--decode-replicas launch engines; they do not "
+                          "combine with --worker-urls")
+    (config,) = app_args.pop("llm_configs")
+    pools = {}
+    for role, replicas in (("prefill", args.prefill_replicas), ("decode", args.decode_replicas)):
+        if replicas is not None and replicas < 1:
+            raise ConfigError(f"--{role}-replicas must be >= 1, got {replicas}")
+        pool = config.model_dump(exclude={"routing_config"} if role == "decode" else set())
+        pool["deployment_config"] = {"num_replicas": replicas or 1}
+        pools[f"{role}_config"] = pool
+    return build_pd_openai_app({**app_args, **pools})
 
 
 def _routing_config(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -241,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model-id", help="the name clients use (default: directory name)")
     srv.add_argument("--engine", default="vllm", choices=["vllm", "sim", "sglang"])
     srv.add_argument("--replicas", type=int, default=1)
+    srv.add_argument("--prefill-replicas", type=int, default=None, metavar="N",
+                     help="serve with prefill/decode disaggregation: N prefill engines "
+                          "(docs/pd.md)")
+    srv.add_argument("--decode-replicas", type=int, default=None, metavar="M",
+                     help="with prefill/decode disaggregation: M decode engines")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", action="append", default=[],

@@ -26,6 +26,7 @@ from llmserve import serve
 from llmserve.openai.access_log import log_access
 from llmserve.openai.auth import ApiKeys, bearer_token
 from llmserve.openai.background import keep_running
+from llmserve.openai.disaggregated import SPLIT_PATHS, DisaggregatedFlow
 from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.errors import (
     BodyTooLarge,
@@ -43,6 +44,7 @@ from llmserve.openai.errors import (
 from llmserve.openai.key_policy import KeyPolicy
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.openapi import openapi_document
+from llmserve.openai.pd_metrics import PDMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
 from llmserve.openai.rate_limit import RateLimiter
@@ -146,6 +148,7 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    prefill: ModelSource | None = None  # set: prefill here, decode on handle/urls (docs/pd.md)
     log_engine_metrics: bool = True  # list its engines at /metrics/engines
 
 
@@ -159,17 +162,33 @@ class OpenAiIngress:
             m.model_id: make_pool(m.model_id, m.engine, dict(m.routing_config), m.handle,
                                   m.urls) for m in models
         }
-        self.directory = EngineDirectory(self.pools, self.settings.stats_refresh_s)
+        self.prefill_pools: dict[str, ModelPool] = {
+            m.model_id: make_pool(m.model_id, m.prefill.engine, dict(m.prefill.routing_config),
+                                  m.prefill.handle, m.prefill.urls)
+            for m in models if m.prefill is not None
+        }
+        self.directory = EngineDirectory(
+            {**self.pools, **{f"{k} (prefill)": p for k, p in self.prefill_pools.items()}},
+            self.settings.stats_refresh_s)
         await self.directory.refresh()
         self.directory.start()
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
         self.prompts: dict[str, PromptRenderer] = {
             m.model_id: PromptRenderer(m.model_id, _tokenizer_source(m), self.directory.client)
             for m in models if self.pools[m.model_id].policy.needs_prompt
+            or (m.model_id in self.prefill_pools
+                and self.prefill_pools[m.model_id].policy.needs_prompt)
         }
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics(self.pools)
+        pd_metrics = PDMetrics(self.metrics.registry) if self.prefill_pools else None
+        self.disaggregated = {
+            model: DisaggregatedFlow(prefill, self.pools[model], self.relay, self.metrics,
+                                     pd_metrics, self.directory,
+                                     self.settings.max_ongoing_requests_per_model)
+            for model, prefill in self.prefill_pools.items() if pd_metrics is not None
+        }
         self.limiter = RateLimiter()
         self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
                                    self._take_in_worker)
@@ -328,6 +347,13 @@ class OpenAiIngress:
                      leaving: asyncio.Future[None], key: KeyPolicy | None) -> Response:
         model = pool.model_id
         spans = request.state.spans = RequestSpans(request.headers, model, path)
+        flow = self.disaggregated.get(model)
+        if flow is not None and path in SPLIT_PATHS:  # prefill, then decode (docs/pd.md)
+            with spans.routing():
+                route = await until_left(self._route_request(
+                    request_id, path, payload, request, flow.prefill), leaving)
+            return await flow.forward(path, payload, request_id, route, leaving,
+                                      functools.partial(self._charge, key))
         with spans.routing():
             route = await until_left(
                 self._route_request(request_id, path, payload, request, pool), leaving)
@@ -390,6 +416,10 @@ class OpenAiIngress:
                                                             "application/json"))
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
+
+    def _charge(self, key: KeyPolicy | None, result: Outcome) -> None:
+        if key is not None and result.usage:
+            self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
 
     async def _route_request(self, request_id: str, path: str, payload: dict[str, Any],
                              request: Request, pool: ModelPool) -> RouteRequest:
@@ -475,7 +505,7 @@ class OpenAiIngress:
         from llmserve.serve.handle import report_ongoing
 
         async def report() -> None:
-            for pool in self.pools.values():
+            for pool in [*self.pools.values(), *self.prefill_pools.values()]:
                 if pool.handle is not None:
                     report_ongoing(pool.handle, pool.in_flight)
 
