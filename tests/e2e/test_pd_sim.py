@@ -216,6 +216,9 @@ def test_metrics_per_pool_and_handoff(pd_url: str) -> None:
     assert metric(after, ok, outcome="ok") - metric(before, ok, outcome="ok") == 3
     blocks = "llmserve_pd_kv_blocks_handed_off_total"
     assert metric(after, blocks) > metric(before, blocks)
+    counted = "llmserve_requests_total"  # once each, as any relayed request
+    assert metric(after, counted, route="/v1/completions", status="200") - metric(
+        before, counted, route="/v1/completions", status="200") == 3
 
 
 def test_decode_by_load_spreads_over_both_decode_replicas(pd_url: str) -> None:
