@@ -70,6 +70,16 @@ GATEWAY = (
     PanelSpec("Gateway requests in flight per replica",
               (Query(f"sum by (replica) (llmserve_replica_requests_in_flight{{{M}}})",
                      "{{replica}}"),), "short"),
+    PanelSpec("P/D: prefill and decode time to first token",
+              (Query(quantiles("llmserve_pd_prefill_time_to_first_token_seconds")[1].expr,
+                     "prefill p90"),
+               Query(quantiles("llmserve_pd_decode_time_to_first_token_seconds")[1].expr,
+                     "decode p90")), "s",
+              "p90 of each pool, for models with separate prefill and decode pools."),
+    PanelSpec("P/D: KV hand-off", quantiles("llmserve_pd_handoff_seconds"), "s",
+              "From the prefill answer to the decode replica's first bytes."),
+    PanelSpec("P/D: requests by outcome",
+              (rate_by("llmserve_pd_requests_total", "outcome"),), "reqps"),
 )
 
 ENGINES = (

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from llmserve.log_setup import configure_logging, current_level
 from llmserve.serve.deployment import Application, Deployment, replace_applications
 from llmserve.serve.exceptions import ConfigError
 
@@ -44,11 +45,18 @@ class LoggingConfig(BaseModel):
     logs_dir: str | None = None
     enable_access_log: bool | None = None
 
-    @field_validator("encoding", "logs_dir", "enable_access_log")
+    @field_validator("logs_dir")
     @classmethod
     def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
         _refuse(value is not None, f"logging_config.{info.field_name}",
-                "logs go to the standard error stream in plain text")
+                "logs go to the standard error stream")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() not in ("TEXT", "JSON"):
+            raise ValueError(f"logging_config.encoding must be TEXT or JSON, got {value!r}")
         return value
 
 
@@ -109,8 +117,16 @@ def load_config_file(path: str | Path) -> ServeConfigFile:
 
 
 def apply_logging_config(config: ServeConfigFile) -> None:
-    if config.logging_config.log_level is not None:
-        logging.getLogger("llmserve").setLevel(config.logging_config.log_level)
+    """``log_level``, ``encoding`` (TEXT or JSON lines, as ``--log-format``) and
+    ``enable_access_log`` (the ``llmserve.access`` lines, on by default)."""
+    settings = config.logging_config
+    if settings.log_level is not None:
+        logging.getLogger("llmserve").setLevel(settings.log_level)
+    if settings.encoding is not None:
+        configure_logging(current_level(), settings.encoding.lower())
+    if settings.enable_access_log is not None:
+        logging.getLogger("llmserve.access").setLevel(
+            logging.NOTSET if settings.enable_access_log else logging.WARNING)
 
 
 def import_attr(import_path: str) -> Any:

@@ -65,5 +65,17 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     root.addHandler(logging.handlers.QueueHandler(records))
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    global _listener
+    if _listener is not None:  # configured again (a config file's logging_config)
+        _listener.stop()
+        atexit.unregister(_listener.stop)
+    _listener = listener
     listener.start()
     atexit.register(listener.stop)
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger().level)
+
+
+_listener: logging.handlers.QueueListener | None = None

@@ -90,14 +90,6 @@ class LLMConfig(_Strict):
         return self if kwargs == self.engine_kwargs else self.model_copy(
             update={"engine_kwargs": kwargs})
 
-    @field_validator("log_engine_metrics")
-    @classmethod
-    def _engine_metrics_are_read(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("log_engine_metrics=False is not supported: the gateway always "
-                             "reads each engine's metrics (routing needs them)")
-        return value
-
     @field_validator("llm_engine", mode="before")
     @classmethod
     def _engine_name(cls, value: Any) -> Any:

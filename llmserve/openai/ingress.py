@@ -368,7 +368,8 @@ class OpenAiIngress:
                 route = await until_left(self._route_request(
                     request_id, path, payload, request, flow.prefill), leaving)
             return await flow.forward(path, payload, request_id, route, leaving,
-                                      functools.partial(self._charge, key))
+                                      functools.partial(self._pd_done, request, request_id,
+                                                        key, payload.get("stream") is True))
         with spans.routing():
             route = await until_left(
                 self._route_request(request_id, path, payload, request, pool), leaving)
@@ -445,6 +446,16 @@ class OpenAiIngress:
                                                             "application/json"))
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
+
+    def _pd_done(self, request: Request, request_id: str, key: KeyPolicy | None,
+                 streamed: bool, result: Outcome) -> None:
+        """A disaggregated request ended (the flow counted it in the metrics)."""
+        self._charge(key, result)
+        status = CLIENT_CLOSED if result.disconnected else result.status
+        log_access(request, request_id, getattr(request.state, "model_name", ""),
+                   request.url.path, status, result, "", streamed)
+        request.state.spans.end(status)
+        request.state.recorded = True
 
     async def _load_adapter(self, adapter: AdapterTarget, pool: ModelPool, endpoint: Any,
                             route: RouteRequest) -> None:

@@ -33,6 +33,9 @@ KEY = "dashboard-test-key"
 NOT_EXERCISED = {
     "Spills by guard": "needs a prefix guard to move a request (load or share imbalance)",
     "Errors per deployment": "needs a deployment to raise an exception",
+    "P/D: prefill and decode time to first token": "needs a prefill/decode split model",
+    "P/D: KV hand-off": "needs a prefill/decode split model",
+    "P/D: requests by outcome": "needs a prefill/decode split model",
 }
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None,

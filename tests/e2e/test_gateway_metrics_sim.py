@@ -3,6 +3,9 @@ for streams, rejections by reason, routing decisions, engine targets for Prometh
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -137,3 +140,20 @@ def test_every_exported_metric_is_in_the_catalogue_with_its_labels(gateway: str)
         assert entry.type == family.type
         for sample in family.samples:
             assert set(sample.labels) - {"le"} == set(entry.labels), sample
+
+
+def test_engine_restarts_are_counted_per_replica(gateway: str) -> None:
+    """Last in this module: it kills one replica's engine (its LLMServer restarts it)."""
+    info = serve.get_deployment_handle("LLMServer:sim").endpoint.remote().result()
+    assert info.pid is not None
+    os.killpg(info.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        series = scrape(gateway)
+        restarts = {dict(ls)["replica"]: v for (n, ls), v in series.items()
+                    if n == "llmserve_engine_restarts_total"}
+        if restarts.get(info.replica_id) == 1:
+            break
+        assert time.monotonic() < deadline, restarts
+        time.sleep(0.2)
+    assert sum(restarts.values()) == 1

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
+from dashboards.catalogue import read_catalogue
 from llmserve import serve
 from llmserve.llm import build_pd_openai_app
 from llmserve.serve.exceptions import ConfigError
@@ -216,6 +218,13 @@ def test_metrics_per_pool_and_handoff(pd_url: str) -> None:
     assert metric(after, ok, outcome="ok") - metric(before, ok, outcome="ok") == 3
     blocks = "llmserve_pd_kv_blocks_handed_off_total"
     assert metric(after, blocks) > metric(before, blocks)
+    catalogue = read_catalogue()  # docs/metrics.md names every metric exported here
+    for family in text_string_to_metric_families(after):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert not name.startswith("llmserve_") or name in catalogue, name
+    counted = "llmserve_requests_total"  # once each, as any relayed request
+    assert metric(after, counted, route="/v1/completions", status="200") - metric(
+        before, counted, route="/v1/completions", status="200") == 3
 
 
 def test_decode_by_load_spreads_over_both_decode_replicas(pd_url: str) -> None:
