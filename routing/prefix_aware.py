@@ -351,6 +351,8 @@ def request_tokens(request: RouteRequest) -> Sequence[int] | None:
 
 def index_key(request: RouteRequest) -> str:
     """One index per model and adapter (an adapter's KV differs from the base model's)."""
-    if request.lora_adapter:
-        return f"{request.model_id}\x00{request.lora_adapter}"
-    return request.model_id
+    return adapter_index_key(request.model_id, request.lora_adapter)
+
+
+def adapter_index_key(model_id: str, adapter: str | None) -> str:
+    return f"{model_id}\x00{adapter}" if adapter else model_id

@@ -123,7 +123,7 @@ def test_a_different_block_size_is_refused() -> None:
 
 def test_partial_tail_tokens_are_not_keyed() -> None:
     v = view()
-    tokens = prompt(1, 2) + [7, 7]
+    tokens = [*prompt(1, 2), 7, 7]
     assert v.store("r0", "m", None, engine_hashes(tokens), tokens, BS) == 2
 
 
