@@ -59,8 +59,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     routing = _routing_config(args)
     app_args: dict[str, Any] = {}
+    if args.worker_kv_events and not args.worker_urls:
+        raise ConfigError("--worker-kv-events goes with --worker-urls (one endpoint per URL)")
     if args.worker_urls:
         app_args["worker_urls"] = args.worker_urls
+        if args.worker_kv_events:
+            app_args["worker_kv_events"] = args.worker_kv_events
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
         if args.model:  # the engines' files: route on their tokenizer's token ids
             routing = {"tokenizer_source": args.model, **(routing or {})}
@@ -182,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                           '"load_guard_abs": 8}\' (--routing overrides its policy)')
     srv.add_argument("--worker-urls", nargs="+", default=[],
                      help="front engine servers that already run instead of launching any")
+    srv.add_argument("--worker-kv-events", nargs="+", default=[], metavar="ENDPOINT",
+                     help="where each --worker-urls engine publishes KV-cache events, same "
+                          "order: tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT], '' for none")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
     srv.set_defaults(handler=_serve)

@@ -12,13 +12,14 @@ import httpx
 from llmserve.llm.config import LLMConfig
 from llmserve.llm.server import LLMServer
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
+from llmserve.openai.kv_events import EventSource
 from llmserve.serve import Application, deployment
 from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to_options
 
 KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
-              "worker_engine", "max_ongoing_requests_per_model"}
+              "worker_engine", "max_ongoing_requests_per_model", "worker_kv_events"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
@@ -47,7 +48,9 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     plus ingress options (``api_keys``, ``max_request_body_bytes``, ``request_timeout_s``,
     ``max_ongoing_requests_per_model``: beyond it a model answers 429 with Retry-After,
     ``ingress_deployment_config``) and ``worker_urls`` to front engine servers that are
-    already running instead of launching any.
+    already running instead of launching any, with ``worker_kv_events``: for each of
+    them in the same order, where it publishes KV-cache events (``"tcp://HOST:PORT"``, or
+    ``"tcp://HOST:PORT,tcp://HOST:REPLAY_PORT"`` with its replay socket; ``""`` for none).
     """
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - KNOWN_ARGS)
@@ -66,7 +69,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
                                    handle, source=config.model_loading_config.source))
     sources += discover_workers(urls, merged.get("worker_engine", "vllm"),
-                                merged.get("routing_config") or {"policy": "prefix_aware"})
+                                merged.get("routing_config") or {"policy": "prefix_aware"},
+                                parse_worker_kv_events(merged.get("worker_kv_events"), urls))
     _check_unique([s.model_id for s in sources])
     settings = _settings(merged)
     return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings)
@@ -94,11 +98,32 @@ def _settings(args: Mapping[str, Any]) -> IngressSettings:
         raise ConfigError(f"build_openai_app: {exc}") from None
 
 
-def discover_workers(urls: Sequence[str], engine: str,
-                     routing_config: Mapping[str, Any]) -> list[ModelSource]:
+def parse_worker_kv_events(value: Sequence[str] | None,
+                           urls: Sequence[str]) -> list[tuple[str, str | None] | None]:
+    """``worker_kv_events``: one ``"ENDPOINT[,REPLAY_ENDPOINT]"`` (or ``""``) per URL."""
+    if not value:
+        return [None] * len(urls)
+    if isinstance(value, str) or len(value) != len(urls):
+        raise ConfigError(f"worker_kv_events needs one entry per worker URL ({len(urls)}), "
+                          f"in the same order; got {value!r}")
+    parsed: list[tuple[str, str | None] | None] = []
+    for entry in value:
+        parts = [p.strip() for p in str(entry).split(",")] if entry else []
+        if len(parts) > 2 or not all(p.startswith(("tcp://", "ipc://")) for p in parts):
+            raise ConfigError(f"worker_kv_events entry {entry!r}: expected "
+                              "tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT] or ''")
+        parsed.append((parts[0], parts[1] if len(parts) == 2 else None) if parts else None)
+    return parsed
+
+
+def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
+                     kv_events: Sequence[tuple[str, str | None] | None] = ()
+                     ) -> list[ModelSource]:
     """Ask each running engine which model it serves; group URLs by model id."""
     by_model: dict[str, list[str]] = {}
-    for url in urls:
+    events_of: dict[str, EventSource | None] = {}
+    for url, events in zip(urls, list(kv_events) + [None] * (len(urls) - len(kv_events)),
+                           strict=True):
         base = url.rstrip("/").removesuffix("/v1")
         try:
             data = httpx.get(f"{base}/v1/models", timeout=10, trust_env=False).json()["data"]
@@ -107,7 +132,9 @@ def discover_workers(urls: Sequence[str], engine: str,
         for card in data:
             if card.get("parent") is None:  # skip LoRA adapters; they ride on the base
                 by_model.setdefault(card["id"], []).append(base)
-    return [ModelSource(model, engine, dict(routing_config), urls=tuple(group))
+        events_of[base] = EventSource(base, *events) if events else None
+    return [ModelSource(model, engine, dict(routing_config), urls=tuple(group),
+                        kv_events=tuple(events_of[u] for u in group))
             for model, group in by_model.items()]
 
 

@@ -34,6 +34,8 @@ from llmserve.openai.errors import (
     Unauthorized,
     error_response,
 )
+from llmserve.openai.kv_events import HUB as KV_EVENTS_HUB
+from llmserve.openai.kv_events import EventSource
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
@@ -98,6 +100,7 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    kv_events: tuple[EventSource | None, ...] = ()  # per URL: where it publishes KV events
 
 
 class OpenAiIngress:
@@ -107,7 +110,7 @@ class OpenAiIngress:
         self.sources = {m.model_id: m for m in models}
         self.pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.engine, dict(m.routing_config), m.handle,
-                                  m.urls) for m in models
+                                  m.urls, m.kv_events) for m in models
         }
         self.directory = EngineDirectory(self.pools, self.settings.stats_refresh_s)
         await self.directory.refresh()
@@ -120,6 +123,7 @@ class OpenAiIngress:
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics()
+        self.metrics.registry.register(KV_EVENTS_HUB)  # llmserve_kv_events_*
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
             ("GET", "/v1/models"): self._list_models,

@@ -34,7 +34,9 @@ from zmq.utils.monitor import parse_monitor_message
 
 from engines import kv_events as wire
 from routing.kv_cache_view import BlockSizeMismatch, ClusterCacheView
-from routing.prefix_aware import adapter_index_key
+from routing.policy import RoutingPolicy
+from routing.prefix_aware import PrefixAwarePolicy, adapter_index_key
+from routing.scored import ScoredPolicy
 
 log = logging.getLogger("llmserve.kv_events")
 
@@ -319,3 +321,14 @@ class KVEventFeed:
         for source in self.sources.values():
             await self.hub.release(self.model_id, source)
         self.sources.clear()
+
+
+def attach_feed(model_id: str, policy: RoutingPolicy,
+                hub: KVEventsHub = HUB) -> KVEventFeed | None:
+    """Give ``policy`` the process's view of ``model_id``'s caches, if it routes by prefix."""
+    prefix = policy.prefix if isinstance(policy, ScoredPolicy) else policy
+    if not isinstance(prefix, PrefixAwarePolicy):
+        return None
+    view = hub.view(model_id, prefix.block_size)
+    prefix.use_kv_view(view)
+    return KVEventFeed(model_id, view, hub)
