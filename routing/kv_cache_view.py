@@ -119,6 +119,11 @@ class ClusterCacheView:
         replica = self._replicas.get(replica_id)
         return len(replica.blocks) if replica is not None else 0
 
+    def held_engine_hashes(self, replica_id: str) -> frozenset[EngineHash]:
+        """The engine's names of the blocks the replica caches now."""
+        replica = self._replicas.get(replica_id)
+        return frozenset(replica.blocks) if replica is not None else frozenset()
+
     def recent_evictions(self, replica_id: str) -> float:
         """Blocks it evicted lately, each weighing half as much per ``eviction_half_life_s``."""
         replica = self._replicas.get(replica_id)

@@ -158,7 +158,10 @@ class PrefixAwarePolicy(PolicyBase):
         index = self.indexes.get(key)
         blocks = index.match(hashes) if index is not None and hashes else {}
         view = self.kv_view
-        if view is not None and view.has_live and hashes:
+        # the engines key blocks of tokens: a prompt hashed by characters (no tokenizer)
+        # cannot match their reports, so it is routed by the approximate index alone
+        if (view is not None and view.has_live and hashes
+                and request.prompt_token_ids is not None):
             blocks = self._with_events(view, key, hashes, blocks)
         min_blocks = self.min_match_ratio * len(tokens) / self.block_size
         blocks = {rid: n for rid, n in blocks.items() if n >= max(1.0, min_blocks)}
@@ -248,7 +251,8 @@ class PrefixAwarePolicy(PolicyBase):
         if warms is not None or queued > 0:
             self._track(request.request_id, replica_id, queued, warms)
         view = self.kv_view
-        if view is not None and held < len(found.hashes) and view.is_live(replica_id):
+        if (view is not None and held < len(found.hashes) and view.is_live(replica_id)
+                and request.prompt_token_ids is not None):
             self._inflight.add(request.request_id, found.index_key, found.hashes, replica_id)
         index = self.indexes.get(found.index_key)
         if index is None:

@@ -97,7 +97,8 @@ class ZmqEventPublisher:
         self.config = config
         self._wire = wire
         self._ctx = zmq.asyncio.Context.instance()
-        self._pub = self._ctx.socket(zmq.PUB)
+        # a plain socket: a non-blocking send needs no loop (and drops when full, like vLLM)
+        self._pub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         self._pub.set_hwm(config.hwm)
         if _is_bind_endpoint(config.endpoint):
             self._pub.bind(config.endpoint)
@@ -127,7 +128,7 @@ class ZmqEventPublisher:
         seq = self._seq
         self._seq += 1
         self._buffer.append((seq, payload))
-        with contextlib.suppress(Exception):  # a full PUB queue drops, as vLLM's does
+        with contextlib.suppress(zmq_again()):  # a full PUB queue drops, as vLLM's does
             self._pub.send_multipart((self._topic, wire.encode_seq(seq), payload),
                                      flags=_noblock())
         self.published += 1
@@ -174,6 +175,12 @@ class ZmqEventPublisher:
         self._pub.close(linger=0)
         if self._replay is not None:
             self._replay.close(linger=0)
+
+
+def zmq_again() -> type[Exception]:
+    import zmq
+
+    return zmq.Again
 
 
 def _noblock() -> int:

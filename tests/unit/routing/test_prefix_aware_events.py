@@ -110,3 +110,12 @@ def test_the_view_must_key_blocks_of_the_policys_size() -> None:
     policy = PrefixAwarePolicy(block_size=16)
     with pytest.raises(ValueError, match="16"):
         policy.use_kv_view(ClusterCacheView(32))
+
+
+def test_a_prompt_without_token_ids_is_routed_by_the_approximate_index() -> None:
+    policy, view = setup()
+    stored(view, "r2", 1, 2, 3)
+    text = RouteRequest("a", "m", prompt="x" * 3 * BS)  # characters: not the engine's blocks
+    first = route(policy, text, replicas(0, 0, 0))
+    found = policy.match(RouteRequest("b", "m", prompt="x" * 3 * BS))
+    assert found is not None and found.blocks == {first: 3}
