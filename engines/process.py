@@ -30,6 +30,7 @@ import atexit
 import collections
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -42,6 +43,8 @@ from pathlib import Path
 import httpx
 
 from engines.protocol import Engine, EngineSpec, EngineStartError
+
+log = logging.getLogger("engines.process")
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -177,32 +180,47 @@ class EngineProcess:
         self._pump = asyncio.create_task(self._pump_output(self._proc))
 
     async def wait_healthy(
-        self, url: str, *, timeout_s: float = 300.0, interval_s: float = 0.25
+        self, url: str, *, timeout_s: float = 300.0, interval_s: float = 0.25,
+        heartbeat_s: float = 15.0,
     ) -> None:
         """Poll ``url`` until it answers 200; raise :class:`EngineStartError` if the
-        process exits first or ``timeout_s`` passes."""
+        process exits first or ``timeout_s`` passes. Every ``heartbeat_s`` it logs how long
+        the start has taken and the log's latest line (engines take minutes to start)."""
         if self._proc is None:
             raise RuntimeError(f"{self.name} was never started")
         pgid = self._proc.pid
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
+        next_heartbeat = started + heartbeat_s
         async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False) as client:
             while True:
                 if not self.is_alive:
                     kill_group(pgid, signal.SIGKILL)  # leftovers would hold the pipe open
                     await self._drain_output()
-                    raise EngineStartError(
+                    raise self._start_error(
                         f"{self.name} exited with code {self.returncode} before {url} was "
-                        f"healthy; last log lines ({self.log_path}):\n{self.log_tail()}"
-                    )
+                        "healthy")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(url)).status_code == 200:
                         return
-                if time.monotonic() >= deadline:
-                    raise EngineStartError(
-                        f"{self.name} was not healthy at {url} after {timeout_s:.0f}s; "
-                        f"last log lines ({self.log_path}):\n{self.log_tail()}"
-                    )
+                now = time.monotonic()
+                if now >= deadline:
+                    raise self._start_error(
+                        f"{self.name} was not healthy at {url} after {timeout_s:.0f}s")
+                if now >= next_heartbeat:
+                    next_heartbeat = now + heartbeat_s
+                    log.info("%s: starting for %.0f s; engine log: %s", self.name,
+                             now - started, self.last_line() or "(empty)")
                 await asyncio.sleep(interval_s)
+
+    def last_line(self) -> str:
+        return next((line for line in reversed(self._tail) if line.strip()), "").strip()
+
+    def _start_error(self, what: str) -> EngineStartError:
+        last = self.last_line()
+        return EngineStartError(
+            f"{what}: {last or 'the engine printed nothing'} (engine log: {self.log_path})",
+            log_path=str(self.log_path), log_tail=self.log_tail())
 
     async def wait(self) -> int:
         """Wait for the process to exit; kill what it left behind; return :attr:`returncode`."""

@@ -23,7 +23,13 @@ class EngineError(Exception):
 
 
 class EngineStartError(EngineError):
-    """The engine process exited or did not become healthy in time."""
+    """The engine process exited or did not become healthy in time. The message is one line
+    (the log's last line and its path); ``log_tail`` holds the last lines of the log."""
+
+    def __init__(self, message: str, *, log_path: str = "", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_path = log_path
+        self.log_tail = log_tail
 
 
 class LoraAdapterError(EngineError):

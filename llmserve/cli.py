@@ -13,14 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmserve.serve.exceptions import ConfigError
+from llmserve.serve.exceptions import ConfigError, DeployFailedError
 
 
 def _run(args: argparse.Namespace) -> int:
     from llmserve import serve
-    from llmserve.config_file import build_application, load_config_file
+    from llmserve.config_file import build_application
 
-    config = load_config_file(args.config)
+    config = _run_target(args)
     if args.address:
         if args.runtime != "ray":
             raise ConfigError("--address needs --runtime ray")
@@ -39,18 +39,56 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+def _run_target(args: argparse.Namespace) -> Any:
+    """A config file, or (as `serve run module:app key=value ...`) an import path whose
+    builder gets the ``key=value`` pairs as its args."""
+    from llmserve.config_file import ApplicationConfig, ServeConfigFile, load_config_file
+
+    target: str = args.config
+    if target.endswith((".yaml", ".yml", ".json")) or Path(target).is_file():
+        if args.app_args:
+            raise ConfigError(f"key=value arguments go in the config file {target}, not "
+                              f"on the command line: {args.app_args}")
+        return load_config_file(target)
+    app = ApplicationConfig(name=args.name, route_prefix=args.route_prefix,
+                            import_path=target, args=_key_values(args.app_args, "run"))
+    return ServeConfigFile(applications=[app])
+
+
+def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values parse as JSON when they can (numbers, booleans)."""
-    kwargs: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--engine-arg expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{what} expects KEY=VALUE, got {pair!r}")
         try:
-            kwargs[key.replace("-", "_")] = json.loads(value)
+            values[key] = json.loads(value)
         except ValueError:
-            kwargs[key.replace("-", "_")] = value
-    return kwargs
+            values[key] = value
+    return values
+
+
+def _shutdown(args: argparse.Namespace) -> int:
+    """Ray Serve's `serve shutdown`: remove every application from the Ray cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("llmserve shutdown acts on a Ray cluster: pip install "
+                          "'llmserve[ray]'. A local-runtime server stops with Ctrl-C or "
+                          "SIGTERM to its process") from None
+    from llmserve import serve
+
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto",
+             logging_level=logging.WARNING)
+    serve.shutdown()
+    print("llmserve: every application on the Ray cluster was shut down", flush=True)
+    return 0
+
+
+def _engine_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+    return {key.replace("-", "_"): value
+            for key, value in _key_values(pairs, "--engine-arg").items()}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -75,7 +113,9 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError("llmserve serve needs --model PATH (or --worker-urls URL ...)")
         engine_kwargs = _engine_kwargs(args.engine_arg)
         if args.engine == "vllm":
-            engine_kwargs = {"enforce_eager": True, **engine_kwargs}
+            from engines.vllm.engine import default_cli_kwargs
+
+            engine_kwargs = {**default_cli_kwargs(), **engine_kwargs}
         config: dict[str, Any] = {
             "model_loading_config": {"model_id": args.model_id or Path(args.model).name,
                                      "model_source": args.model},
@@ -150,11 +190,27 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmserve", description="llmserve command line")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"llmserve {_version()}")
+    _add_global_options(parser, "INFO")
+    # the same options after the subcommand (`llmserve serve ... --log-level debug`)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="serve the applications of a Ray-Serve-style YAML")
-    run.add_argument("config", help="YAML file with an 'applications' list")
+    def add_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, parents=[common])
+
+    run = add_command("run", "serve a Ray-Serve-style config file, or an application by "
+                             "import path (module:app or module:builder key=value ...)")
+    run.add_argument("config", metavar="CONFIG_OR_IMPORT_PATH",
+                     help="YAML file with an 'applications' list, or module:attribute naming "
+                          "an application or a builder")
+    run.add_argument("app_args", nargs="*", metavar="KEY=VALUE",
+                     help="with an import path: arguments for the builder (values parse as "
+                          "JSON when they can)")
+    run.add_argument("--name", default="default", help="application name (import path form)")
+    run.add_argument("--route-prefix", default="/",
+                     help="application route prefix (import path form)")
     run.add_argument("--runtime", default="local", choices=["local", "ray"],
                      help="ray: replicas are Ray actors; the controller is a detached Ray "
                           "actor that survives this process and its own restarts "
@@ -170,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=None)
     run.set_defaults(handler=_run)
 
-    srv = commands.add_parser("serve", help="serve one model behind the OpenAI API")
+    srv = add_command("serve", "serve one model behind the OpenAI API")
     srv.add_argument("--model", help="model directory (or tokenizer directory for sim); with "
                      "--worker-urls, the engines' model files, used for its tokenizer")
     srv.add_argument("--model-id", help="the name clients use (default: directory name)")
@@ -183,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--routing", help="routing policy name (see routing/)")
     srv.add_argument("--routing-config", metavar="JSON",
                      help='full routing_config, e.g. \'{"policy": "prefix_aware", '
-                          '"load_guard_abs": 8}\' (--routing overrides its policy)')
+                          '"balance_abs_threshold": 64}\' (--routing overrides its policy)')
     srv.add_argument("--worker-urls", nargs="+", default=[],
                      help="front engine servers that already run instead of launching any")
     srv.add_argument("--worker-kv-events", nargs="+", default=[], metavar="ENDPOINT",
@@ -193,14 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
     srv.set_defaults(handler=_serve)
 
-    status = commands.add_parser(
-        "status", help="applications, deployments and replicas (node, resources, state)")
+    stop = add_command("shutdown", "remove every application from a Ray cluster (as "
+                                   "`serve shutdown`)")
+    stop.add_argument("--address", default=None,
+                      help="the Ray cluster (default: RAY_ADDRESS, else the local one)")
+    stop.set_defaults(handler=_shutdown)
+
+    status = add_command(
+        "status", "applications, deployments and replicas (node, resources, state)")
     status.add_argument("--address", default="http://127.0.0.1:8000",
                         help="the HTTP proxy of the running serve instance")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(handler=_status)
 
-    tiny = commands.add_parser("make-tiny-model", help="build a small random Llama locally")
+    tiny = add_command("make-tiny-model", "build a small random Llama locally")
     tiny.add_argument("dir")
     tiny.add_argument("--lora", type=int, default=0, help="number of LoRA adapters")
     tiny.add_argument("--seed", type=int, default=0)
@@ -208,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="load generator (see `llmserve bench --help`)")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_global_options(parser: argparse.ArgumentParser, log_level_default: str) -> None:
+    parser.add_argument("--log-level", default=log_level_default,
+                        help="debug, info, warning or error (default: info)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValidationError) as exc:
         print(f"llmserve: configuration error: {exc}", file=sys.stderr)
         return 2
+    except DeployFailedError as exc:  # the replica's log above holds the details
+        print(f"llmserve: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

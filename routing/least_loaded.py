@@ -10,10 +10,10 @@ import random
 from collections.abc import Sequence
 
 from routing.load import replica_load
-from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.policy import Candidate, RouteRequest, RoutingPolicy
 
 
-class LeastLoadedPolicy(PolicyBase):
+class LeastLoadedPolicy(RoutingPolicy):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 

@@ -41,62 +41,39 @@ class RouteRequest:
 
 @runtime_checkable
 class RoutingPolicy(Protocol):
-    """Ranks candidates best first. Hooks are optional (see :class:`PolicyBase`)."""
+    """Ranks candidates best first, and hears each request's lifecycle.
 
-    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-        ...
-
-
-class PolicyBase:
-    """No-op hooks, so a policy only overrides what it needs.
+    A policy subclasses this protocol and overrides ``choose`` and only the hooks it
+    needs; the others are no-ops. Both routers (the serving core's handles and the LLM
+    engine pool) drive the hooks through :class:`routing.dispatch.Dispatcher`, in this
+    order per request: ``on_routed``, at most one ``on_first_token``, one ``on_finished``.
 
     ``needs_prompt`` tells the caller to fill ``RouteRequest.prompt_token_ids`` (or
     ``prompt``), which costs a chat-template render and a tokenisation per request.
     """
 
-    needs_prompt = False
+    needs_prompt: bool = False
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-        raise NotImplementedError
+        """``candidates`` best first (a new list; at least one candidate is given)."""
+        ...
 
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
+        """The request was sent to ``replica_id``."""
         return None
 
     def on_first_token(self, request: RouteRequest, replica_id: str) -> None:
-        """The replica sent the request's first token (its prompt is computed)."""
+        """The replica sent the request's first token (its prompt is computed), or, for a
+        call that is not streamed, its whole result."""
         return None
 
     def on_finished(self, request: RouteRequest, replica_id: str) -> None:
+        """The request ended on ``replica_id`` (done, failed or abandoned)."""
         return None
 
     def on_replicas_changed(self, replica_ids: Sequence[str]) -> None:
+        """The replicas requests may be routed to are now ``replica_ids``."""
         return None
 
 
-def needs_prompt(policy: RoutingPolicy) -> bool:
-    """Whether ``policy`` looks at the prompt (so it is worth tokenising)."""
-    return bool(getattr(policy, "needs_prompt", False))
-
-
-def notify_routed(policy: RoutingPolicy, request: RouteRequest, replica_id: str) -> None:
-    hook = getattr(policy, "on_routed", None)
-    if hook is not None:
-        hook(request, replica_id)
-
-
-def notify_first_token(policy: RoutingPolicy, request: RouteRequest, replica_id: str) -> None:
-    hook = getattr(policy, "on_first_token", None)
-    if hook is not None:
-        hook(request, replica_id)
-
-
-def notify_finished(policy: RoutingPolicy, request: RouteRequest, replica_id: str) -> None:
-    hook = getattr(policy, "on_finished", None)
-    if hook is not None:
-        hook(request, replica_id)
-
-
-def notify_replicas_changed(policy: RoutingPolicy, replica_ids: Sequence[str]) -> None:
-    hook = getattr(policy, "on_replicas_changed", None)
-    if hook is not None:
-        hook(replica_ids)
+PolicyBase = RoutingPolicy  # the name policies written before the hooks moved here use

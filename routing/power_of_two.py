@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.policy import Candidate, RouteRequest, RoutingPolicy
 
 
-class PowerOfTwoPolicy(PolicyBase):
+class PowerOfTwoPolicy(RoutingPolicy):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 

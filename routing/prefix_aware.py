@@ -67,7 +67,7 @@ from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
 from routing.inflight_prefixes import InflightPrefixes
 from routing.kv_cache_view import ClusterCacheView
 from routing.load import replica_load
-from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.policy import Candidate, RouteRequest, RoutingPolicy
 from routing.prefix_index import PrefixIndex
 
 MatchKey = tuple[str, BlockHash]  # (index key, deepest matched block): a cached prefix
@@ -92,7 +92,7 @@ class PrefixMatch:
         return (self.index_key, self.hashes[depth - 1]) if depth else None
 
 
-class PrefixAwarePolicy(PolicyBase):
+class PrefixAwarePolicy(RoutingPolicy):
     needs_prompt = True
 
     def __init__(self, block_size: int = 16, max_index_bytes: int = 64 * 1024 * 1024,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.policy import Candidate, RouteRequest, RoutingPolicy
 
 
-class RoundRobinPolicy(PolicyBase):
+class RoundRobinPolicy(RoutingPolicy):
     def __init__(self) -> None:
         self._next = 0
 

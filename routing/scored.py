@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from routing.block_hash import HashFn
 from routing.hash_ring import HashRing
 from routing.load import queue_depth, replica_load
-from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.policy import Candidate, RouteRequest, RoutingPolicy
 from routing.prefix_aware import PrefixAwarePolicy, PrefixMatch
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -88,7 +88,7 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-class ScoredPolicy(PolicyBase):
+class ScoredPolicy(RoutingPolicy):
     def __init__(self, weights: Mapping[str, float] | None = None, block_size: int = 16,
                  max_index_bytes: int = 64 * 1024 * 1024, session_epsilon: float = 0.25,
                  rng: random.Random | None = None, hash_fn: HashFn | None = None) -> None:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from routing.hash_ring import HashRing
 from routing.least_loaded import LeastLoadedPolicy
 from routing.load import replica_load
-from routing.policy import Candidate, PolicyBase, RouteRequest
+from routing.policy import Candidate, RouteRequest, RoutingPolicy
 
 
-class SessionAffinityPolicy(PolicyBase):
+class SessionAffinityPolicy(RoutingPolicy):
     def __init__(self, epsilon: float = 0.25, virtual_nodes: int = 64,
                  rng: random.Random | None = None) -> None:
         self.epsilon = epsilon

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from routing import Candidate, RouteRequest
-from routing.policy import PolicyBase
+from routing.policy import RoutingPolicy
 
 
-class GroupOraclePolicy(PolicyBase):
+class GroupOraclePolicy(RoutingPolicy):
     needs_prompt = True
 
     def __init__(self, key_tokens: int = 256, block_size: int = 16) -> None:
@@ -31,7 +31,7 @@ class GroupOraclePolicy(PolicyBase):
         return ordered[home:] + ordered[:home]
 
 
-class HotGroupOraclePolicy(PolicyBase):
+class HotGroupOraclePolicy(RoutingPolicy):
     """The hot-prefix oracle: knows which requests are the hot group's, and keeps to the
     1.5x-mean load bound the issue sets with the fewest cold prefills.
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from benchmarks.routing.hot_prefix import group_sequence
 from routing import Candidate, RouteRequest, make_policy
-from routing.policy import notify_finished, notify_first_token, notify_routed
 
 
 def replay(config: Mapping[str, Any], seed: int = 0, n: int = 256, qps: float = 64.0,
@@ -45,16 +44,16 @@ def replay(config: Mapping[str, Any], seed: int = 0, n: int = 256, qps: float = 
         now += rng.expovariate(qps)
         while firsts and firsts[0][0] <= now:
             _, _, first_on, first = heapq.heappop(firsts)
-            notify_first_token(policy, first, first_on)
+            policy.on_first_token(first, first_on)
         while ends and ends[0][0] <= now:
             _, _, done_on, done = heapq.heappop(ends)
             ongoing[done_on] -= 1
-            notify_finished(policy, done, done_on)
+            policy.on_finished(done, done_on)
         tokens = prefixes[group] + tuple(rng.randrange(50_000) for _ in range(128))
         request = RouteRequest(f"q{i}", "m", prompt_token_ids=tokens)
         chosen = policy.choose(request, [Candidate(r, num_ongoing=k)
                                          for r, k in ongoing.items()])[0].replica_id
-        notify_routed(policy, request, chosen)
+        policy.on_routed(request, chosen)
         miss = (group, chosen) not in held
         held.add((group, chosen))
         cold += miss

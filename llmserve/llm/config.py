@@ -57,6 +57,12 @@ class LLMConfig(_Strict):
     def model_id(self) -> str:
         return self.model_loading_config.model_id
 
+    @field_validator("llm_engine", mode="before")
+    @classmethod
+    def _engine_name(cls, value: Any) -> Any:
+        """Ray Serve LLM's enum values (``vLLM``, ``SGLang``) name the same engines."""
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("deployment_config")
     @classmethod
     def _known_deployment_options(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from engines.protocol import EngineSpec
 from engines.registry import make_engine
 from llmserve.llm.config import LLMConfig
 from llmserve.llm.kv_events_config import EventAddresses, with_kv_events
+from llmserve.llm.server_calls import OpenAICalls
 from llmserve.serve.context import NODE_IP_ENV
 
 log = logging.getLogger("llmserve.llm")
@@ -43,7 +44,7 @@ class EngineEndpointInfo:
     kv_events: EventAddresses | None = None  # where the engine publishes KV-cache events
 
 
-class LLMServer:
+class LLMServer(OpenAICalls):
     async def __init__(self, llm_config: LLMConfig) -> None:  # type: ignore[misc]
         from llmserve import serve
 
@@ -106,6 +107,14 @@ class LLMServer:
                 continue
             self._failed_restarts = 0
             self.restarts += 1
+
+    @property
+    def engine_url(self) -> str:
+        return self.spec.base_url
+
+    @property
+    def served_model_id(self) -> str:
+        return self.config.model_id
 
     async def endpoint(self) -> EngineEndpointInfo:
         return EngineEndpointInfo(self.replica_id, self.config.model_id, self.spec.base_url,

@@ -47,7 +47,6 @@ from llmserve.openai.relay import (
     read_whole,
 )
 from routing import RouteRequest
-from routing.policy import needs_prompt
 
 log = logging.getLogger("llmserve.openai")
 
@@ -118,7 +117,7 @@ class OpenAiIngress:
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
         self.prompts: dict[str, PromptRenderer] = {
             m.model_id: PromptRenderer(m.model_id, _tokenizer_source(m), self.directory.client)
-            for m in models if needs_prompt(self.pools[m.model_id].policy)
+            for m in models if self.pools[m.model_id].policy.needs_prompt
         }
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))

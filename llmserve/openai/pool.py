@@ -21,12 +21,7 @@ from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
 from llmserve.openai.kv_events import EventSource, KVEventFeed, attach_feed
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
-from routing.policy import (
-    notify_finished,
-    notify_first_token,
-    notify_replicas_changed,
-    notify_routed,
-)
+from routing.dispatch import Dispatcher
 from routing.registry import policy_accepts
 
 log = logging.getLogger("llmserve.openai")
@@ -39,15 +34,14 @@ class Endpoint:
     key: str
     url: str
     ready: bool = True
-    in_flight: int = 0
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
     kv_events: EventSource | None = None
 
-    def candidate(self) -> Candidate:
+    def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
-        return Candidate(self.key, self.in_flight, 0, frozenset(self.stats.running_lora_adapters),
+        return Candidate(self.key, in_flight, 0, frozenset(self.stats.running_lora_adapters),
                          stats)
 
 
@@ -59,18 +53,16 @@ class ModelPool:
                  kv_events: Sequence[EventSource | None] = ()) -> None:
         self.model_id = model_id
         self.engine = engine
-        self.policy = policy
         self.handle = handle
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
+        self.dispatcher = Dispatcher(policy, list(self.endpoints))
         for endpoint, source in zip(self.endpoints.values(), kv_events, strict=False):
             endpoint.kv_events = source
         # the engines' KV events, when they publish them (launched engines may)
         self.kv_feed: KVEventFeed | None = None
         if handle is not None or any(kv_events):
             self.kv_feed = attach_feed(model_id, policy)
-        if urls:
-            notify_replicas_changed(policy, list(self.endpoints))
-            self._update_kv_feed()
+        self._update_kv_feed()
 
     def _update_kv_feed(self) -> None:
         if self.kv_feed is not None:
@@ -78,30 +70,37 @@ class ModelPool:
                                 if e.kv_events is not None)
 
     @property
+    def policy(self) -> RoutingPolicy:
+        return self.dispatcher.policy
+
+    @property
     def in_flight(self) -> int:
-        return sum(e.in_flight for e in self.endpoints.values())
+        return self.dispatcher.num_in_flight
+
+    def in_flight_of(self, endpoint: Endpoint) -> int:
+        return self.dispatcher.in_flight_of(endpoint.key)
 
     def choose(self, request: RouteRequest) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
         ready = [e for e in self.endpoints.values() if e.ready]
         if not ready:
             return None
         if len(ready) == 1:
             chosen = ready[0]
-        else:
-            ranked = self.policy.choose(request, [e.candidate() for e in ready])
-            chosen = self.endpoints[ranked[0].replica_id]
-        chosen.in_flight += 1
-        notify_routed(self.policy, request, chosen.key)
-        return chosen
+            self.dispatcher.routed(request, chosen.key)
+            return chosen
+        dispatcher = self.dispatcher
+        key = dispatcher.choose(request, [e.candidate(dispatcher.in_flight_of(e.key))
+                                          for e in ready])
+        return self.endpoints[key] if key is not None else None
 
     def first_token(self, endpoint: Endpoint, request: RouteRequest) -> None:
-        notify_first_token(self.policy, request, endpoint.key)
+        self.dispatcher.first_token(request, endpoint.key)
 
     def finish(self, endpoint: Endpoint, request: RouteRequest, *, failed: bool) -> None:
-        endpoint.in_flight -= 1
         if failed:
             endpoint.failures += 1
-        notify_finished(self.policy, request, endpoint.key)
+        self.dispatcher.finished(request, endpoint.key)
 
     def mark_unreachable(self, endpoint: Endpoint) -> None:
         """A connection to it failed: stop routing there until its stats answer again."""
@@ -140,7 +139,7 @@ class ModelPool:
             else:
                 current.ready = info.ready and current.ready
         if changed:
-            notify_replicas_changed(self.policy, list(self.endpoints))
+            self.dispatcher.set_replicas(list(self.endpoints))
             self._update_kv_feed()
 
     async def refresh_stats(self, client: httpx.AsyncClient) -> None:

@@ -14,11 +14,16 @@ from typing import Any
 from llmserve.serve.asgi import bind_class_routes
 from llmserve.serve.deployment import Application, replace_applications
 from llmserve.serve.deployment_state import DeploymentState, DesiredDeployment
-from llmserve.serve.exceptions import ConfigError, DeploymentUnavailableError
+from llmserve.serve.exceptions import ConfigError, DeployFailedError, DeploymentUnavailableError
 from llmserve.serve.handle import DeploymentHandle
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import ReplicaRef, Runtime
-from llmserve.serve.status import ApplicationStatus, DeploymentStatusCode, ServeStatus
+from llmserve.serve.status import (
+    ApplicationStatus,
+    ApplicationStatusCode,
+    DeploymentStatusCode,
+    ServeStatus,
+)
 
 log = logging.getLogger("llmserve.serve")
 
@@ -141,7 +146,7 @@ class Controller:
             if failed:
                 message = failed[0].last_error
                 await self.delete_app(app_name)
-                raise RuntimeError(f"deploying {app_name!r} failed: {message}")
+                raise DeployFailedError(f"deploying {app_name!r} failed: {message}")
             if all(s.is_settled() for s in states):
                 return
             await asyncio.sleep(0.01)
@@ -196,13 +201,7 @@ class Controller:
     def app_status(self, name: str) -> ApplicationStatus:
         record = self.apps[name]
         deployments = {d: self.deployments[(name, d)].status() for d in record.deployments}
-        codes = {s.status for s in deployments.values()}
-        overall = DeploymentStatusCode.HEALTHY
-        for code in (DeploymentStatusCode.DEPLOY_FAILED, DeploymentStatusCode.UNHEALTHY,
-                     DeploymentStatusCode.UPDATING):
-            if code in codes:
-                overall = code
-                break
+        overall = ApplicationStatusCode.of({s.status for s in deployments.values()})
         return ApplicationStatus(name, record.route_prefix, overall, record.ingress, deployments)
 
 

@@ -11,6 +11,11 @@ class ConfigError(ServeError, ValueError):
     """An invalid deployment or application option."""
 
 
+class DeployFailedError(ServeError, RuntimeError):
+    """An application's deployment could not reach its target (e.g. a replica's constructor
+    or engine failed to start); the first line of the message says which and why."""
+
+
 class BackPressureError(ServeError):
     """The deployment's queue is full (``max_queued_requests``); retry later."""
 

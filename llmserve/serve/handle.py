@@ -112,11 +112,13 @@ class _Call:
         request = self.route_request()
         while True:
             if self.replica_id is not None:
-                replica = router.acquire_pinned(self.replica_id)
+                replica = router.acquire_pinned(self.replica_id, request)
             else:
                 replica = await router.acquire(request)
             try:
-                return await replica.call(self.meta, args, kwargs)
+                result = await replica.call(self.meta, args, kwargs)
+                router.first_output(replica, request)
+                return result
             except ReplicaUnavailableError:
                 if self.replica_id is not None:
                     raise
@@ -135,7 +137,9 @@ class _Call:
             started = False
             try:
                 async for item in replica.stream(self.meta, args, kwargs):
-                    started = True
+                    if not started:
+                        started = True
+                        router.first_output(replica, request)
                     yield item
                 return
             except ReplicaUnavailableError:

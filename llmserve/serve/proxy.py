@@ -10,7 +10,7 @@ import socket
 import uuid
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.control_plane import ControlPlane
@@ -20,6 +20,8 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from llmserve.serve.router import Router
+from llmserve.serve.runtime import ReplicaRef
 from llmserve.serve.status import status_to_json
 from routing import RouteRequest
 
@@ -88,7 +90,8 @@ class HttpProxy:
             while True:
                 replica = await router.acquire(request)
                 try:
-                    await replica.handle_http(meta, child, receive, send)
+                    await replica.handle_http(meta, child, receive,
+                                              _reporting_start(send, router, replica, request))
                     return
                 except ReplicaUnavailableError:
                     continue
@@ -103,6 +106,21 @@ class HttpProxy:
             with contextlib.suppress(RuntimeError):
                 await _send_error(send, 503, str(exc), "unavailable", request_id=request_id,
                                   retry_after_s=1.0)
+
+
+def _reporting_start(send: Send, router: Router, replica: ReplicaRef,
+                     request: RouteRequest) -> Send:
+    """``send``, telling the router when the replica starts its response."""
+    started = False
+
+    async def reporting_send(message: Message) -> None:
+        nonlocal started
+        if not started and message["type"] == "http.response.start":
+            started = True
+            router.first_output(replica, request)
+        await send(message)
+
+    return reporting_send
 
 
 def _own_url(scope: Scope) -> str | None:

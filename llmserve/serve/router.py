@@ -15,7 +15,7 @@ from llmserve.serve.exceptions import (
 )
 from llmserve.serve.runtime import ReplicaRef
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
-from routing.policy import notify_finished, notify_replicas_changed, notify_routed
+from routing.dispatch import Dispatcher
 
 
 @dataclass
@@ -32,9 +32,8 @@ class Router:
         self.deployment = deployment
         self.max_ongoing = max_ongoing
         self.max_queued = max_queued
-        self.policy: RoutingPolicy = policy or make_policy("power_of_two")
+        self.dispatcher = Dispatcher(policy or make_policy("power_of_two"))
         self._replicas: dict[str, ReplicaRef] = {}
-        self._ongoing: dict[str, int] = {}
         self._waiters: deque[_Waiter] = deque()
         self._closed_reason: str | None = None
         self.reported_ongoing = 0.0  # load served outside the router (see report_ongoing)
@@ -45,8 +44,12 @@ class Router:
         return len(self._waiters)
 
     @property
+    def policy(self) -> RoutingPolicy:
+        return self.dispatcher.policy
+
+    @property
     def num_ongoing(self) -> int:
-        return sum(self._ongoing.values())
+        return self.dispatcher.num_in_flight
 
     @property
     def load(self) -> float:
@@ -58,12 +61,11 @@ class Router:
         return list(self._replicas)
 
     def ongoing_of(self, replica_id: str) -> int:
-        return self._ongoing.get(replica_id, 0)
+        return self.dispatcher.in_flight_of(replica_id)
 
     def set_replicas(self, replicas: Sequence[ReplicaRef]) -> None:
         self._replicas = {r.replica_id: r for r in replicas}
-        self._ongoing = {rid: self._ongoing.get(rid, 0) for rid in self._replicas}
-        notify_replicas_changed(self.policy, list(self._replicas))
+        self.dispatcher.set_replicas(list(self._replicas))
         self._assign_waiters()
 
     def close(self, reason: str) -> None:
@@ -74,12 +76,12 @@ class Router:
             if not waiter.future.done():
                 waiter.future.set_exception(DeploymentUnavailableError(reason))
 
-    def acquire_pinned(self, replica_id: str) -> ReplicaRef:
+    def acquire_pinned(self, replica_id: str, request: RouteRequest) -> ReplicaRef:
         """Reserve a slot on one given replica, over capacity if need be (control calls)."""
         replica = self._replicas.get(replica_id)
         if replica is None or not replica.is_alive:
             raise ReplicaDiedError(f"replica {replica_id} of {self.deployment!r} is not running")
-        self._ongoing[replica_id] += 1
+        self.dispatcher.routed(request, replica_id)
         return replica
 
     async def acquire(self, request: RouteRequest) -> ReplicaRef:
@@ -104,11 +106,12 @@ class Router:
                 self._remove_waiter(waiter)
             raise
 
+    def first_output(self, replica: ReplicaRef, request: RouteRequest) -> None:
+        """The replica answered the request (its result, or a stream's first item)."""
+        self.dispatcher.first_token(request, replica.replica_id)
+
     def release(self, replica: ReplicaRef, request: RouteRequest) -> None:
-        rid = replica.replica_id
-        if rid in self._ongoing:
-            self._ongoing[rid] -= 1
-        notify_finished(self.policy, request, rid)
+        self.dispatcher.finished(request, replica.replica_id)
         if self._waiters:
             self._assign_waiters()
 
@@ -131,31 +134,24 @@ class Router:
     def _pick(self, request: RouteRequest) -> ReplicaRef | None:
         if len(self._replicas) == 1:  # nothing to choose: skip building candidates
             (rid, replica), = self._replicas.items()
-            if self._ongoing[rid] >= self.max_ongoing or not replica.is_alive:
+            if self.dispatcher.in_flight_of(rid) >= self.max_ongoing or not replica.is_alive:
                 return None
-            self._ongoing[rid] += 1
-            notify_routed(self.policy, request, rid)
+            self.dispatcher.routed(request, rid)
             return replica
-        candidates = self._candidates(request)
-        if not candidates:
-            return None
-        ranked = self.policy.choose(request, candidates) if len(candidates) > 1 else candidates
-        if request.model_id:
-            ranked.sort(key=lambda c: request.model_id not in c.model_ids)
-        for candidate in ranked:
-            if candidate.has_capacity:
-                rid = candidate.replica_id
-                self._ongoing[rid] += 1
-                notify_routed(self.policy, request, rid)
-                return self._replicas[rid]
-        return None
+        chosen = self.dispatcher.choose(request, self._candidates(request))
+        return self._replicas[chosen] if chosen is not None else None
 
     def _candidates(self, request: RouteRequest) -> list[Candidate]:
+        """Live replicas with a free slot; those already serving the request's multiplexed
+        model only, when there are any."""
         candidates = []
         for rid, replica in self._replicas.items():
-            ongoing = self._ongoing[rid]
+            ongoing = self.dispatcher.in_flight_of(rid)
             if ongoing >= self.max_ongoing or not replica.is_alive:
                 continue
             model_ids = replica.multiplexed_model_ids if request.model_id else frozenset()
             candidates.append(Candidate(rid, ongoing, self.max_ongoing, model_ids))
+        if request.model_id:
+            holding = [c for c in candidates if request.model_id in c.model_ids]
+            return holding or candidates
         return candidates

@@ -21,6 +21,26 @@ class DeploymentStatusCode(StrEnum):
     DEPLOY_FAILED = "DEPLOY_FAILED"
 
 
+class ApplicationStatusCode(StrEnum):
+    """Ray Serve's application status values (deployments have their own, above)."""
+
+    DEPLOYING = "DEPLOYING"
+    RUNNING = "RUNNING"
+    UNHEALTHY = "UNHEALTHY"
+    DEPLOY_FAILED = "DEPLOY_FAILED"
+
+    @classmethod
+    def of(cls, deployments: set[DeploymentStatusCode]) -> ApplicationStatusCode:
+        """The application's status from its deployments', worst first."""
+        if DeploymentStatusCode.DEPLOY_FAILED in deployments:
+            return cls.DEPLOY_FAILED
+        if DeploymentStatusCode.UNHEALTHY in deployments:
+            return cls.UNHEALTHY
+        if DeploymentStatusCode.UPDATING in deployments:
+            return cls.DEPLOYING
+        return cls.RUNNING
+
+
 @dataclass(frozen=True)
 class ReplicaNode:
     """Where a replica runs and what it holds (Ray's assignment; declared options on the
@@ -61,7 +81,7 @@ class DeploymentStatus:
 class ApplicationStatus:
     name: str
     route_prefix: str | None
-    status: DeploymentStatusCode
+    status: ApplicationStatusCode
     ingress_deployment: str
     deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
 

@@ -48,7 +48,7 @@ def test_status_shows_node_resources_and_state(ray_serve: RayCluster,
 
     assert main(["status", "--address", url]) == 0
     out = capsys.readouterr().out
-    assert "application pinned: HEALTHY" in out and "deployment Gpu: HEALTHY" in out
+    assert "application pinned: RUNNING" in out and "deployment Gpu: HEALTHY" in out
     for replica in gpu_replicas:
         assert replica.node is not None
         row = next(line.split() for line in out.splitlines()

@@ -23,33 +23,17 @@ from benchmarks.cluster_procs import ROOT, sim_cluster, stop, wait_http_ok
 from llmserve import serve
 from llmserve.llm import build_openai_app
 from llmserve.openai.kv_events import HUB
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port, free_port_run
 from tests.fixtures_engines import cached_tiny_model
 
 REPLICAS = 3
-
-
-def events_port_base() -> int:
-    """A port with the next ``REPLICAS`` free too (replica k publishes on base + k)."""
-    for _ in range(50):
-        base = free_port()
-        try:
-            for k in range(1, 2 * REPLICAS):
-                import socket
-
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", base + k))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no run of free ports")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     model_dir = str(cached_tiny_model())
     logs = tmp_path_factory.mktemp("kv-events")
-    base = events_port_base()
+    base = free_port_run(2 * REPLICAS)
     events = {"enable_kv_cache_events": True, "publisher": "zmq",
               "endpoint": f"tcp://*:{base}", "replay_endpoint": f"tcp://*:{base + REPLICAS}"}
     extra = ["--kv-events-config", json.dumps(events)]

@@ -18,7 +18,7 @@ from llmserve import serve
 from llmserve.llm import build_openai_app
 from llmserve.openai.prompt import PromptRenderer
 from routing import Candidate, RouteRequest
-from routing.policy import PolicyBase
+from routing.policy import RoutingPolicy
 from tests.e2e.conftest import free_port
 from tests.fixtures_engines import cached_tiny_model
 
@@ -89,7 +89,7 @@ def test_repeated_prefixes_hit_the_replica_that_cached_them(
 EVENTS: list[tuple[str, str]] = []
 
 
-class RecordingPolicy(PolicyBase):
+class RecordingPolicy(RoutingPolicy):
     """First replica; records the hooks the gateway calls."""
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -59,3 +59,38 @@ def test_bad_config_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "cannot import 'no_such_module'" in out
+
+
+def test_run_an_import_path_with_builder_args() -> None:
+    """`serve run module:builder key=value` in Ray Serve's habit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmserve.cli", "run", "tests.integration.serve.sample_app:build",
+         "greeting=hej", "--route-prefix", "/hi", "--port", str(port)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/hi", 30, proc)
+        assert httpx.get(f"http://127.0.0.1:{port}/hi", timeout=2).json()["greeting"] == "hej"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+
+
+def test_run_a_bound_application_by_import_path() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmserve.cli", "run", "tests.integration.serve.sample_app:app",
+         "--port", str(port)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/", 30, proc)
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=2).json()["greeting"] == "hello"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out

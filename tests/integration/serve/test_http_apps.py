@@ -233,4 +233,4 @@ def test_serve_run_from_inside_a_thread_pool_worker_and_status() -> None:
     thread.start()
     thread.join(30)
     assert results == [42]
-    assert serve.status().applications["default"].status == "HEALTHY"
+    assert serve.status().applications["default"].status == "RUNNING"

@@ -54,7 +54,7 @@ def test_status_route_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["status", "--address", url]) == 0
     out = capsys.readouterr().out
-    assert "application declared: HEALTHY" in out
+    assert "application declared: RUNNING" in out
     assert "deployment Declared: HEALTHY   running 2/2" in out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("Declared#")]
     assert sorted(row[0] for row in rows) == ids

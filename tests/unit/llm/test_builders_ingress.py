@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from llmserve.llm import build_openai_app
 
 CONFIG = {"model_loading_config": {"model_id": "m", "model_source": "/nowhere"},
@@ -28,3 +30,23 @@ def test_ingress_actor_options_keep_in_proxy_unless_they_set_it() -> None:
                "max_ongoing_requests": 7}
     assert _ingress_actor_options(ingress_deployment_config=options) == {
         "in_proxy": False, "num_cpus": 0.5}
+
+
+@pytest.mark.parametrize(("given", "engine"), [("vLLM", "vllm"), ("SGLang", "sglang"),
+                                               ("vllm", "vllm")])
+def test_llm_engine_accepts_ray_serve_llm_enum_values(given: str, engine: str) -> None:
+    from llmserve.llm import LLMConfig
+
+    config = LLMConfig.model_validate({"model_loading_config": {"model_id": "m"},
+                                       "llm_engine": given})
+    assert config.llm_engine == engine
+
+
+def test_llm_engine_rejects_unknown_engines() -> None:
+    from pydantic import ValidationError
+
+    from llmserve.llm import LLMConfig
+
+    with pytest.raises(ValidationError, match="llm_engine"):
+        LLMConfig.model_validate({"model_loading_config": {"model_id": "m"},
+                                  "llm_engine": "TensorRT"})

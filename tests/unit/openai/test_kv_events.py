@@ -17,7 +17,7 @@ from engines.sim.kv_cache import RemovedBlock, StoredBlocks
 from llmserve.openai.kv_events import EventSource, KVEventsHub, KVEventSubscriber
 from routing.block_hash import block_hashes
 from routing.kv_cache_view import ClusterCacheView
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port_run
 
 BS = 16
 RID = "replica-0"
@@ -43,7 +43,8 @@ async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 class Rig:
     def __init__(self) -> None:
-        port, replay = free_port(), free_port()
+        port = free_port_run(2)
+        replay = port + 1
         self.config = KVEventsConfig.from_mapping({
             "enable_kv_cache_events": True, "endpoint": f"tcp://*:{port}",
             "replay_endpoint": f"tcp://*:{replay}", "topic": "t"})

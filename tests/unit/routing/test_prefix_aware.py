@@ -5,7 +5,6 @@ import random
 import pytest
 
 from routing import RouteRequest, make_policy
-from routing.policy import needs_prompt
 from routing.prefix_aware import PrefixAwarePolicy
 from tests.unit.routing.fakes import ids, replica, replicas
 
@@ -116,8 +115,8 @@ def test_without_a_prompt_it_is_least_loaded_and_records_nothing() -> None:
 
 def test_registry_options_and_prompt_flag() -> None:
     p = make_policy("prefix_aware", block_size=32, max_index_bytes=1 << 20)
-    assert isinstance(p, PrefixAwarePolicy) and p.block_size == 32 and needs_prompt(p)
-    assert not needs_prompt(make_policy("power_of_two"))
+    assert isinstance(p, PrefixAwarePolicy) and p.block_size == 32 and p.needs_prompt
+    assert not make_policy("power_of_two").needs_prompt
     with pytest.raises(ValueError):
         PrefixAwarePolicy(block_size=0)
 

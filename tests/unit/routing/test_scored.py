@@ -5,7 +5,6 @@ import random
 import pytest
 
 from routing import RouteRequest, make_policy
-from routing.policy import needs_prompt
 from routing.scored import ScoredPolicy
 from tests.unit.routing.fakes import ids, replica
 
@@ -63,5 +62,5 @@ def test_weights_trade_prefix_against_load() -> None:
 def test_unknown_scorer_and_prompt_flag() -> None:
     with pytest.raises(ValueError, match="unknown scorers"):
         ScoredPolicy({"nope": 1})
-    assert needs_prompt(make_policy("scored"))
-    assert not needs_prompt(make_policy("scored", weights={"prefix": 0}))
+    assert make_policy("scored").needs_prompt
+    assert not make_policy("scored", weights={"prefix": 0}).needs_prompt

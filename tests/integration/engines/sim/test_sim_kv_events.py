@@ -17,7 +17,7 @@ from engines.sim import ClusterConfig, SimCluster
 from llmserve.openai.kv_events import EventSource, KVEventSubscriber
 from routing.block_hash import block_hashes
 from routing.kv_cache_view import ClusterCacheView
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port_run
 
 MODEL = "sim-tiny"
 BS = 16
@@ -27,7 +27,8 @@ KV_BLOCKS = 24  # 23 usable blocks of 16 tokens per replica: a handful of prompt
 @pytest.fixture
 async def rig(sim_tokenizer_dir: Path) -> AsyncIterator[tuple[SimCluster, ClusterCacheView,
                                                             Counter[tuple[str, str]]]]:
-    port, replay = free_port(), free_port()
+    port = free_port_run(4)
+    replay = port + 2
     events = {"enable_kv_cache_events": True, "publisher": "zmq",
               "endpoint": f"tcp://*:{port}", "replay_endpoint": f"tcp://*:{replay}"}
     config = ClusterConfig(model_dir=str(sim_tokenizer_dir), served_model_name=MODEL,
