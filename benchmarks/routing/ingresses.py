@@ -30,6 +30,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ ROUTERS = ("events", "approximate", "cache_aware")
 WORKLOADS = ("shared-prefix", "multi-turn", "tight-kv")
 # port layout from --port: replicas, then their event and replay sockets, then routers
 # (and vllm-router's metrics at routers + 20)
+READY_S = 240.0  # a gateway's start-up, with 8 of them and the simulator on 2 cores
 EVENTS_AT, REPLAY_AT, ROUTERS_AT = 20, 40, 60
 
 
@@ -70,22 +72,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @contextlib.contextmanager
 def routers(kind: str, count: int, urls: Sequence[str], kv_events: Sequence[str],
             model_dir: str, port: int, logs: Path) -> Iterator[list[str]]:
+    """``count`` routers of one kind, started side by side (each its own process)."""
     config: dict[str, Any] = {"policy": "prefix_aware", "tokenizer_source": model_dir}
+
+    def one(i: int) -> contextlib.AbstractContextManager[str]:
+        log = logs / f"{kind}-{count}-{i}.log"
+        if kind == "cache_aware":
+            return vllm_router(urls, kind, port + i, log, port + 20 + i)
+        if kind == "oracle":
+            return llmserve_gateway(urls, {"policy": ORACLE}, port + i, log,
+                                    ready_timeout_s=READY_S)
+        events = kv_events if kind == "events" else ()
+        return llmserve_gateway(urls, config, port + i, log, events, ready_timeout_s=READY_S)
+
     with contextlib.ExitStack() as stack:
-        bases = []
-        for i in range(count):
-            log = logs / f"{kind}-{count}-{i}.log"
-            if kind == "cache_aware":
-                bases.append(stack.enter_context(vllm_router(urls, kind, port + i, log,
-                                                             port + 20 + i)))
-            elif kind == "oracle":
-                bases.append(stack.enter_context(llmserve_gateway(
-                    urls, {"policy": ORACLE}, port + i, log)))
-            else:
-                events = kv_events if kind == "events" else ()
-                bases.append(stack.enter_context(llmserve_gateway(
-                    urls, config, port + i, log, events)))
-        yield bases
+        managers = [one(i) for i in range(count)]
+        with ThreadPoolExecutor(count) as pool:
+            entered = list(pool.map(_enter, managers))
+        for manager, url in entered:
+            if isinstance(url, str):
+                stack.push(manager.__exit__)
+        failed = [error for _, error in entered if isinstance(error, BaseException)]
+        if failed:
+            raise failed[0]
+        yield [url for _, url in entered if isinstance(url, str)]
+
+
+def _enter(manager: contextlib.AbstractContextManager[str]) -> tuple[
+        contextlib.AbstractContextManager[str], str | BaseException]:
+    try:
+        return manager, manager.__enter__()
+    except Exception as exc:
+        return manager, exc
 
 
 def run_one(args: argparse.Namespace, model_dir: str, workload_name: str, kind: str,

@@ -23,13 +23,14 @@ def vllm_router_binary() -> str | None:
 
 @contextlib.contextmanager
 def llmserve_gateway(worker_urls: Sequence[str], routing_config: Mapping[str, Any], port: int,
-                     log_path: Path, kv_events: Sequence[str] = ()) -> Iterator[str]:
+                     log_path: Path, kv_events: Sequence[str] = (),
+                     ready_timeout_s: float = 60.0) -> Iterator[str]:
     """``kv_events``: each worker's KV-event endpoints (``--worker-kv-events``), or none."""
     args = ["-m", "llmserve.cli", "--log-level", "WARNING", "serve", "--port", str(port),
             "--routing-config", json.dumps(dict(routing_config)), "--worker-urls", *worker_urls]
     if kv_events:
         args += ["--worker-kv-events", *kv_events]
-    with serving(args, log_path, f"http://127.0.0.1:{port}") as url:
+    with serving(args, log_path, f"http://127.0.0.1:{port}", ready_timeout_s) as url:
         yield url
 
 

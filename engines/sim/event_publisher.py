@@ -9,7 +9,9 @@ changed the prefix cache publishes one ``KVEventBatch`` (``engines/kv_events.py`
 the ROUTER replay socket, which answers ``(b"", start_seq)`` as vLLM's does. Like vLLM, an
 endpoint with a wildcard host (or ``ipc://``/``inproc://``) is bound, any other connected.
 The publisher sends from the engine's loop without a queue, so ``max_queue_size`` (the
-bound on vLLM's publishing queue) is never reached.
+bound on vLLM's publishing queue) is never reached. Block hashes go out as vLLM sends
+them: the low 64 bits as an int, or the 32 sha256 bytes with
+``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0`` (vLLM's ``maybe_convert_block_hash``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -111,6 +114,7 @@ class ZmqEventPublisher:
         self._topic = config.topic.encode()
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=config.buffer_steps)
         self._seq = 0
+        self._int_hashes = os.environ.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1") != "0"
         self._task: asyncio.Task[None] | None = None
         self.published = 0
 
@@ -133,12 +137,18 @@ class ZmqEventPublisher:
                                      flags=_noblock())
         self.published += 1
 
+    def _external(self, block_hash: bytes) -> bytes | int:
+        if not self._int_hashes:
+            return block_hash
+        return int.from_bytes(block_hash, "big") & ((1 << 64) - 1)
+
     def _to_wire(self, event: CacheEvent) -> Any:
         wire = self._wire
         if isinstance(event, StoredBlocks):
+            parent = event.parent_block_hash
             return wire.BlockStored(
-                block_hashes=list(event.block_hashes),
-                parent_block_hash=event.parent_block_hash,
+                block_hashes=[self._external(h) for h in event.block_hashes],
+                parent_block_hash=None if parent is None else self._external(parent),
                 token_ids=list(event.token_ids),
                 block_size=event.block_size,
                 lora_id=None,
@@ -148,8 +158,8 @@ class ZmqEventPublisher:
                 group_idx=0,
             )
         if isinstance(event, RemovedBlock):
-            return wire.BlockRemoved(block_hashes=[event.block_hash], medium=wire.MEDIUM_GPU,
-                                     group_idx=0)
+            return wire.BlockRemoved(block_hashes=[self._external(event.block_hash)],
+                                     medium=wire.MEDIUM_GPU, group_idx=0)
         return wire.AllBlocksCleared()
 
     async def _serve_replay(self) -> None:

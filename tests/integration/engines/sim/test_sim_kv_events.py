@@ -58,7 +58,10 @@ async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 def cached_on(cluster: SimCluster, k: int) -> frozenset[object]:
-    return frozenset(cluster.replicas[k].engine.kv_cache._cached)
+    """The replica's cached blocks, named as its events name them (vLLM's default: the
+    hash's low 64 bits as an int)."""
+    return frozenset(int.from_bytes(h, "big") & ((1 << 64) - 1)
+                     for h in cluster.replicas[k].engine.kv_cache._cached)
 
 
 async def test_the_view_is_what_each_replica_caches_through_evictions(rig: tuple[
