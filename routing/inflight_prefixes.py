@@ -22,7 +22,8 @@ class InflightPrefixes:
     def __init__(self, max_requests: int = 16_384) -> None:
         self.max_requests = max_requests
         self._requests: OrderedDict[str, _Entry] = OrderedDict()
-        self._counts: dict[tuple[str, BlockHash], dict[str, int]] = {}
+        # index key -> block -> replica -> prompts in flight there holding that block
+        self._counts: dict[str, dict[BlockHash, dict[str, int]]] = {}
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -32,9 +33,13 @@ class InflightPrefixes:
         self.remove(request_id)
         entry = (index_key, tuple(hashes), replica_id)
         self._requests[request_id] = entry
+        counts = self._counts.setdefault(index_key, {})
         for block_hash in entry[1]:
-            holders = self._counts.setdefault((index_key, block_hash), {})
-            holders[replica_id] = holders.get(replica_id, 0) + 1
+            holders = counts.get(block_hash)
+            if holders is None:
+                counts[block_hash] = {replica_id: 1}
+            else:
+                holders[replica_id] = holders.get(replica_id, 0) + 1
         if len(self._requests) > self.max_requests:
             self.remove(next(iter(self._requests)))
 
@@ -43,25 +48,29 @@ class InflightPrefixes:
         if entry is None:
             return
         index_key, hashes, replica_id = entry
+        counts = self._counts[index_key]
         for block_hash in hashes:
-            holders = self._counts[(index_key, block_hash)]
+            holders = counts[block_hash]
             left = holders[replica_id] - 1
             if left:
                 holders[replica_id] = left
+            elif len(holders) == 1:
+                del counts[block_hash]
             else:
                 del holders[replica_id]
-                if not holders:
-                    del self._counts[(index_key, block_hash)]
+        if not counts:
+            del self._counts[index_key]
 
     def match(self, index_key: str, hashes: Sequence[BlockHash]) -> dict[str, int]:
         """For each replica with a prompt in flight sharing the first block: the shared
         leading blocks."""
-        if not self._counts:
+        counts = self._counts.get(index_key)
+        if not counts or not hashes or hashes[0] not in counts:
             return {}
         result: dict[str, int] = {}
         alive: set[str] | None = None
         for depth, block_hash in enumerate(hashes):
-            holders = self._counts.get((index_key, block_hash))
+            holders = counts.get(block_hash)
             still = set(holders) if holders else set()
             if alive is not None:
                 still &= alive

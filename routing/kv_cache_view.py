@@ -82,6 +82,9 @@ class ClusterCacheView:
         self._ids: dict[int, str] = {}
         self._entries: dict[str, dict[BlockHash, int]] = {}
         self._live_mask = 0
+        self.pressure_refresh_s = 0.05
+        self._pressures: dict[str, float] | None = None
+        self._pressures_at_s = 0.0
         self._counts = {"stored": 0, "removed": 0, "unknown_parent": 0,
                         "unknown_removed": 0, "overflows": 0}
 
@@ -136,6 +139,17 @@ class ClusterCacheView:
         replica that evicts is full; a new prefix there would push out another)."""
         return self.held_blocks(replica_id) + self.recent_evictions(replica_id)
 
+    def pressures(self) -> dict[str, float]:
+        """:meth:`pressure` of every live replica, recomputed at most every
+        ``pressure_refresh_s`` (a decision reads it for every candidate; a tie-breaker a
+        few tens of ms old is as good)."""
+        now_s = self._clock()
+        if self._pressures is None or now_s - self._pressures_at_s >= self.pressure_refresh_s:
+            self._pressures = {rid: self.pressure(rid) for rid, r in self._replicas.items()
+                               if r.live}
+            self._pressures_at_s = now_s
+        return self._pressures
+
     @property
     def counters(self) -> ViewCounters:
         return ViewCounters(**self._counts)
@@ -147,6 +161,7 @@ class ClusterCacheView:
         replica = self._replica(replica_id)
         self.clear(replica_id)
         replica.live = live
+        self._pressures = None
         if live:
             self._live_mask |= 1 << replica.bit
         else:

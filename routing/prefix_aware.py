@@ -251,9 +251,15 @@ class PrefixAwarePolicy(RoutingPolicy):
         if warms is not None or queued > 0:
             self._track(request.request_id, replica_id, queued, warms)
         view = self.kv_view
-        if (view is not None and held < len(found.hashes) and view.is_live(replica_id)
+        if (view is not None and view.is_live(replica_id)
                 and request.prompt_token_ids is not None):
-            self._inflight.add(request.request_id, found.index_key, found.hashes, replica_id)
+            # the engine will report these blocks; until then they are in flight (the
+            # approximate index, not read for this replica, is left alone: a decision
+            # costs less, and a replica whose events break restarts it empty)
+            if held < len(found.hashes):
+                self._inflight.add(request.request_id, found.index_key, found.hashes,
+                                   replica_id)
+            return
         index = self.indexes.get(found.index_key)
         if index is None:
             index = self.indexes[found.index_key] = PrefixIndex(self.max_index_bytes)
@@ -319,12 +325,14 @@ def _cache_pressure(view: ClusterCacheView, candidates: Sequence[Candidate],
     """How crowded each candidate's cache is, for placing a new prefix: an event-fed
     replica's blocks held plus its recent evictions, scaled up by its KV usage (blocks
     running requests pin); the approximate count of blocks sent for the others."""
+    pressures = view.pressures()
     out: dict[str, float] = {}
     for c in candidates:
         rid = c.replica_id
-        if view.is_live(rid):
+        pressure = pressures.get(rid)
+        if pressure is not None:
             usage = min(1.0, max(0.0, c.stats.get("kv_cache_usage", 0.0)))
-            out[rid] = view.pressure(rid) * (1.0 + usage)
+            out[rid] = pressure * (1.0 + usage)
         else:
             out[rid] = approximate.get(rid, 0)
     return out
