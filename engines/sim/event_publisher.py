@@ -156,6 +156,7 @@ class ZmqEventPublisher:
                 lora_name=event.lora_name,
                 extra_keys=list(event.extra_keys),
                 group_idx=0,
+                kv_cache_spec_kind="full_attention",  # one full-attention KV-cache group
             )
         if isinstance(event, RemovedBlock):
             return wire.BlockRemoved(block_hashes=[self._external(event.block_hash)],
