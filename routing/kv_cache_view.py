@@ -38,7 +38,7 @@ class BlockSizeMismatch(ValueError):
     """The engine's blocks are not the router's block size: its events cannot be keyed."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Block:
     index_key: str
     key: BlockHash
