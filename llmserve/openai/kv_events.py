@@ -98,6 +98,9 @@ class KVEventSubscriber:
             except _Broken as exc:
                 self._degrade(exc.reason, str(exc))
                 await asyncio.sleep(self.retry_s)
+            except zmq.ZMQError as exc:  # e.g. an endpoint ZMQ cannot parse
+                self._degrade("socket", repr(exc))
+                await asyncio.sleep(max(self.retry_s, 5.0))
             finally:
                 sub.disable_monitor()
                 monitor.close(linger=0)
@@ -304,6 +307,7 @@ class KVEventFeed:
         self.view = view
         self.hub = hub
         self.sources: dict[str, EventSource] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def update(self, sources: Iterable[EventSource]) -> None:
         """Subscribe to ``sources`` (the pool's current replicas that publish events)."""
@@ -311,7 +315,10 @@ class KVEventFeed:
         for rid, source in list(self.sources.items()):
             if wanted.get(rid) != source:
                 del self.sources[rid]
-                asyncio.get_running_loop().create_task(self.hub.release(self.model_id, source))
+                task = asyncio.get_running_loop().create_task(
+                    self.hub.release(self.model_id, source))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
         for rid, source in wanted.items():
             if rid not in self.sources:
                 self.sources[rid] = source

@@ -174,3 +174,16 @@ async def test_the_hub_shares_one_subscriber_per_engine_and_exports_metrics() ->
         assert not hub._subscribers and not view.is_live(RID)
     finally:
         await rig.publisher.close()
+
+
+async def test_an_endpoint_zmq_cannot_use_degrades_instead_of_failing() -> None:
+    view = ClusterCacheView(BS)
+    counters: Counter[tuple[str, str]] = Counter()
+    subscriber = KVEventSubscriber(EventSource(RID, "tcp://no-port-here"), "m", view,
+                                   counters, retry_s=0.05)
+    subscriber.start()
+    try:
+        await until(lambda: counters[("m", "degraded:socket")] >= 1)
+        assert not view.is_live(RID)
+    finally:
+        await subscriber.close()
