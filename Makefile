@@ -2,10 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= cpu,dev,ray
+EXTRAS ?= cpu,dev,ray,pd
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast check lint typecheck layering serve clean
+.PHONY: install test test-fast check lint typecheck layering dashboards dashboards-check serve clean
 
 MODEL_DIR ?= .cache/tiny-model
 HOST ?= 127.0.0.1
@@ -29,15 +29,22 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check llmserve engines routing tests benchmarks
+	$(VENV)/bin/ruff check llmserve engines routing tests benchmarks dashboards
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy llmserve engines routing
+	$(VENV)/bin/mypy llmserve engines routing dashboards
 
 layering: $(STAMP)
 	$(PY) .ci/check_layering.py
 
-check: lint typecheck layering
+# the Grafana dashboards' JSON is generated from dashboards/definitions.py and committed
+dashboards: $(STAMP)
+	$(PY) -m dashboards.build
+
+dashboards-check: $(STAMP)
+	$(PY) -m dashboards.build --check
+
+check: lint typecheck layering dashboards-check
 
 serve: $(STAMP)
 	@echo "== [1/2] tiny model in $(MODEL_DIR) (built once, then cached)"

@@ -44,7 +44,9 @@ import httpx
 
 from engines.protocol import Engine, EngineSpec, EngineStartError
 
-log = logging.getLogger("engines.process")
+_log = logging.getLogger("engines.process")
+# Environment variables holding the gateway's credentials (read by llmserve).
+GATEWAY_SECRET_ENV = frozenset({"LLMSERVE_API_KEYS", "LLMSERVE_ADMIN_KEY"})
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -95,7 +97,9 @@ class EngineProcess:
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.command = list(command)
-        self.env = dict(env) if env is not None else None
+        # the gateway's own credentials never reach an engine (or what it starts)
+        base = os.environ if env is None else env
+        self.env = {k: v for k, v in base.items() if k not in GATEWAY_SECRET_ENV}
         self.name = name
         self.log_path = log_path or default_log_path(name)
         self.on_line = on_line
@@ -209,7 +213,7 @@ class EngineProcess:
                         f"{self.name} was not healthy at {url} after {timeout_s:.0f}s")
                 if now >= next_heartbeat:
                     next_heartbeat = now + heartbeat_s
-                    log.info("%s: starting for %.0f s; engine log: %s", self.name,
+                    _log.info("%s: starting for %.0f s; engine log: %s", self.name,
                              now - started, self.last_line() or "(empty)")
                 await asyncio.sleep(interval_s)
 
@@ -263,15 +267,33 @@ class EngineProcess:
         return True
 
     async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        """Copy the engine's output to its log file and tail until it closes. Reading
+        never stops (a full pipe would block the engine): when the file cannot be
+        written (disk full, file removed) the output is still read and tailed."""
         assert proc.stdout is not None
         partial = b""
-        with open(self.log_path, "ab") as log:
+        log_file = None
+        try:
+            log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            _log.error("%s: cannot open log file %s: %r", self.name, self.log_path, exc)
+        try:
             while chunk := await proc.stdout.read(65536):
-                log.write(chunk)
-                log.flush()
+                if log_file is not None:
+                    try:
+                        log_file.write(chunk)
+                        log_file.flush()
+                    except OSError as exc:
+                        _log.error("%s: cannot write log file %s (%r); keeping only the "
+                                   "last lines in memory", self.name, self.log_path, exc)
+                        log_file.close()
+                        log_file = None
                 *lines, partial = (partial + chunk).split(b"\n")
                 self._keep(lines)
             self._keep([partial] if partial else [])
+        finally:
+            if log_file is not None:
+                log_file.close()
 
     def _keep(self, lines: list[bytes]) -> None:
         for raw in lines:

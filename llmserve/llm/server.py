@@ -18,6 +18,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from engines.process import EngineProcess, free_port, kill_group
 from engines.protocol import EngineSpec
 from engines.registry import make_engine
@@ -28,6 +30,14 @@ from llmserve.serve.context import NODE_IP_ENV
 
 log = logging.getLogger("llmserve.llm")
 MAX_RESTARTS_IN_A_ROW = 3
+# An engine alive but not answering its /health this many health checks in a row (each
+# given ENGINE_PROBE_TIMEOUT_S) is hung: the replica reports itself unhealthy and is
+# replaced with a new engine.
+ENGINE_PROBE_FAILURES = 3
+ENGINE_PROBE_TIMEOUT_S = 5.0
+DEFAULT_GRACEFUL_SHUTDOWN_S = 60.0  # as build_llm_deployment sets it
+ENGINE_STOP_MARGIN_S = 5.0  # of the graceful timeout, kept for stopping the engine
+DRAIN_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class LLMServer(OpenAICalls):
         self.engine = make_engine(llm_config.llm_engine)
         self.restarts = 0
         self._failed_restarts = 0
+        self._unanswered_probes = 0
         self._stopping = True  # until the engine runs, there is nothing to stop
         self.process = await self._launch()
         self._stopping = False
@@ -90,6 +101,16 @@ class LLMServer(OpenAICalls):
 
     async def _supervise(self) -> None:
         while not self._stopping:
+            try:
+                if not await self._restart_when_it_exits():
+                    return
+            except Exception:  # a bug in one round must not leave the engine unwatched
+                log.exception("%s: engine supervisor failed; watching again", self.replica_id)
+                await asyncio.sleep(1.0)
+
+    async def _restart_when_it_exits(self) -> bool:
+        """Wait for the engine to exit and restart it; False: stop supervising."""
+        while not self._stopping:
             code = await self.process.wait()
             if self._stopping:
                 return
@@ -102,11 +123,13 @@ class LLMServer(OpenAICalls):
                 log.error("%s: engine restart failed (%d in a row): %s", self.replica_id,
                           self._failed_restarts, exc)
                 if self._failed_restarts >= MAX_RESTARTS_IN_A_ROW:
-                    return
+                    return False
                 await asyncio.sleep(min(30.0, 2.0**self._failed_restarts))
                 continue
             self._failed_restarts = 0
+            self._unanswered_probes = 0
             self.restarts += 1
+        return False
 
     @property
     def engine_url(self) -> str:
@@ -126,6 +149,18 @@ class LLMServer(OpenAICalls):
             raise RuntimeError(
                 f"engine for {self.config.model_id!r} is down and could not be restarted"
             )
+        if not self.process.is_alive:
+            return  # exited: the supervisor is restarting it
+        if await _answers(self.spec.base_url + "/health", ENGINE_PROBE_TIMEOUT_S):
+            self._unanswered_probes = 0
+            return
+        self._unanswered_probes += 1
+        log.warning("%s: engine did not answer /health within %g s (%d in a row)",
+                    self.replica_id, ENGINE_PROBE_TIMEOUT_S, self._unanswered_probes)
+        if self._unanswered_probes >= ENGINE_PROBE_FAILURES:
+            raise RuntimeError(
+                f"engine for {self.config.model_id!r} is running but has not answered "
+                f"/health {self._unanswered_probes} times in a row (hung)")
 
     def __del__(self) -> Awaitable[None] | None:
         """Called by the runtime when the replica stops (awaited); also safe at collection."""
@@ -144,4 +179,43 @@ class LLMServer(OpenAICalls):
         self._supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._supervisor
+        await self._drain()
         await self.process.stop()
+
+    async def _drain(self) -> None:
+        """Let the engine finish what it runs (the ingress sends it nothing new once this
+        replica stops), up to the deployment's graceful shutdown timeout less a margin
+        for stopping the engine itself. Requests never pass through this replica, so the
+        serving core sees none ongoing: the engine's own counts are the load."""
+        timeout_s = float(self.config.deployment_config.get(
+            "graceful_shutdown_timeout_s", DEFAULT_GRACEFUL_SHUTDOWN_S))
+        deadline = time.monotonic() + max(0.0, timeout_s - ENGINE_STOP_MARGIN_S)
+        busy = await self._engine_load()
+        if busy:
+            log.info("%s: draining %d engine requests before stopping", self.replica_id, busy)
+        while busy and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+            busy = await self._engine_load()
+        if busy:
+            log.warning("%s: stopping the engine with %d requests still running (graceful "
+                        "shutdown timeout)", self.replica_id, busy)
+
+    async def _engine_load(self) -> int:
+        """Requests the engine runs or queues; 0 when it cannot tell (not answering)."""
+        if not self.process.is_alive:
+            return 0
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+                response = await client.get(self.spec.base_url + self.engine.metrics_path)
+            stats = self.engine.parse_stats(response.text)
+        except (httpx.HTTPError, ValueError):
+            return 0
+        return int(stats.num_running + stats.num_waiting)
+
+
+async def _answers(url: str, timeout_s: float) -> bool:
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=timeout_s) as client:
+            return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False

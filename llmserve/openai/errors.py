@@ -42,6 +42,24 @@ class ModelNotFound(OpenAIError):
     code = "model_not_found"
 
 
+class ModelNotAllowed(OpenAIError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
+
+
+class RequestTimeout(OpenAIError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(OpenAIError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class NotFound(OpenAIError):
     status_code = 404
     error_type = "invalid_request_error"

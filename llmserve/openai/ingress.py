@@ -8,44 +8,65 @@ feature (tools, response_format, logprobs, chat templates, ...) comes through un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
+from llmserve.openai.access_log import log_access
+from llmserve.openai.auth import ApiKeys, bearer_token
+from llmserve.openai.background import keep_running
+from llmserve.openai.disaggregated import SPLIT_PATHS, DisaggregatedFlow
+from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.errors import (
     BodyTooLarge,
     EngineUnavailable,
     InvalidRequest,
+    ModelNotAllowed,
     ModelNotFound,
     NotFound,
     OpenAIError,
+    RequestTimeout,
     TooManyRequests,
     Unauthorized,
     error_response,
 )
+from llmserve.openai.key_policy import KeyPolicy
 from llmserve.openai.kv_events import HUB as KV_EVENTS_HUB
 from llmserve.openai.kv_events import EventSource
 from llmserve.openai.metrics import IngressMetrics
+from llmserve.openai.openapi import openapi_document
+from llmserve.openai.pd_metrics import PDMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
+from llmserve.openai.rate_limit import RateLimiter
 from llmserve.openai.relay import (
     EngineConnectError,
     Outcome,
     Relay,
     RelayedStream,
     read_whole,
+    wait_disconnect,
 )
+from llmserve.openai.request_checks import (
+    check_header_size,
+    id_header,
+    parse_json_body,
+    refuse_request_chat_template,
+)
+from llmserve.openai.routes import route_template
+from llmserve.openai.tracing import RequestSpans
+from llmserve.openai.workers import PendingWorkers, WorkerWatch
 from routing import RouteRequest
 
 log = logging.getLogger("llmserve.openai")
@@ -56,11 +77,35 @@ FORWARDED = {
 }
 MODEL_OPTIONAL = {"/tokenize", "/detokenize"}
 CREATED_AT = int(time.time())
+PARSE_OFF_LOOP_BYTES = 1024 * 1024  # larger bodies are parsed on a worker thread
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
+T = TypeVar("T")
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its answer started."""
+
+
+async def until_left(work: Awaitable[T], leaving: asyncio.Future[None]) -> T:
+    """``work``'s result, or ClientLeft (``work`` cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(work)
+    if not leaving.done():
+        waits: set[asyncio.Future[Any]] = {task, leaving}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientLeft
 
 
 @dataclass(frozen=True)
 class IngressSettings:
-    api_keys: tuple[str, ...] = ()
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
+    admin_keys: ApiKeys = field(default_factory=ApiKeys)  # for /metrics
+    body_read_timeout_s: float = 30.0  # the longest wait for the next piece of a body
+    max_request_header_bytes: int = 64 * 1024
     max_request_body_bytes: int = 32 * 1024 * 1024
     request_timeout_s: float | None = 600.0
     stats_refresh_s: float = 0.5
@@ -70,7 +115,13 @@ class IngressSettings:
     def from_mapping(cls, value: Mapping[str, Any]) -> IngressSettings:
         keys = value.get("api_keys") or ()
         return cls(
-            api_keys=tuple([keys] if isinstance(keys, str) else keys),
+            api_keys=ApiKeys(value["api_key_policies"]) if "api_key_policies" in value
+            else ApiKeys.plain([keys] if isinstance(keys, str) else keys),
+            admin_keys=ApiKeys.plain([value["admin_key"]] if value.get("admin_key") else []),
+            body_read_timeout_s=float(value.get("body_read_timeout_s",
+                                                cls.body_read_timeout_s)),
+            max_request_header_bytes=int(value.get("max_request_header_bytes",
+                                                   cls.max_request_header_bytes)),
             max_request_body_bytes=int(value.get("max_request_body_bytes",
                                                  cls.max_request_body_bytes)),
             request_timeout_s=value.get("request_timeout_s", cls.request_timeout_s),
@@ -99,41 +150,70 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    prefill: ModelSource | None = None  # set: prefill here, decode on handle/urls (docs/pd.md)
+    log_engine_metrics: bool = True  # list its engines at /metrics/engines
     kv_events: tuple[EventSource | None, ...] = ()  # per URL: where it publishes KV events
 
 
 class OpenAiIngress:
     async def __init__(self, models: Sequence[ModelSource],  # type: ignore[misc]
-                       settings: IngressSettings | None = None) -> None:
+                       settings: IngressSettings | None = None,
+                       pending_workers: PendingWorkers | None = None) -> None:
         self.settings = settings or IngressSettings()
         self.sources = {m.model_id: m for m in models}
         self.pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.engine, dict(m.routing_config), m.handle,
                                   m.urls, m.kv_events) for m in models
         }
-        self.directory = EngineDirectory(self.pools, self.settings.stats_refresh_s)
+        self.prefill_pools: dict[str, ModelPool] = {
+            m.model_id: make_pool(m.model_id, m.prefill.engine, dict(m.prefill.routing_config),
+                                  m.prefill.handle, m.prefill.urls)
+            for m in models if m.prefill is not None
+        }
+        self.directory = EngineDirectory(
+            {**self.pools, **{f"{k} (prefill)": p for k, p in self.prefill_pools.items()}},
+            self.settings.stats_refresh_s)
         await self.directory.refresh()
         self.directory.start()
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
         self.prompts: dict[str, PromptRenderer] = {
             m.model_id: PromptRenderer(m.model_id, _tokenizer_source(m), self.directory.client)
             for m in models if self.pools[m.model_id].policy.needs_prompt
+            or (m.model_id in self.prefill_pools
+                and self.prefill_pools[m.model_id].policy.needs_prompt)
         }
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
-        self.metrics = IngressMetrics()
+        self.metrics = IngressMetrics(self.pools)
         self.metrics.registry.register(KV_EVENTS_HUB)  # llmserve_kv_events_*
+        pd_metrics = PDMetrics(self.metrics.registry) if self.prefill_pools else None
+        self.disaggregated = {
+            model: DisaggregatedFlow(prefill, self.pools[model], self.relay, self.metrics,
+                                     pd_metrics, self.directory,
+                                     self.settings.max_ongoing_requests_per_model)
+            for model, prefill in self.prefill_pools.items() if pd_metrics is not None
+        }
+        self.limiter = RateLimiter()
+        self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
+                                   self._take_in_worker)
+        self.workers.start()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
             ("GET", "/v1/models"): self._list_models,
             ("GET", "/health"): self._health,
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/metrics/engines"): self._engine_targets,
+            ("GET", "/openapi.json"): self._openapi,
         }
 
     async def __call__(self, request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.arrival_s = time.monotonic()
+        request_id = uuid.uuid4().hex
         path = request.url.path
         try:
+            check_header_size(request.headers.raw, self.settings.max_request_header_bytes)
+            request_id = id_header(request.headers.get("x-request-id"),
+                                   "x-request-id") or request_id
             handler = self._routes.get((request.method, path))
             if handler is not None:
                 if path.startswith("/v1/"):
@@ -145,29 +225,49 @@ class OpenAiIngress:
             elif path in FORWARDED:
                 if request.method != "POST":
                     raise NotFound(f"{request.method} {path} is not supported; use POST")
-                self._authenticate(request)
-                response = await self._forward(request, path, request_id)
+                key = self._authenticate(request)
+                response = await self._forward(request, path, request_id, key)
             else:
                 raise NotFound(f"no route for {request.method} {path}")
         except OpenAIError as exc:
-            self.metrics.record_error("", path, exc.status_code)
+            self._answered(request, request_id, path, exc.status_code)
             log.info("request %s: %d %s", request_id, exc.status_code, exc.message)
             return error_response(exc, request_id)
+        except ClientDisconnect:  # left while sending the body: nobody to answer
+            log.info("request %s: the client left before sending its whole body", request_id)
+            self._answered(request, request_id, path, CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
+        if not isinstance(response, RelayedStream):  # a stream is counted at its end
+            self._answered(request, request_id, path, response.status_code)
         response.headers["x-request-id"] = request_id
         return response
 
+    def _answered(self, request: Request, request_id: str, path: str, status: int) -> None:
+        """The answer is complete: count and log it, unless the relay already did."""
+        state = request.state
+        spans = getattr(state, "spans", None)
+        if spans is not None:
+            spans.end(status)
+        if getattr(state, "recorded", False):
+            return
+        model = getattr(state, "model_name", "")
+        route = route_template(path)
+        self.metrics.record_local(model, route, status)
+        log_access(request, request_id, model, route, status)
+
     # ---- checks ----------------------------------------------------------------------
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request) -> KeyPolicy | None:
         keys = self.settings.api_keys
         if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not token:
+            return None
+        token = bearer_token(request.headers.get("authorization", ""))
+        if token is None:
             raise Unauthorized("You didn't provide an API key. Provide it in the "
                                "Authorization header as 'Bearer YOUR_KEY'.")
-        if not any(hmac.compare_digest(token, key) for key in keys):
+        policy = keys.match(token)
+        if policy is None:
             raise Unauthorized("Incorrect API key provided.")
+        return policy
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_body_bytes
@@ -177,25 +277,37 @@ class OpenAiIngress:
                                f"{limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        pieces = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(pieces.__anext__(),
+                                               self.settings.body_read_timeout_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within "
+                                     f"{self.settings.body_read_timeout_s:g} s") from None
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse(self, body: bytes, path: str) -> tuple[dict[str, Any], str]:
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise InvalidRequest("request body must be a JSON object")
+    async def _parse(self, body: bytes, path: str) -> tuple[dict[str, Any], str]:
+        if len(body) > PARSE_OFF_LOOP_BYTES:
+            payload = await asyncio.to_thread(parse_json_body, body)
+        else:
+            payload = parse_json_body(body)
+        refuse_request_chat_template(payload)
         model = payload.get("model")
         if model is None and path in MODEL_OPTIONAL and len(self.pools) == 1:
             model = next(iter(self.pools))
         if not isinstance(model, str) or not model:
             raise InvalidRequest("you must provide a model parameter", param="model")
+        if model not in self.pools and self.workers.not_ready:
+            raise EngineUnavailable(
+                f"the model `{model}` is not served yet: workers "
+                f"{', '.join(self.workers.not_ready)} are not up yet", retry_after_s=5.0)
         if model not in self.pools:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
@@ -203,9 +315,16 @@ class OpenAiIngress:
         return payload, model
 
     # ---- forwarding ------------------------------------------------------------------
-    async def _forward(self, request: Request, path: str, request_id: str) -> Response:
+    async def _forward(self, request: Request, path: str, request_id: str,
+                       key: KeyPolicy | None) -> Response:
         body = await self._read_body(request)
-        payload, model = self._parse(body, path)
+        payload, model = await self._parse(body, path)
+        request.state.model_name = model
+        if key is not None:
+            if not key.allows(model):
+                raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`",
+                                      param="model")
+            self.limiter.admit(key)
         pool = self.pools[model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
@@ -216,9 +335,36 @@ class OpenAiIngress:
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
-        route = await self._route_request(request_id, path, payload, request, pool)
-        headers = {"content-type": "application/json", "x-request-id": request_id}
-        outcome = Outcome()
+        leaving = asyncio.ensure_future(wait_disconnect(request.receive))
+        try:
+            return await self._relay(request, path, request_id, payload, body, pool, leaving,
+                                     key)
+        except ClientLeft:
+            log.info("request %s: the client left before the answer; engine request aborted",
+                     request_id)
+            return Response(status_code=CLIENT_CLOSED)
+        finally:
+            leaving.cancel()  # a stream watches for itself from here on
+
+    async def _relay(self, request: Request, path: str, request_id: str,
+                     payload: dict[str, Any], body: bytes, pool: ModelPool,
+                     leaving: asyncio.Future[None], key: KeyPolicy | None) -> Response:
+        model = pool.model_id
+        spans = request.state.spans = RequestSpans(request.headers, model, path)
+        flow = self.disaggregated.get(model)
+        if flow is not None and path in SPLIT_PATHS:  # prefill, then decode (docs/pd.md)
+            with spans.routing():
+                route = await until_left(self._route_request(
+                    request_id, path, payload, request, flow.prefill), leaving)
+            return await flow.forward(path, payload, request_id, route, leaving,
+                                      functools.partial(self._charge, key))
+        with spans.routing():
+            route = await until_left(
+                self._route_request(request_id, path, payload, request, pool), leaving)
+        headers = {"content-type": "application/json", "x-request-id": request_id,
+                   **spans.engine_headers()}
+        outcome = Outcome(started_s=request.state.arrival_s)
+        streamed = payload.get("stream") is True
         for _ in range(max(1, len(pool.endpoints))):
             endpoint = pool.choose(route)
             if endpoint is None:
@@ -226,38 +372,58 @@ class OpenAiIngress:
                 endpoint = pool.choose(route)
             if endpoint is None:
                 break
+            self.metrics.record_routing(model, pool.policy_name, pool.last_decision)
+            spans.replica(endpoint.key)
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
+
+            def done(result: Outcome, endpoint: Any = endpoint) -> None:
+                pool.finish(endpoint, route, failed=result.error is not None)
+                self.metrics.record(model, path, result, time.monotonic(), streamed=streamed)
+                status = CLIENT_CLOSED if result.disconnected else result.status
+                log_access(request, request_id, model, path, status, result, endpoint.key,
+                           streamed)
+                spans.end(status)
+                request.state.recorded = True
+                if key is not None and result.usage:
+                    self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
+
             try:
-                upstream = await self.relay.open(endpoint.url + path, body, headers)
+                upstream = await until_left(
+                    self.relay.open(endpoint.url + path, body, headers), leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
                 pool.mark_unreachable(endpoint)
                 pool.finish(endpoint, route, failed=True)
                 continue
+            except ClientLeft:
+                outcome.disconnected = True
+                done(outcome)
+                raise
             except OpenAIError:
                 pool.finish(endpoint, route, failed=True)
                 raise
 
-            def done(result: Outcome, endpoint: Any = endpoint) -> None:
-                pool.finish(endpoint, route, failed=result.error is not None)
-                self.metrics.record(model, path, result, time.monotonic())
-
-            if payload.get("stream") is True and upstream.status == 200:
+            if streamed and upstream.status == 200:
                 return RelayedStream(upstream, {"x-request-id": request_id}, outcome, done)
             try:
-                content = await read_whole(upstream, outcome, request.receive)
+                content = await read_whole(upstream, outcome, leaving)
             except OpenAIError as exc:
                 outcome.error = exc.message
+                outcome.status = exc.status_code
                 done(outcome)
                 raise
             done(outcome)
             if content is None:  # the client left; the engine request was aborted
-                return Response(status_code=499)
+                raise ClientLeft
             return Response(content, status_code=upstream.status,
                             media_type=upstream.headers.get("content-type",
                                                             "application/json"))
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
+
+    def _charge(self, key: KeyPolicy | None, result: Outcome) -> None:
+        if key is not None and result.usage:
+            self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
 
     async def _route_request(self, request_id: str, path: str, payload: dict[str, Any],
                              request: Request, pool: ModelPool) -> RouteRequest:
@@ -291,34 +457,63 @@ class OpenAiIngress:
                 "owned_by": "llmserve", "root": source.source or model_id, "parent": None}
 
     async def _health(self, request: Request, request_id: str) -> Response:
-        down = [m for m, pool in self.pools.items()
-                if not any(e.ready for e in pool.endpoints.values())]
-        if down:
-            return JSONResponse({"status": "unavailable", "models_down": down},
+        down = [m for m, pool in self.pools.items() if pool.is_down]
+        workers = self.workers.report()
+        if not self.pools and "workers_not_ready" in workers:
+            return JSONResponse({"status": "starting", **workers}, status_code=503)
+        if down or not self.pools:
+            return JSONResponse({"status": "unavailable", "models_down": down, **workers},
                                 status_code=503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", **workers})
+
+    def _take_in_worker(self, model_id: str, url: str) -> None:
+        """A worker given by URL answered: serve its model from it too."""
+        pool = self.pools.get(model_id)
+        if pool is not None:
+            pool.add_url(url)
+            return
+        pending = self.workers.pending
+        source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
+                             urls=(url,))
+        pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
+        self.sources[model_id] = source
+        self.pools[model_id] = pool
+        if pool.policy.needs_prompt:
+            renderer = PromptRenderer(model_id, _tokenizer_source(source),
+                                      self.directory.client)
+            renderer.start_loading()
+            self.prompts[model_id] = renderer
+
+    async def _openapi(self, request: Request, request_id: str) -> Response:
+        return JSONResponse(openapi_document(list(self.pools)))
+
+    def _check_admin(self, request: Request) -> None:
+        admin = self.settings.admin_keys
+        token = bearer_token(request.headers.get("authorization", ""))
+        if admin and (token is None or admin.match(token) is None):
+            raise Unauthorized(f"{request.url.path} needs the admin key")
 
     async def _metrics(self, request: Request, request_id: str) -> Response:
-        for model, pool in self.pools.items():
-            self.metrics.in_flight.labels(model).set(pool.in_flight)
-            for endpoint in pool.endpoints.values():
-                stats = endpoint.stats
-                self.metrics.engine_running.labels(model, endpoint.key).set(stats.num_running)
-                self.metrics.engine_waiting.labels(model, endpoint.key).set(stats.num_waiting)
-                self.metrics.engine_kv_usage.labels(model, endpoint.key).set(
-                    stats.kv_cache_usage)
+        self._check_admin(request)
         return Response(self.metrics.exposition(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def _engine_targets(self, request: Request, request_id: str) -> Response:
+        """The engines as a Prometheus HTTP service-discovery list (admin key as /metrics)."""
+        self._check_admin(request)
+        logged = {m: s.log_engine_metrics for m, s in self.sources.items()}
+        return JSONResponse(engine_targets(self.pools, logged))
 
     async def _report_load(self) -> None:
         """Tell each LLMServer deployment's autoscaler how many requests its engines serve."""
         from llmserve.serve.handle import report_ongoing
 
-        while True:
-            for pool in self.pools.values():
+        async def report() -> None:
+            for pool in [*self.pools.values(), *self.prefill_pools.values()]:
                 if pool.handle is not None:
                     report_ongoing(pool.handle, pool.in_flight)
-            await asyncio.sleep(0.1)
+
+        await keep_running("load report", report, 0.1)
 
     def __del__(self) -> Any:
         """The replica's shutdown hook (the runtime awaits the coroutine), once: when the
@@ -334,6 +529,9 @@ class OpenAiIngress:
 
     async def _close(self) -> None:
         self._report_task.cancel()
+        await self.workers.close()
+        for renderer in self.prompts.values():
+            renderer.close()
         await self.directory.close()
         await self.relay.close()
 
@@ -354,6 +552,6 @@ def _tokenizer_source(model: ModelSource) -> str | None:
 
 
 def _session_key(request: Request, payload: Mapping[str, Any]) -> str | None:
-    key = request.headers.get("x-session-id") or payload.get("prompt_cache_key") \
-        or payload.get("user")
+    key = id_header(request.headers.get("x-session-id"), "x-session-id") \
+        or payload.get("prompt_cache_key") or payload.get("user")
     return str(key) if key else None

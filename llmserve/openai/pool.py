@@ -19,8 +19,11 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+from llmserve.openai.background import keep_running
+from llmserve.openai.breaker import is_failing, should_eject
 from llmserve.openai.kv_events import EventSource, KVEventFeed, attach_feed
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
+from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.dispatch import Dispatcher
 from routing.registry import policy_accepts
 
@@ -37,6 +40,8 @@ class Endpoint:
     stats: EngineStats = field(default_factory=EngineStats)
     stats_at_s: float = 0.0
     failures: int = 0
+    consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
+    restarts: int = 0  # of its engine process, as its LLMServer reports
     kv_events: EventSource | None = None
 
     def candidate(self, in_flight: int) -> Candidate:
@@ -54,6 +59,8 @@ class ModelPool:
         self.model_id = model_id
         self.engine = engine
         self.handle = handle
+        self.policy_name = type(policy).__name__
+        self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
         self.dispatcher = Dispatcher(policy, list(self.endpoints))
         for endpoint, source in zip(self.endpoints.values(), kv_events, strict=False):
@@ -87,11 +94,13 @@ class ModelPool:
             return None
         if len(ready) == 1:
             chosen = ready[0]
+            self.last_decision = SINGLE
             self.dispatcher.routed(request, chosen.key)
             return chosen
         dispatcher = self.dispatcher
         key = dispatcher.choose(request, [e.candidate(dispatcher.in_flight_of(e.key))
                                           for e in ready])
+        self.last_decision = self.policy.last_decision or RANKED
         return self.endpoints[key] if key is not None else None
 
     def first_token(self, endpoint: Endpoint, request: RouteRequest) -> None:
@@ -102,9 +111,38 @@ class ModelPool:
             endpoint.failures += 1
         self.dispatcher.finished(request, endpoint.key)
 
+    def add_url(self, url: str) -> None:
+        """A worker given by URL that came up after the gateway started."""
+        url = url.rstrip("/")
+        if url not in self.endpoints:
+            self.endpoints[url] = Endpoint(url, url)
+            self.dispatcher.set_replicas(list(self.endpoints))
+
     def mark_unreachable(self, endpoint: Endpoint) -> None:
-        """A connection to it failed: stop routing there until its stats answer again."""
-        endpoint.ready = False
+        """A connection to it failed."""
+        self.note_failure(endpoint, "connect failed")
+
+    def note_failure(self, endpoint: Endpoint, reason: str) -> None:
+        """Eject it after several failures in a row, unless it is the last one routable."""
+        endpoint.consecutive_failures += 1
+        others = sum(1 for e in self.endpoints.values() if e.ready and e is not endpoint)
+        if endpoint.ready and should_eject(endpoint.consecutive_failures, others):
+            endpoint.ready = False
+            log.warning("engine %s for %r: %d failures in a row (%s); no traffic until it "
+                        "answers a probe", endpoint.url, self.model_id,
+                        endpoint.consecutive_failures, reason)
+
+    def note_success(self, endpoint: Endpoint) -> None:
+        if not endpoint.ready:
+            log.info("engine %s for %r answers again", endpoint.url, self.model_id)
+        endpoint.consecutive_failures = 0
+        endpoint.ready = True
+
+    @property
+    def is_down(self) -> bool:
+        """No engine to serve from: none routable, or every one failing."""
+        return all(not e.ready or is_failing(e.consecutive_failures)
+                   for e in self.endpoints.values())
 
     def membership_changed(self) -> bool:
         """The deployment's running replicas differ from the engines we know (cheap)."""
@@ -138,6 +176,7 @@ class ModelPool:
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+            self.endpoints[rid].restarts = info.restarts
         if changed:
             self.dispatcher.set_replicas(list(self.endpoints))
             self._update_kv_feed()
@@ -151,12 +190,9 @@ class ModelPool:
             response.raise_for_status()
             endpoint.stats = self.engine.parse_stats(response.text)
             endpoint.stats_at_s = time.monotonic()
-            endpoint.ready = True
+            self.note_success(endpoint)
         except (httpx.HTTPError, ValueError) as exc:
-            if endpoint.ready:
-                log.warning("engine %s for %r is not answering: %r", endpoint.url,
-                            self.model_id, exc)
-            endpoint.ready = False
+            self.note_failure(endpoint, f"stats: {exc!r}")
 
 
 def _event_source(replica_id: str, info: Any) -> EventSource | None:
@@ -181,21 +217,17 @@ class EngineDirectory:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def refresh(self) -> None:
-        for pool in self.pools.values():
+        pools = list(self.pools.values())  # a pool may be added meanwhile (late workers)
+        for pool in pools:
             await pool.refresh_members()
-        await asyncio.gather(*(p.refresh_stats(self.client) for p in self.pools.values()))
+        await asyncio.gather(*(p.refresh_stats(self.client) for p in pools))
 
     async def refresh_pool(self, pool: ModelPool) -> None:
         await pool.refresh_members()
         await pool.refresh_stats(self.client)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("engine directory refresh failed")
-            await asyncio.sleep(self.refresh_s)
+        await keep_running("engine directory refresh", self.refresh, self.refresh_s)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -220,4 +252,6 @@ def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
     if "block_size" in options and not policy_accepts(name, "block_size"):
         options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
     policy = make_policy(name, **options)
-    return ModelPool(model_id, make_engine(engine_name), policy, handle, urls, kv_events)
+    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls, kv_events)
+    pool.policy_name = name
+    return pool

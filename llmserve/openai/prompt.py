@@ -8,13 +8,21 @@ without special tokens; completions: the tokenizer with them). When no tokenizer
 loaded (``--worker-urls`` fronting a model the gateway has no files for), it asks the
 engine's own ``/tokenize``; when that fails too it falls back to the prompt's characters
 and says so in the log, once.
+
+Routing only needs the prompt's head: the request is cut to its first
+``MAX_ROUTED_CHARS`` characters before rendering and to ``MAX_ROUTED_TOKENS`` tokens after,
+so a huge prompt costs routing no more than a long one (and cannot flush the shared
+prefix index). Rendering and tokenising run on a worker thread, not the event loop, and
+give up after ``RENDER_DEADLINE_S`` (the request is then routed on the prompt's text).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -25,6 +33,9 @@ log = logging.getLogger("llmserve.openai")
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
+MAX_ROUTED_CHARS = 64 * 1024  # of message contents / prompt text that routing reads
+MAX_ROUTED_TOKENS = 16 * 1024  # of the prompt's tokens that routing matches
+RENDER_DEADLINE_S = 1.0
 
 
 class PromptRenderer:
@@ -39,6 +50,12 @@ class PromptRenderer:
         self._client = client
         self._loading: asyncio.Task[None] | None = None
         self._warned = False
+        self._late_warned = False
+        self._executor: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def start_loading(self) -> None:
         if self._loading is None:
@@ -74,13 +91,22 @@ class PromptRenderer:
         text: str | None = None
         try:
             if self.mode == "tokenizer":
-                tokens = self.tokenize(path, payload)
+                tokens = await self._tokenize_off_loop(path, payload)
             elif self.mode == "engine" and engine_url is not None:
-                tokens = await self._engine_tokenize(engine_url, path, payload)
+                tokens = await self._engine_tokenize(engine_url, path,
+                                                     routed_head(path, payload))
+        except TimeoutError:
+            if not self._late_warned:
+                self._late_warned = True
+                log.warning("routing %r: rendering a prompt took longer than %g s; such "
+                            "requests are routed on the prompt's text", self.model_id,
+                            RENDER_DEADLINE_S)
         except Exception as exc:  # a template error is the engine's to report, not ours
             log.debug("request %s: no prompt tokens for routing: %r", request_id, exc)
-        if tokens is None:
-            text = prompt_text(path, payload)
+        if tokens is not None:
+            tokens = tokens[:MAX_ROUTED_TOKENS]
+        else:
+            text = prompt_text(path, routed_head(path, payload))
             if text is not None and not self._warned:
                 self._warned = True
                 log.warning("routing %r on prompt characters: no tokenizer available, so "
@@ -88,6 +114,15 @@ class PromptRenderer:
                             self.model_id)
         return RouteRequest(request_id, self.model_id, session_key, prompt=text,
                             prompt_token_ids=tuple(tokens) if tokens is not None else None)
+
+    async def _tokenize_off_loop(self, path: str, payload: Mapping[str, Any]
+                                 ) -> list[int] | None:
+        """The head's tokens, on the renderer's thread; TimeoutError after the deadline."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmserve-render")
+        work = asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: self.tokenize(path, routed_head(path, payload)))
+        return await asyncio.wait_for(work, RENDER_DEADLINE_S)
 
     def tokenize(self, path: str, payload: Mapping[str, Any]) -> list[int] | None:
         tokenizer = self.tokenizer
@@ -137,6 +172,48 @@ def load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source)
+
+
+def routed_head(path: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The request cut to the part routing reads: contents up to ``MAX_ROUTED_CHARS``."""
+    if path == CHAT and isinstance(payload.get("messages"), list):
+        budget = MAX_ROUTED_CHARS
+        messages: list[Any] = []
+        for message in payload["messages"]:
+            if budget <= 0:
+                break
+            if isinstance(message, Mapping):
+                message, budget = _cut_message(message, budget)
+            messages.append(message)
+        head = {**payload, "messages": messages}
+        tools = payload.get("tools")
+        if tools is not None and len(json.dumps(tools)) > MAX_ROUTED_CHARS:
+            head.pop("tools")
+        return head
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str) and len(prompt) > MAX_ROUTED_CHARS:
+        return {**payload, "prompt": prompt[:MAX_ROUTED_CHARS]}
+    if isinstance(prompt, list) and len(prompt) > MAX_ROUTED_TOKENS:
+        return {**payload, "prompt": prompt[:MAX_ROUTED_TOKENS]}
+    return payload
+
+
+def _cut_message(message: Mapping[str, Any], budget: int) -> tuple[Mapping[str, Any], int]:
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": content[:budget]}, budget - len(content)
+    if isinstance(content, list):
+        parts: list[Any] = []
+        for part in content:
+            if budget <= 0:
+                break
+            text = part.get("text") if isinstance(part, Mapping) else None
+            if isinstance(text, str):
+                part = {**part, "text": text[:budget]}
+                budget -= len(text)
+            parts.append(part)
+        return {**message, "content": parts}, budget
+    return message, budget
 
 
 def prompt_text(path: str, payload: Mapping[str, Any]) -> str | None:

@@ -33,6 +33,7 @@ from llmserve.openai.upstream import (
 )
 
 log = logging.getLogger("llmserve.openai")
+EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
 
 class EngineConnectError(Exception):
@@ -81,12 +82,16 @@ class Relay:
 
 
 async def read_whole(upstream: UpstreamResponse, outcome: Outcome,
-                     receive: Receive) -> bytes | None:
-    """Read a non-streamed answer; None when the client left first (upstream closed)."""
+                     leaving: asyncio.Future[None]) -> bytes | None:
+    """Read a non-streamed answer; None when the client left first (upstream closed).
+
+    ``leaving`` is the caller's disconnect watcher (``wait_disconnect``), started when
+    the request was read: vLLM sends a non-streamed answer's headers only when it is
+    done, so the client may leave long before them."""
     reading = asyncio.ensure_future(upstream.read())
-    leaving = asyncio.ensure_future(wait_disconnect(receive))
     try:
-        done, _ = await asyncio.wait({reading, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {reading, leaving}
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if reading not in done:
             outcome.disconnected = True
             upstream.close()
@@ -99,8 +104,7 @@ async def read_whole(upstream: UpstreamResponse, outcome: Outcome,
         upstream.close()
         raise BadGateway(f"engine connection failed: {exc}") from exc
     finally:
-        for task in (reading, leaving):
-            task.cancel()
+        reading.cancel()
     outcome.first_chunk()
     outcome.status = upstream.status
     if upstream.status == 200 and b'"usage"' in body:
@@ -155,13 +159,16 @@ class RelayedStream(Response):
             if error is None:
                 outcome.usage = _usage_from_sse(writer.previous + writer.last)
                 reusable = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": writer.partial,
+                            "more_body": False})
                 return
             failure: OpenAIError = (
                 UpstreamTimeout("engine stopped sending tokens in time")
                 if isinstance(error, UpstreamReadTimeout)
                 else BadGateway(f"engine failed mid-stream: {error}"))
             outcome.error = failure.message
+            outcome.status = failure.status_code  # the stream failed, whatever it began as
+            # the held-back partial event is dropped: the error event stands on its own
             await send({"type": "http.response.body", "body": sse_error_event(failure),
                         "more_body": False})
         finally:
@@ -174,17 +181,34 @@ class RelayedStream(Response):
 
 
 class Writer:
-    """Takes each piece on its way to the client; notes first-token time and the tail."""
+    """Takes each piece on its way to the client; notes first-token time and the tail.
+
+    Only whole server-sent events go out: the engine's pieces may split an event, and an
+    event cut short by a failing engine must not glue itself to the error event that
+    follows, so a piece's incomplete tail is held back until the rest of it arrives.
+    """
 
     def __init__(self, outcome: Outcome, upstream: UpstreamResponse) -> None:
         self.outcome = outcome
         self.upstream = upstream
         self.previous = self.last = b""  # the end of the stream holds the usage event
+        self.partial = b""  # the start of an event not yet complete
 
     def note(self, piece: bytes) -> None:
         if self.outcome.first_chunk_s is None:
             self.outcome.first_chunk()
         self.previous, self.last = self.last, piece
+
+    def whole_events(self, piece: bytes) -> bytes:
+        """``piece`` (after what was held back) up to its last event boundary."""
+        if self.partial:
+            piece, self.partial = self.partial + piece, b""
+        if piece.endswith(EVENT_ENDS):  # the usual case: one or more whole events
+            return piece
+        lf, crlf = piece.rfind(b"\n\n"), piece.rfind(b"\r\n\r\n")
+        cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        self.partial = piece[cut:]
+        return piece[:cut]
 
     def write(self, piece: bytes) -> None:
         raise NotImplementedError
@@ -210,6 +234,10 @@ class DirectWriter(Writer):
         transport = self.transport
         if transport.is_closing():
             return  # the client is gone; the disconnect watcher closes the upstream
+        if self.partial or not piece.endswith(EVENT_ENDS):
+            piece = self.whole_events(piece)
+            if not piece:
+                return
         transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
         if self.flow.write_paused and self._resuming is None:
             self.upstream.conn.pause_reading()  # a slow client slows the engine socket
@@ -256,6 +284,9 @@ class AsgiWriter(Writer):
 
     def write(self, piece: bytes) -> None:
         self.note(piece)
+        piece = self.whole_events(piece)
+        if not piece:
+            return
         self.queue.append(piece)
         self.ready.set()
         if len(self.queue) >= self.max_queued and not self._paused:

@@ -23,7 +23,12 @@ class UpstreamError(Exception):
 
 
 class UpstreamConnectError(UpstreamError):
-    """The engine could not be reached, or closed the connection before answering."""
+    """The engine could not be reached: it never saw the request (safe to retry)."""
+
+
+class UpstreamClosedEarly(UpstreamError):
+    """The engine closed the connection after the request was sent, before answering: it
+    may have started on the request (or crashed because of it), so it is not retried."""
 
 
 class UpstreamReadTimeout(UpstreamError):
@@ -40,6 +45,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.parked_s = 0.0
+        self.sent_s = 0.0
+        self.idle = False  # parked in the pool, no request on it
         self._reset()
 
     def _reset(self) -> None:
@@ -59,6 +66,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # bytes nobody asked for must not reach the next request
+            self.close()
+            return
         self.got_bytes = True
         self.last_data_s = self.loop.time()
         try:
@@ -71,8 +81,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
         if not self.got_bytes:
-            self._fail(UpstreamConnectError(f"engine closed the connection before answering"
-                                            f"{f': {exc}' if exc else ''}"))
+            self._fail(UpstreamClosedEarly(f"engine closed the connection before answering"
+                                           f"{f': {exc}' if exc else ''}"))
         else:
             self._fail(UpstreamError(f"engine closed the connection mid-response"
                                      f"{f': {exc}' if exc else ''}"))
@@ -106,6 +116,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def send_request(self, raw: bytes) -> None:
         assert self.transport is not None
+        self.idle = False
+        self.sent_s = self.loop.time()
         self.transport.write(raw)
 
     def pause_reading(self) -> None:
@@ -197,6 +209,9 @@ async def wait_reading(conn: UpstreamConnection, future: asyncio.Future[None],
 # Parked connections idle longer than this are dropped instead of reused: engines'
 # servers (uvicorn: 5 s) close idle connections, and reusing one at that instant fails.
 MAX_IDLE_S = 4.0
+# A reused connection closed within this long after the request was written was being
+# closed for idleness as we reused it; the request is sent again on a fresh connection.
+IDLE_RACE_S = 0.05
 
 
 class UpstreamPool:
@@ -211,6 +226,7 @@ class UpstreamPool:
 
     def park(self, conn: UpstreamConnection) -> None:
         conn.parked_s = conn.loop.time()
+        conn.idle = True
         self._idle.setdefault(conn.key, []).append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
@@ -250,8 +266,10 @@ class UpstreamPool:
                 continue
             try:
                 return await self._send(conn, raw)
-            except UpstreamConnectError:
-                continue  # closed as we reused it; the engine never saw the request
+            except UpstreamClosedEarly:
+                if conn.loop.time() - conn.sent_s > IDLE_RACE_S:
+                    raise  # the engine had time to start on it: not safe to send again
+                continue  # closed as we reused it: an idle close racing our request
         return await self._send(await self._connect(key), raw)
 
     async def _send(self, conn: UpstreamConnection, raw: bytes) -> UpstreamResponse:

@@ -16,6 +16,7 @@ from llmserve.serve.deployment import Application, replace_applications
 from llmserve.serve.deployment_state import DeploymentState, DesiredDeployment
 from llmserve.serve.exceptions import ConfigError, DeployFailedError, DeploymentUnavailableError
 from llmserve.serve.handle import DeploymentHandle
+from llmserve.serve.metrics import watch_controller
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import ReplicaRef, Runtime
 from llmserve.serve.status import (
@@ -48,6 +49,7 @@ class Controller:
         self._loop_task: asyncio.Task[None] | None = None
         self._bound_ingress: set[int] = set()
         self.route_table: list[tuple[str, str]] = []  # (prefix without trailing /, app)
+        watch_controller(lambda: self.deployments)
 
     # ---- lifecycle -----------------------------------------------------------------
     def start(self) -> None:

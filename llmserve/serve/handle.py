@@ -16,6 +16,7 @@ from typing import Any
 
 from llmserve.serve.context import RequestMetadata, get_request_metadata
 from llmserve.serve.exceptions import ReplicaUnavailableError
+from llmserve.serve.metrics import observe_request
 from routing import RouteRequest
 
 _END = object()
@@ -116,7 +117,8 @@ class _Call:
             else:
                 replica = await router.acquire(request)
             try:
-                result = await replica.call(self.meta, args, kwargs)
+                with observe_request(self.app_name, self.deployment):
+                    result = await replica.call(self.meta, args, kwargs)
                 router.first_output(replica, request)
                 return result
             except ReplicaUnavailableError:
@@ -136,11 +138,12 @@ class _Call:
             replica = await router.acquire(request)
             started = False
             try:
-                async for item in replica.stream(self.meta, args, kwargs):
-                    if not started:
-                        started = True
-                        router.first_output(replica, request)
-                    yield item
+                with observe_request(self.app_name, self.deployment):
+                    async for item in replica.stream(self.meta, args, kwargs):
+                        if not started:
+                            started = True
+                            router.first_output(replica, request)
+                        yield item
                 return
             except ReplicaUnavailableError:
                 if started:

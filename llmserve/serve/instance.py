@@ -55,6 +55,7 @@ class ServeInstance:
             self._thread.start()
             self.controller = self.submit(self._make_controller(runtime_impl))
         self._server: Any = None
+        self._proxy: HttpProxy | None = None
         self.http_port: int | None = None
         self._proxies_configured: Any = None
 
@@ -83,8 +84,9 @@ class ServeInstance:
                 self._proxies_configured = config
 
     async def _start_http(self) -> None:
+        self._proxy = HttpProxy(self.controller)
         self._server, self._server_task, self.http_port = await serve_http(
-            HttpProxy(self.controller), self.host, self.port,
+            self._proxy, self.host, self.port,
             reuse_port=self.runtime_name == "ray", timeout_graceful_shutdown=5)
         log.info("HTTP proxy listening on http://%s:%s", self.host, self.http_port)
 
@@ -98,6 +100,8 @@ class ServeInstance:
         self._thread.join(timeout=10)
 
     async def _stop(self) -> None:
+        if self._proxy is not None:
+            self._proxy.draining = True  # in-flight requests finish; new ones get 503
         await self.controller.shutdown()
         if self._server is not None:
             self._server.should_exit = True

@@ -10,8 +10,10 @@ import socket
 import uuid
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
+from llmserve.serve.admin import admin_key_digest, bearer_matches
 from llmserve.serve.context import RequestMetadata
 from llmserve.serve.control_plane import ControlPlane
 from llmserve.serve.exceptions import (
@@ -20,6 +22,7 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from llmserve.serve.metrics import SERVE_REGISTRY, observe_request
 from llmserve.serve.router import Router
 from llmserve.serve.runtime import ReplicaRef
 from llmserve.serve.status import status_to_json
@@ -39,6 +42,8 @@ _ids = itertools.count()
 class HttpProxy:
     def __init__(self, controller: ControlPlane) -> None:
         self.controller = controller
+        self.admin_digest = admin_key_digest()
+        self.draining = False  # shutting down: fail health checks, refuse new requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -48,7 +53,16 @@ class HttpProxy:
             return
         path: str = scope["path"]
         if path == "/-/healthz":
-            await _send_text(send, 200, "success")
+            await _send_text(send, 503 if self.draining else 200,
+                             "draining" if self.draining else "success")
+            return
+        if path in ("/-/routes", "/-/status", "/-/metrics") and self.admin_digest is not None \
+                and not bearer_matches(self.admin_digest, scope["headers"]):
+            await _send_error(send, 401, f"{path} needs the admin key", "invalid_api_key")
+            return
+        if path == "/-/metrics":  # the serving core's metrics (the gateway adds its own)
+            await _send_body(send, 200, generate_latest(SERVE_REGISTRY),
+                             CONTENT_TYPE_LATEST.encode())
             return
         if path == "/-/routes":
             await _send_json(send, 200, self.controller.routes())
@@ -56,6 +70,10 @@ class HttpProxy:
         if path == "/-/status":
             status = await self.controller.fetch_status(_own_url(scope))
             await _send_json(send, 200, status_to_json(status))
+            return
+        if self.draining and not path.startswith("/-/"):
+            await _send_error(send, 503, "the server is shutting down; retry on another",
+                              "unavailable", retry_after_s=1.0)
             return
         match = self._match(path)
         if match is None:
@@ -75,23 +93,27 @@ class HttpProxy:
         request_id = session = model_id = ""
         for name, value in scope["headers"]:
             if name in _ROUTING_HEADERS:
+                # latin-1 decodes any bytes (as Starlette does); the app judges the value
                 if name == b"x-request-id":
-                    request_id = value.decode()
+                    request_id = value.decode("latin-1")
                 elif name == b"x-session-id":
-                    session = value.decode()
+                    session = value.decode("latin-1")
                 else:
-                    model_id = value.decode()
+                    model_id = value.decode("latin-1")
         request_id = request_id or f"{_ID_PREFIX}{next(_ids)}"
         meta = RequestMetadata(request_id, "__call__", model_id, False, session or None)
         request = RouteRequest(request_id, model_id, meta.session_key)
         child = dict(scope, root_path=scope.get("root_path", "") + prefix) if prefix else scope
         try:
-            router = self.controller.router_for(app_name, self.controller.ingress_of(app_name))
+            ingress = self.controller.ingress_of(app_name)
+            router = self.controller.router_for(app_name, ingress)
             while True:
                 replica = await router.acquire(request)
                 try:
-                    await replica.handle_http(meta, child, receive,
-                                              _reporting_start(send, router, replica, request))
+                    with observe_request(app_name, ingress):
+                        await replica.handle_http(
+                            meta, child, receive,
+                            _reporting_start(send, router, replica, request))
                     return
                 except ReplicaUnavailableError:
                     continue

@@ -69,8 +69,8 @@ def test_two_replicas_share_load_and_api_keys_come_from_env(
     for _ in range(8):
         client.chat.completions.create(model="sim", messages=CHAT, max_tokens=2)
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'llmserve_requests_total{model="sim",route="/v1/chat/completions",status="200"} 8.0' \
-        in metrics
+    assert ('llmserve_requests_total{model_name="sim",route="/v1/chat/completions",'
+            'status="200"} 8.0') in metrics
     assert "llmserve_generation_tokens_total" in metrics
     servers = serve.status().applications["default"].deployments["LLMServer:sim"]
     assert servers.running_replicas == 2

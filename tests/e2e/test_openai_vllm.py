@@ -217,6 +217,23 @@ def test_client_disconnect_aborts_the_engine_request(gateway: dict[str, Any]) ->
     assert 1 <= generated < 1000, f"engine generated {generated} tokens: not aborted"
 
 
+def test_non_streaming_client_leaving_aborts_the_engine_request(
+        gateway: dict[str, Any]) -> None:
+    """vLLM sends a non-streamed answer's headers only when it is done: the gateway must
+    watch for the client leaving from the start, not from the headers."""
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 1000, "ignore_eos": True}
+    generated_before = _engine_counter(gateway, "vllm:generation_tokens_total")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gateway["url"] + "/v1/completions", json=body, timeout=1.5,
+                   headers={"authorization": f"Bearer {KEY}"})
+    deadline = time.monotonic() + 5
+    while _engine_counter(gateway, "vllm:num_requests_running") > 0:
+        assert time.monotonic() < deadline, "the engine still runs the request"
+        time.sleep(0.1)
+    generated = _engine_counter(gateway, "vllm:generation_tokens_total") - generated_before
+    assert 1 <= generated < 1000, f"engine generated {generated} tokens: not aborted"
+
+
 def test_engine_crash_gives_clear_503_then_recovers(client: OpenAI,
                                                     gateway: dict[str, Any]) -> None:
     info = serve.get_deployment_handle("LLMServer:tiny").endpoint.remote().result()

@@ -35,11 +35,11 @@ def test_the_policy_sees_the_pools_own_in_flight_counts() -> None:
 
 def test_unready_engines_are_not_chosen_and_none_ready_gives_none() -> None:
     pool, policy = pool_of("http://a", "http://b")
-    pool.mark_unreachable(pool.endpoints["http://a"])
+    pool.endpoints["http://a"].ready = False  # ejected (see the breaker tests)
     chosen = pool.choose(RouteRequest("q1", "m"))
     assert chosen is not None and chosen.key == "http://b"
     assert policy.ranked == []  # one ready engine: nothing to rank
-    pool.mark_unreachable(pool.endpoints["http://b"])
+    pool.endpoints["http://b"].ready = False
     assert pool.choose(RouteRequest("q2", "m")) is None
     assert pool.in_flight == 1
 

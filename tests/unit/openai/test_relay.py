@@ -52,9 +52,16 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     ask = json.loads(await reader.readexactly(length))
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                  b"transfer-encoding: chunked\r\n\r\n")
-    for piece in sse_pieces(ask["count"], ask["size"]):
+    pieces = sse_pieces(ask["count"], ask["size"])
+    if ask.get("split"):  # each event in two chunks: the relay must not cut one short
+        pieces = [half for p in pieces for half in (p[:len(p) // 2], p[len(p) // 2:])]
+    if ask.get("die_mid_event"):
+        pieces = pieces[:5]  # ends inside an event
+    for piece in pieces:
         writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
         await writer.drain()
+    if ask.get("die_mid_event"):
+        raise ConnectionError("engine died")
     writer.write(b"0\r\n\r\n")
     await writer.drain()
 
@@ -153,3 +160,26 @@ def test_first_chunk_calls_its_callback_once_and_contains_its_failure(
     with caplog.at_level("ERROR", logger="llmserve.openai"):
         failing.first_chunk()  # logged, not raised
     assert failing.first_chunk_s is not None and "on_first_chunk callback failed" in caplog.text
+
+
+@pytest.mark.parametrize("plain_asgi", [False, True], ids=["direct", "plain-asgi"])
+async def test_engine_dying_mid_event_ends_in_a_whole_error_event(engine_url: str,
+                                                                  plain_asgi: bool) -> None:
+    app = Gateway(engine_url, plain_asgi)
+    server, task, url = await serve_gateway(app)
+    try:
+        async with httpx.AsyncClient() as client:
+            split = await client.post(url, json={"count": 4, "size": 10, "split": True})
+            assert split.content == b"".join(sse_pieces(4, 10))
+            dying = await client.post(url, json={"count": 4, "size": 10, "split": True,
+                                                 "die_mid_event": True})
+    finally:
+        server.should_exit = True
+        await task
+        await app.relay.close()
+    events = [e for e in dying.content.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    data = [json.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
+    assert [d.get("i") for d in data[:-1]] == [0, 1]  # the two whole events, nothing cut
+    assert data[-1]["error"]["code"] == "bad_gateway"
+    assert [o.status for o in app.outcomes] == [200, 502]  # a failed stream is not a 200

@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from llmserve.openai.errors import BadGateway
+from llmserve.openai.relay import EngineConnectError, Relay
 from llmserve.openai.upstream import (
+    UpstreamClosedEarly,
     UpstreamConnectError,
     UpstreamError,
     UpstreamPool,
@@ -212,4 +215,45 @@ async def test_connections_idle_too_long_are_not_reused(  # type: ignore[no-unty
     third = await pool.request("POST", url + "/", b"3", {})  # idle too long: a new one
     assert await third.read() == b"3"
     assert state.connections == 2
+    await pool.close()
+
+
+async def test_engine_closing_after_reading_the_request_is_not_retried(serve_with) -> None:  # type: ignore[no-untyped-def]
+    async def crashes_on_it(reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        state.requests.append((b"", b""))
+        await asyncio.sleep(0.2)  # works on it for a while, then dies
+
+    state, url = await serve_with(crashes_on_it)
+    relay = Relay()
+    with pytest.raises(BadGateway, match="before answering"):  # not EngineConnectError
+        await relay.open(url + "/", b"{}", {})
+    assert len(state.requests) == 1
+    with pytest.raises(EngineConnectError):
+        await relay.open("http://127.0.0.1:1/", b"{}", {})
+    await relay.close()
+    assert issubclass(UpstreamClosedEarly, UpstreamError)
+    assert not issubclass(UpstreamClosedEarly, UpstreamConnectError)
+
+
+async def test_bytes_on_an_idle_connection_never_reach_the_next_request(serve_with) -> None:  # type: ignore[no-untyped-def]
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            _, body = await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b"
+                         % (len(body), body))
+            await writer.drain()
+            await asyncio.sleep(0.05)  # idle now: an unsolicited answer arrives
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale")
+            await writer.drain()
+
+    state, url = await serve_with(chatty)
+    pool = UpstreamPool()
+    first = await pool.request("POST", url + "/", b"one", {})
+    assert await first.read() == b"one"
+    await asyncio.sleep(0.2)
+    second = await pool.request("POST", url + "/", b"two", {})
+    assert await second.read() == b"two"
+    assert state.connections == 2  # the chatty idle connection was dropped
     await pool.close()

@@ -1,0 +1,1 @@
+"""Grafana dashboards for llmserve, written with grafana-foundation-sdk (see build.py)."""

