@@ -143,6 +143,13 @@ def served_by(cluster: dict[str, Any], gateway: str, prompt: list[int]) -> tuple
     return rid, after[rid][1] - before[rid][1]
 
 
+def batches_applied(gateway: str) -> float:
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    found = re.findall(r'^llmserve_kv_events_total\{[^}]*event="batches"[^}]*\} (\S+)$',
+                       text, re.M)
+    return float(found[0]) if found else 0.0
+
+
 def prompt(seed: int, blocks: int) -> list[int]:
     return [100 + (seed * 7919 + i * 31) % 900 for i in range(blocks * BLOCK + 5)]
 
@@ -206,7 +213,9 @@ def test_a_second_gateway_fed_by_the_same_engines_makes_the_same_choice(
                 tokens = prompt(seed, 5)
                 holder, _ = served_by(cluster, cluster["url"], tokens)
                 until(settled(cluster), what="the view to match the engines' reports")
-                time.sleep(0.2)  # B is subscribed to the same engines
+                seen = HUB.counters[("tiny", "batches")]  # B applied as many batches as A
+                until(lambda seen=seen: batches_applied(url_b) >= seen,
+                      what="gateway B to apply the engines' reports")
                 chosen, hits = served_by(cluster, url_b, [*tokens[:5 * BLOCK], 5, 6])
                 assert chosen == holder and hits >= 5 * BLOCK
         finally:
