@@ -147,7 +147,7 @@ class PrefixAwarePolicy(RoutingPolicy):
 
     # ---- the decision -----------------------------------------------------------------
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
-        return self.rank(self.match(request), candidates)
+        return self.rank(self.match(request), candidates, request.lora_adapter)
 
     def match(self, request: RouteRequest) -> PrefixMatch | None:
         """Hash the prompt and look it up; remembered until ``on_routed``."""
@@ -183,11 +183,13 @@ class PrefixAwarePolicy(RoutingPolicy):
                 blocks[rid] = n
         return blocks
 
-    def rank(self, match: PrefixMatch | None,
-             candidates: Sequence[Candidate]) -> list[Candidate]:
-        """Best first: not overloaded, longest cached prefix, least prefill queued, least
-        loaded, fewest cached blocks, random. One pass over the candidates (this runs per
-        request: 64 replicas cost ~20 µs here, most of a decision)."""
+    def rank(self, match: PrefixMatch | None, candidates: Sequence[Candidate],
+             adapter: str | None = None) -> list[Candidate]:
+        """Best first: not overloaded, holding the request's LoRA ``adapter`` (in
+        ``Candidate.model_ids``), longest cached prefix, fewest resident adapters (where
+        the adapter would have to be loaded: a load costs least there), least prefill
+        queued, least loaded, fewest cached blocks, random. One pass over the candidates
+        (this runs per request: 64 replicas cost ~20 µs here, most of a decision)."""
         if not candidates:
             return []
         loads = [replica_load(c) for c in candidates]
@@ -230,7 +232,10 @@ class PrefixAwarePolicy(RoutingPolicy):
             if rid == warming:
                 held -= 0.5  # after the holders that have computed it, before the rest
             queued = prefilling.get(rid, 0) if prefilling else 0
-            keyed.append((full, -held, queued, load, cached.get(rid, 0), rand(), i))
+            # an adapter request: where it is resident first; else where a load costs least
+            miss = adapter is not None and adapter not in c.model_ids
+            slots = len(c.model_ids) if miss else 0
+            keyed.append((full, miss, -held, slots, queued, load, cached.get(rid, 0), rand(), i))
         keyed.sort()
         self.last_decision = self._explain(depth, blocks, candidates[keyed[0][-1]].replica_id,
                                            candidates, loads, bound)

@@ -10,7 +10,9 @@ Each scorer gives every candidate a score in [0, 1]; the policy ranks by
 - ``kv_usage``: ``1 - kv_cache_usage`` from the engine's metrics;
 - ``session``: 1 for the replica the session's key maps to on a consistent-hash ring with
   bounded loads (:mod:`routing.hash_ring`);
-- ``lora``: 1 where the requested LoRA adapter is already loaded (``Candidate.model_ids``).
+- ``lora``: 1 where the requested LoRA adapter is already loaded (``Candidate.model_ids``);
+  where it is loaded nowhere, up to 0.5 for the replicas holding the fewest adapters (a load
+  costs least there), min-max normalised.
 
 A weight of 0 turns a scorer off. Weights are configurable by name:
 ``{"policy": "scored", "weights": {"prefix": 3, "queue": 2, ...}}``.
@@ -79,7 +81,9 @@ def lora_score(ctx: ScoreContext) -> list[float]:
     adapter = ctx.request.lora_adapter
     if not adapter:
         return [0.0] * len(ctx.candidates)
-    return [1.0 if adapter in c.model_ids else 0.0 for c in ctx.candidates]
+    if any(adapter in c.model_ids for c in ctx.candidates):
+        return [1.0 if adapter in c.model_ids else 0.0 for c in ctx.candidates]
+    return [0.5 * s for s in _lower_is_better([len(c.model_ids) for c in ctx.candidates])]
 
 
 SCORERS: dict[str, Scorer] = {

@@ -28,6 +28,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--max-loras", type=int, default=4)
+    # vLLM's LoRA flags: the simulator always serves adapters; rank does not change its timing
+    parser.add_argument("--enable-lora", action="store_true")
+    parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--no-enable-prefix-caching", action="store_true")
@@ -40,6 +44,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
         parser.error("--replicas must be >= 1")
     if args.time_scale <= 0:
         parser.error("--time-scale must be > 0")
+    modules = dict(item.partition("=")[::2] for item in args.lora_modules)
+    if any(not name or not path for name, path in modules.items()):
+        parser.error("--lora-modules takes NAME=PATH items")
     if args.kv_events_config is not None:
         try:
             KVEventsConfig.from_json(args.kv_events_config)
@@ -57,6 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
         max_loras=args.max_loras,
+        lora_modules=tuple(modules.items()),
         time_scale=args.time_scale,
         served_model_name=args.served_model_name,
         enable_prefix_caching=not args.no_enable_prefix_caching,

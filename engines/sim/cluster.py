@@ -36,6 +36,7 @@ class ClusterConfig:
     max_num_batched_tokens: int | None = None
     max_model_len: int = 8192
     max_loras: int = 4
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path) registered at start
     time_scale: float = 1.0
     served_model_name: str | None = None
     enable_prefix_caching: bool = True
@@ -143,6 +144,8 @@ class SimCluster:
                     timeout_graceful_shutdown=1,
                 )
             )
+            for name, path in self.config.lora_modules:
+                replica.load_lora(name, path)
             self.replicas.append(replica)
             self._servers.append(server)
             self._tasks.append(asyncio.create_task(server.serve(sockets=[sock])))

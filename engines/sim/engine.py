@@ -79,6 +79,7 @@ class SimEngine:
         )
         self._tracking: dict[str, _Tracking] = {}
         self._wake = asyncio.Event()
+        self._step_lock = asyncio.Lock()  # held through each step; add_lora runs between
         self._task: asyncio.Task[None] | None = None
         self._reported = self.kv_cache.stats
         self.num_steps = 0
@@ -173,11 +174,18 @@ class SimEngine:
                 await self._wait_for_wake(delay)
                 continue
             duration_s = plan_duration_s(self.config.profile, plan)
-            await self.clock.sleep(duration_s)
-            self.num_steps += 1
-            if self._publish_events is not None:  # as vLLM: the step's events, then outputs
-                self._publish_events(self.kv_cache.take_events())
-            self._deliver(self.scheduler.update(plan), start_s + duration_s)
+            async with self._step_lock:
+                await self.clock.sleep(duration_s)
+                self.num_steps += 1
+                if self._publish_events is not None:  # as vLLM: the step's events, then outputs
+                    self._publish_events(self.kv_cache.take_events())
+                self._deliver(self.scheduler.update(plan), start_s + duration_s)
+
+    async def add_lora(self) -> None:
+        """Read an adapter into host memory (``/v1/load_lora_adapter``): like vLLM's
+        engine core, between two steps, so the replica's requests wait meanwhile."""
+        async with self._step_lock:
+            await self.clock.sleep(self.config.profile.lora_add_s)
 
     async def _wait_for_wake(self, timeout_wall_s: float | None) -> None:
         self._wake.clear()

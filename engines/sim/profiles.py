@@ -49,7 +49,10 @@ class Profile:
     mfu: float = 0.5  # fraction of peak FLOP/s reached in prefill-heavy steps
     mbu: float = 0.75  # fraction of peak HBM bandwidth reached in decode steps
     step_overhead_s: float = 0.002
-    lora_load_s: float = 0.02
+    lora_load_s: float = 0.02  # an adapter into a GPU slot (host -> device), per batch
+    # /v1/load_lora_adapter: vLLM runs add_lora in the engine core between steps, reading the
+    # adapter from disk into host memory; every request on the replica waits meanwhile
+    lora_add_s: float = 0.05
     kv_blocks: int = 1024
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
@@ -129,6 +132,7 @@ PROFILES: dict[str, Profile] = {
         mbu=1.0,
         step_overhead_s=0.001,
         lora_load_s=0.005,
+        lora_add_s=0.01,
         kv_blocks=1024,
         max_num_seqs=64,
         max_num_batched_tokens=2048,
@@ -143,6 +147,10 @@ PROFILES: dict[str, Profile] = {
     # kv_blocks: 80 GB * 0.9 (vLLM gpu_memory_utilization) - 16 GB weights - ~4 GB
     # activations = ~52 GB / (16 tokens * 128 KiB) = ~24,800 blocks of 16 tokens.
     # LoRA load: rank-16 adapter (~40 MB) over PCIe Gen5 (~50 GB/s) + setup, ~20 ms.
+    # LoRA add (/v1/load_lora_adapter): a rank-16 adapter on all 7 linear layers of
+    # Llama-3.1-8B has 32 * 16 * (2*(4096+4096) + 2*(4096+1024) + 3*(4096+14336)) = 42M
+    # parameters, 84 MB in bf16; read from local NVMe (~2 GB/s) and set up, ~50 ms. An
+    # estimate from the shapes and the disk's bandwidth, not a measurement.
     "llama-3.1-8b-h100": Profile(
         name="llama-3.1-8b-h100",
         model=LLAMA_3_1_8B,
@@ -152,6 +160,7 @@ PROFILES: dict[str, Profile] = {
         mbu=0.75,
         step_overhead_s=0.002,
         lora_load_s=0.02,
+        lora_add_s=0.05,
         kv_blocks=24_000,
         max_num_seqs=256,
         max_num_batched_tokens=8192,
@@ -162,6 +171,8 @@ PROFILES: dict[str, Profile] = {
     # ~ 52 tok/s per stream, as published for Llama-3-70B TP4 on H100 with vLLM.
     # kv_blocks: 4 * 80 GB * 0.9 - 141 GB - ~8 GB = ~139 GB / (16 * 320 KiB) = ~26,500.
     # LoRA load: rank-16 adapter for 70B is ~200 MB, ~50 ms.
+    # LoRA add: 80 * 16 * (2*(8192+8192) + 2*(8192+1024) + 3*(8192+28672)) = 207M
+    # parameters, 414 MB in bf16, from NVMe (~2 GB/s): ~200 ms (estimate, as for 8B).
     "llama-3.1-70b-tp4-h100": Profile(
         name="llama-3.1-70b-tp4-h100",
         model=LLAMA_3_1_70B,
@@ -171,6 +182,7 @@ PROFILES: dict[str, Profile] = {
         mbu=0.7,
         step_overhead_s=0.004,
         lora_load_s=0.05,
+        lora_add_s=0.2,
         kv_blocks=26_500,
         max_num_seqs=256,
         max_num_batched_tokens=8192,

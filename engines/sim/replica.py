@@ -56,12 +56,22 @@ class SimReplica:
         raise NotFound(f"The model `{name}` does not exist.", param="model")
 
     def load_lora(self, name: str, path: str) -> None:
+        """Register an adapter at once (``--lora-modules`` at start-up)."""
+        self._check_new(name)
+        self.loras[name] = path or name
+
+    async def add_lora(self, name: str, path: str) -> None:
+        """``/v1/load_lora_adapter``: takes the profile's ``lora_add_s`` between steps."""
+        self._check_new(name)
+        await self.engine.add_lora()
+        self.load_lora(name, path)
+
+    def _check_new(self, name: str) -> None:
         if name in self.loras:
             raise BadRequest(
                 f"The lora adapter '{name}' has already been loaded. "
                 "If you want to load the adapter in place, set 'load_inplace' to True."
             )
-        self.loras[name] = path or name
 
     def unload_lora(self, name: str) -> None:
         if name not in self.loras:

@@ -157,7 +157,7 @@ def build_app(replica: SimReplica) -> Starlette:
 
     async def load_lora(request: Request) -> Response:
         body = await parse_body(request, LoadLoraRequest)
-        replica.load_lora(body.lora_name, body.lora_path)
+        await replica.add_lora(body.lora_name, body.lora_path)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     async def unload_lora(request: Request) -> Response:

@@ -10,11 +10,14 @@ from typing import Any
 
 import httpx
 
-from llmserve.llm.config import LLMConfig
+from llmserve.llm.config import LLMConfig, LoraConfig
 from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
+from llmserve.lora.directory import WorkerAdapter
+from llmserve.lora.settings import LoraSettings, lora_settings
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.openai.key_policy import policies_from_file
 from llmserve.openai.kv_events import EventSource
+from llmserve.openai.tls import client_ssl_context
 from llmserve.openai.workers import (
     DEFAULT_STARTUP_TIMEOUT_S,
     PendingWorkers,
@@ -30,14 +33,15 @@ KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_
               "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
               "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s",
-              "worker_kv_events"}
+              "worker_lora_config", "worker_model_id", "worker_kv_events"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
 def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
                          *, name_prefix: str = "LLMServer:") -> Application:
     """One `LLMServer` deployment for one model (its replicas each run an engine)."""
-    config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping) else llm_config)
+    config = LLMConfig.coerce(dict(llm_config) if isinstance(llm_config, Mapping)
+                              else llm_config).with_lora_enabled()
     options = {"health_check_period_s": 5.0,
                "graceful_shutdown_timeout_s": DEFAULT_GRACEFUL_SHUTDOWN_S,
                **config.deployment_config}
@@ -60,16 +64,18 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     plus ingress options (``api_keys``, ``max_request_body_bytes``, ``request_timeout_s``,
     ``max_ongoing_requests_per_model``: beyond it a model answers 429 with Retry-After,
     ``ingress_deployment_config``) and ``worker_urls`` to front engine servers that are
-    already running instead of launching any, with ``worker_kv_events``: for each of
-    them in the same order, where it publishes KV-cache events (``"tcp://HOST:PORT"``, or
-    ``"tcp://HOST:PORT,tcp://HOST:REPLAY_PORT"`` with its replay socket; ``""`` for none).
+    already running instead of launching any (``worker_model_id``: the name clients
+    use for the one model those workers serve, whatever name they serve it under;
+    ``worker_kv_events``: for each of them in the same order, where it publishes
+    KV-cache events, ``"tcp://HOST:PORT"`` or ``"tcp://HOST:PORT,tcp://HOST:REPLAY_PORT"``
+    with its replay socket, ``""`` for none).
     """
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - KNOWN_ARGS)
     if unknown:
         raise ConfigError(f"unknown build_openai_app arguments: {unknown}; "
                           f"known: {sorted(KNOWN_ARGS)}")
-    configs = [LLMConfig.coerce(c) for c in merged.get("llm_configs") or []]
+    configs = [LLMConfig.coerce(c).with_lora_enabled() for c in merged.get("llm_configs") or []]
     urls = list(merged.get("worker_urls") or [])
     if not configs and not urls:
         raise ConfigError("build_openai_app needs at least one of llm_configs or worker_urls")
@@ -80,13 +86,17 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         handle = server  # replaced by a DeploymentHandle when the graph is deployed
         sources.append(ModelSource(config.model_id, config.llm_engine, config.routing_config,
                                    handle, source=config.model_loading_config.source,
-                                   log_engine_metrics=config.log_engine_metrics))
+                                   log_engine_metrics=config.log_engine_metrics,
+                                   lora=model_lora_settings(config)))
     found, pending = discover_workers(
         urls, merged.get("worker_engine", "vllm"),
         merged.get("routing_config") or {"policy": "prefix_aware"},
-        _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S))
+        _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S),
+        _worker_lora(merged.get("worker_lora_config")),
+        model_id=str(merged.get("worker_model_id") or ""))
     sources += with_worker_kv_events(found, urls, merged.get("worker_kv_events"))
-    _check_unique([s.model_id for s in sources])
+    _check_unique([s.model_id for s in sources]
+                  + [name for s in sources if s.lora for name in s.lora.static])
     settings = _settings(merged)
     return ingress_deployment.options(**_ingress_options(merged)).bind(sources, settings,
                                                                        pending)
@@ -122,28 +132,58 @@ def _settings(args: Mapping[str, Any]) -> IngressSettings:
         raise ConfigError(f"build_openai_app: {exc}") from None
 
 
+def _worker_lora(value: Any) -> LoraConfig | None:
+    if value is None:
+        return None
+    try:
+        return value if isinstance(value, LoraConfig) else LoraConfig.model_validate(value)
+    except ValueError as exc:
+        raise ConfigError(f"worker_lora_config: {exc}") from None
+
+
 def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
                      startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
-                     ) -> tuple[list[ModelSource], PendingWorkers]:
+                     lora: LoraConfig | None = None,
+                     model_id: str = "") -> tuple[list[ModelSource], PendingWorkers]:
     """Ask each engine which model it serves and group URLs by model id; the engines
-    that do not answer yet are returned as pending (the ingress takes them in later)."""
+    that do not answer yet are returned as pending (the ingress takes them in later).
+    The LoRA adapters a worker lists are served from the workers listing them; with
+    ``lora``, the gateway also loads that config's adapters into the workers on demand
+    (their engines must have runtime LoRA loading on).
+    ``model_id``: clients name the workers' one model so (see ``worker_model_id``)."""
     by_model: dict[str, list[str]] = {}
+    adapters: dict[str, tuple[str, str, list[str]]] = {}  # id -> (parent, root, urls)
     pending: list[str] = []
     for url in urls:
         base = base_url(url)
         try:
-            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False)
+            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False,
+                                 verify=client_ssl_context())
             response.raise_for_status()
             models = served_models(response.json())
+            listed = worker_adapters(response.json())
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             pending.append(base)
             continue
         for model in models:
             by_model.setdefault(model, []).append(base)
-    found = [ModelSource(model, engine, dict(routing_config), urls=tuple(group))
+        for name, parent, root in listed:
+            adapters.setdefault(name, (parent, root, []))[2].append(base)
+    if model_id and len(by_model) > 1:
+        raise ConfigError(f"worker_model_id {model_id!r} is ambiguous: the workers serve "
+                          f"{sorted(by_model)}; give it only when they serve one model")
+    found = [ModelSource(model_id or model, engine, dict(routing_config), urls=tuple(group),
+                         source=model if model_id else "",
+                         served_name=model if model_id else "",
+                         lora=None if lora is None else lora_settings(model_id or model, model,
+                                                                      lora, {}),
+                         adapters=tuple(WorkerAdapter(name, model_id or model, tuple(where),
+                                                      root)
+                                        for name, (parent, root, where) in adapters.items()
+                                        if parent == model))
              for model, group in by_model.items()]
     return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
-                                 startup_timeout_s)
+                                 startup_timeout_s, model_id=model_id)
 
 
 def with_worker_kv_events(found: Sequence[ModelSource], urls: Sequence[str],
@@ -173,6 +213,19 @@ def _positive_float(args: Mapping[str, Any], name: str, default: float) -> float
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"build_openai_app: {name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def model_lora_settings(config: LLMConfig) -> LoraSettings | None:
+    if config.lora_config is None:
+        return None
+    return lora_settings(config.model_id, config.model_loading_config.source,
+                         config.lora_config, config.engine_kwargs)
+
+
+def worker_adapters(data: Any) -> list[tuple[str, str, str]]:
+    """(id, parent, root) of the LoRA adapters in a ``/v1/models`` answer."""
+    return [(str(card["id"]), str(card["parent"]), str(card.get("root") or ""))
+            for card in data["data"] if card.get("parent") is not None]
 
 
 def _check_unique(model_ids: list[str]) -> None:

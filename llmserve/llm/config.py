@@ -27,10 +27,33 @@ class ModelLoadingConfig(_Strict):
 
 
 class LoraConfig(_Strict):
+    """Ray Serve LLM's ``lora_config``; ``lora_modules`` (``{name: local path}``, vLLM's
+    ``--lora-modules``) is llmserve's addition. See docs/lora.md."""
+
     dynamic_lora_loading_path: str | None = None
     max_num_adapters_per_replica: int = Field(default=16, ge=1)
     download_timeout_s: float = Field(default=30.0, gt=0)
     max_download_tries: int = Field(default=3, ge=1)
+    lora_modules: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("dynamic_lora_loading_path")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        from llmserve.lora.folder import check_folder_uri
+
+        return None if value is None else check_folder_uri(value)
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _plain_names(cls, value: dict[str, str]) -> dict[str, str]:
+        from llmserve.lora.names import check_adapter_name
+
+        for name in value:
+            try:
+                check_adapter_name(name)
+            except Exception as exc:
+                raise ValueError(f"lora_modules: {exc}") from None
+        return value
 
 
 class RuntimeEnv(_Strict):
@@ -56,6 +79,16 @@ class LLMConfig(_Strict):
     @property
     def model_id(self) -> str:
         return self.model_loading_config.model_id
+
+    def with_lora_enabled(self) -> LLMConfig:
+        """With ``lora_config``: the engine's LoRA flags filled in (see llmserve.lora)."""
+        if self.lora_config is None:
+            return self
+        from llmserve.lora.settings import lora_engine_kwargs
+
+        kwargs = lora_engine_kwargs(self.lora_config, self.engine_kwargs)
+        return self if kwargs == self.engine_kwargs else self.model_copy(
+            update={"engine_kwargs": kwargs})
 
     @field_validator("log_engine_metrics")
     @classmethod

@@ -58,7 +58,7 @@ class LLMServer(OpenAICalls):
     async def __init__(self, llm_config: LLMConfig) -> None:  # type: ignore[misc]
         from llmserve import serve
 
-        self.config = llm_config
+        self.config = llm_config.with_lora_enabled()
         self.replica_id = serve.get_replica_context().replica_id
         self.engine = make_engine(llm_config.llm_engine)
         self.restarts = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -23,6 +24,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
+from llmserve.lora.directory import AdapterDirectory, AdapterTarget, WorkerAdapter
+from llmserve.lora.settings import LoraSettings
 from llmserve.openai.access_log import log_access
 from llmserve.openai.auth import ApiKeys, bearer_token
 from llmserve.openai.background import keep_running
@@ -150,8 +153,11 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    served_name: str = ""  # the engines' name for the model when clients use another
     prefill: ModelSource | None = None  # set: prefill here, decode on handle/urls (docs/pd.md)
     log_engine_metrics: bool = True  # list its engines at /metrics/engines
+    lora: LoraSettings | None = None  # adapters the gateway loads on demand (docs/lora.md)
+    adapters: tuple[WorkerAdapter, ...] = ()  # adapters the workers at ``urls`` list
     kv_events: tuple[EventSource | None, ...] = ()  # per URL: where it publishes KV events
 
 
@@ -194,6 +200,11 @@ class OpenAiIngress:
             for model, prefill in self.prefill_pools.items() if pd_metrics is not None
         }
         self.limiter = RateLimiter()
+        self.adapters = AdapterDirectory(
+            {m.model_id: (m.lora, self.pools[m.model_id].engine) for m in models if m.lora},
+            [a for m in models for a in m.adapters], self.directory.client,
+            self.metrics.registry)
+        await self.adapters.start()
         self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
                                    self._take_in_worker)
         self.workers.start()
@@ -304,11 +315,12 @@ class OpenAiIngress:
             model = next(iter(self.pools))
         if not isinstance(model, str) or not model:
             raise InvalidRequest("you must provide a model parameter", param="model")
-        if model not in self.pools and self.workers.not_ready:
-            raise EngineUnavailable(
-                f"the model `{model}` is not served yet: workers "
-                f"{', '.join(self.workers.not_ready)} are not up yet", retry_after_s=5.0)
-        if model not in self.pools:
+        known = model in self.pools or self.adapters.resolve(model) is not None
+        if not known and self.workers.not_ready:
+            raise EngineUnavailable(  # no addresses: clients need not know the workers'
+                f"the model `{model}` is not served yet: {len(self.workers.not_ready)} "
+                f"workers are not up yet", retry_after_s=5.0)
+        if not known:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
                 f"{', '.join(sorted(self.pools))}", param="model")
@@ -325,20 +337,22 @@ class OpenAiIngress:
                 raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`",
                                       param="model")
             self.limiter.admit(key)
-        pool = self.pools[model]
+        adapter = self.adapters.resolve(model) if model not in self.pools else None
+        pool = self.pools[adapter.base_model if adapter else model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
                                   f"retry shortly", retry_after_s=1.0)
-        if "model" not in payload:
-            payload["model"] = model
+        served_name = self.sources[model].served_name or model
+        if payload.get("model", model) == model and payload.get("model") != served_name:
+            payload["model"] = served_name  # absent, or clients' name for the engines' one
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
         leaving = asyncio.ensure_future(wait_disconnect(request.receive))
         try:
             return await self._relay(request, path, request_id, payload, body, pool, leaving,
-                                     key)
+                                     key, adapter)
         except ClientLeft:
             log.info("request %s: the client left before the answer; engine request aborted",
                      request_id)
@@ -348,7 +362,8 @@ class OpenAiIngress:
 
     async def _relay(self, request: Request, path: str, request_id: str,
                      payload: dict[str, Any], body: bytes, pool: ModelPool,
-                     leaving: asyncio.Future[None], key: KeyPolicy | None) -> Response:
+                     leaving: asyncio.Future[None], key: KeyPolicy | None,
+                     adapter: AdapterTarget | None = None) -> Response:
         model = pool.model_id
         spans = request.state.spans = RequestSpans(request.headers, model, path)
         flow = self.disaggregated.get(model)
@@ -361,23 +376,30 @@ class OpenAiIngress:
         with spans.routing():
             route = await until_left(
                 self._route_request(request_id, path, payload, request, pool), leaving)
+        if adapter is not None:
+            route = dataclasses.replace(route, lora_adapter=adapter.adapter_id)
         headers = {"content-type": "application/json", "x-request-id": request_id,
                    **spans.engine_headers()}
         outcome = Outcome(started_s=request.state.arrival_s)
         streamed = payload.get("stream") is True
-        for _ in range(max(1, len(pool.endpoints))):
-            endpoint = pool.choose(route)
+        only = adapter.urls if adapter is not None else None
+        unreachable: set[str] = set()  # engines this request could not connect to
+        # one more try for an adapter: an engine that lost it (404) gets it loaded again
+        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
+            endpoint = pool.choose(route, only, unreachable)
             if endpoint is None:
                 await self.directory.refresh_pool(pool)  # membership may be newer than ours
-                endpoint = pool.choose(route)
+                endpoint = pool.choose(route, only, unreachable)
             if endpoint is None:
                 break
             self.metrics.record_routing(model, pool.policy_name, pool.last_decision)
             spans.replica(endpoint.key)
+            if adapter is not None:
+                await until_left(self._load_adapter(adapter, pool, endpoint, route), leaving)
             outcome.on_first_chunk = functools.partial(pool.first_token, endpoint, route)
 
             def done(result: Outcome, endpoint: Any = endpoint) -> None:
-                pool.finish(endpoint, route, failed=result.error is not None)
+                self._finish(pool, endpoint, route, adapter, failed=result.error is not None)
                 self.metrics.record(model, path, result, time.monotonic(), streamed=streamed)
                 status = CLIENT_CLOSED if result.disconnected else result.status
                 log_access(request, request_id, model, path, status, result, endpoint.key,
@@ -392,16 +414,23 @@ class OpenAiIngress:
                     self.relay.open(endpoint.url + path, body, headers), leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
+                unreachable.add(endpoint.key)
                 pool.mark_unreachable(endpoint)
-                pool.finish(endpoint, route, failed=True)
+                self._finish(pool, endpoint, route, adapter, failed=True)
                 continue
             except ClientLeft:
                 outcome.disconnected = True
                 done(outcome)
                 raise
             except OpenAIError:
-                pool.finish(endpoint, route, failed=True)
+                self._finish(pool, endpoint, route, adapter, failed=True)
                 raise
+            if adapter is not None and upstream.status == 404 and adapter.entry is not None:
+                # the engine lost the adapter (it restarted): load it again, once
+                upstream.close()
+                endpoint.lora.forget(adapter.adapter_id)
+                self._finish(pool, endpoint, route, adapter, failed=True)
+                continue
 
             if streamed and upstream.status == 200:
                 return RelayedStream(upstream, {"x-request-id": request_id}, outcome, done)
@@ -420,6 +449,20 @@ class OpenAiIngress:
                                                             "application/json"))
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
+
+    async def _load_adapter(self, adapter: AdapterTarget, pool: ModelPool, endpoint: Any,
+                            route: RouteRequest) -> None:
+        try:
+            await self.adapters.acquire(adapter, endpoint.key, endpoint.lora, endpoint.url)
+        except BaseException:
+            pool.finish(endpoint, route, failed=True)
+            raise
+
+    def _finish(self, pool: ModelPool, endpoint: Any, route: RouteRequest,
+                adapter: AdapterTarget | None, *, failed: bool) -> None:
+        pool.finish(endpoint, route, failed=failed)
+        if adapter is not None:
+            self.adapters.release(adapter, endpoint.lora)
 
     def _charge(self, key: KeyPolicy | None, result: Outcome) -> None:
         if key is not None and result.usage:
@@ -443,9 +486,13 @@ class OpenAiIngress:
     # ---- local endpoints -------------------------------------------------------------
     async def _list_models(self, request: Request, request_id: str) -> Response:
         return JSONResponse({"object": "list",
-                             "data": [self._model_card(m) for m in sorted(self.pools)]})
+                             "data": [self._model_card(m) for m in sorted(self.pools)]
+                             + self.adapters.cards(CREATED_AT)})
 
     def _get_model(self, model_id: str) -> Response:
+        if model_id not in self.pools and self.adapters.resolve(model_id) is not None:
+            return JSONResponse(next(c for c in self.adapters.cards(CREATED_AT)
+                                     if c["id"] == model_id))
         if model_id not in self.pools:
             raise ModelNotFound(f"The model `{model_id}` does not exist. Available models: "
                                 f"{', '.join(sorted(self.pools))}")
@@ -468,13 +515,22 @@ class OpenAiIngress:
 
     def _take_in_worker(self, model_id: str, url: str) -> None:
         """A worker given by URL answered: serve its model from it too."""
+        pending = self.workers.pending
+        served_name = model_id
+        if pending.model_id:  # clients' name for the workers' one model
+            bound = self.sources.get(pending.model_id)
+            if bound is not None and bound.served_name != served_name:
+                log.error("worker %s serves `%s`, but `%s` is mapped onto `%s`; not taking "
+                          "it in", url, served_name, pending.model_id, bound.served_name)
+                return
+            model_id = pending.model_id
         pool = self.pools.get(model_id)
         if pool is not None:
             pool.add_url(url)
             return
-        pending = self.workers.pending
+        aliased = served_name if pending.model_id else ""
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
-                             urls=(url,))
+                             urls=(url,), source=aliased, served_name=aliased)
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
         self.sources[model_id] = source
         self.pools[model_id] = pool
@@ -530,6 +586,7 @@ class OpenAiIngress:
     async def _close(self) -> None:
         self._report_task.cancel()
         await self.workers.close()
+        await self.adapters.close()
         for renderer in self.prompts.values():
             renderer.close()
         await self.directory.close()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +19,11 @@ import httpx
 
 from engines.protocol import Engine, EngineStats
 from engines.registry import make_engine
+from llmserve.lora.residency import ReplicaAdapters
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
 from llmserve.openai.kv_events import EventSource, KVEventFeed, attach_feed
+from llmserve.openai.tls import client_ssl_context
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.dispatch import Dispatcher
@@ -42,12 +44,13 @@ class Endpoint:
     failures: int = 0
     consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
     restarts: int = 0  # of its engine process, as its LLMServer reports
+    lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)  # adapters loaded there
     kv_events: EventSource | None = None
 
     def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
-        return Candidate(self.key, in_flight, 0, frozenset(self.stats.running_lora_adapters),
-                         stats)
+        adapters = frozenset(self.stats.running_lora_adapters) | self.lora.resident
+        return Candidate(self.key, in_flight, 0, adapters, stats)
 
 
 class ModelPool:
@@ -87,9 +90,14 @@ class ModelPool:
     def in_flight_of(self, endpoint: Endpoint) -> int:
         return self.dispatcher.in_flight_of(endpoint.key)
 
-    def choose(self, request: RouteRequest) -> Endpoint | None:
-        """Route ``request`` to a ready engine (counted in flight until ``finish``)."""
-        ready = [e for e in self.endpoints.values() if e.ready]
+    def choose(self, request: RouteRequest, only_urls: Sequence[str] | None = None,
+               exclude: Collection[str] = ()) -> Endpoint | None:
+        """Route ``request`` to a ready engine (counted in flight until ``finish``); with
+        ``only_urls``, one of those (the workers listing the request's adapter); never one
+        in ``exclude`` (engines this request could not reach)."""
+        ready = [e for e in self.endpoints.values()
+                 if e.ready and e.key not in exclude
+                 and (only_urls is None or e.url in only_urls)]
         if not ready:
             return None
         if len(ready) == 1:
@@ -176,6 +184,8 @@ class ModelPool:
                 changed = True
             else:
                 current.ready = info.ready and current.ready
+                if current.restarts != info.restarts:  # a new engine: no adapters loaded
+                    current.lora = ReplicaAdapters()
             self.endpoints[rid].restarts = info.restarts
         if changed:
             self.dispatcher.set_replicas(list(self.endpoints))
@@ -210,7 +220,7 @@ class EngineDirectory:
     def __init__(self, pools: dict[str, ModelPool], refresh_s: float = 0.5) -> None:
         self.pools = pools
         self.refresh_s = refresh_s
-        self.client = httpx.AsyncClient(trust_env=False)
+        self.client = httpx.AsyncClient(trust_env=False, verify=client_ssl_context())
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -89,4 +89,4 @@ def test_slow_engine_is_a_504_and_its_request_is_aborted(model_dir: str) -> None
 
     poll(engine_idle, 5, "the timed-out request no longer runs on the engine")
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'llmserve_requests_in_flight{model="sim"} 0.0' in metrics
+    assert 'llmserve_requests_in_flight{model_name="sim"} 0.0' in metrics

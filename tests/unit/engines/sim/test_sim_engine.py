@@ -75,3 +75,4 @@ def test_prompt_larger_than_the_cache_is_rejected() -> None:
             engine.submit(request("a", 9, 1))
 
     asyncio.run(main())
+

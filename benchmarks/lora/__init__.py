@@ -1,0 +1,1 @@
+"""LoRA multiplexing benchmark: adapter-aware routing against adapter-blind and Ray's rule."""
