@@ -102,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
     _check_model_args(args)
     routing = _routing_config(args)
     app_args: dict[str, Any] = {}
+    if args.worker_kv_events and not args.worker_urls:
+        raise ConfigError("--worker-kv-events goes with --worker-urls (one endpoint per URL)")
     if args.worker_urls:
         _check_worker_url_args(args)
         app_args["worker_urls"] = args.worker_urls
@@ -110,6 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
         lora = _lora_config(args)  # adapters the gateway loads into the workers on demand
         if lora is not None:
             app_args["worker_lora_config"] = lora
+        if args.worker_kv_events:
+            app_args["worker_kv_events"] = args.worker_kv_events
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
         if args.worker_startup_timeout_secs is not None:
             app_args["worker_startup_timeout_s"] = args.worker_startup_timeout_secs
@@ -376,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--worker-startup-timeout-secs", type=float, default=None,
                      help="with --worker-urls: how long to wait for a worker to come up "
                           "before reporting it failed on /health (default 600)")
+    srv.add_argument("--worker-kv-events", nargs="+", default=[], metavar="ENDPOINT",
+                     help="where each --worker-urls engine publishes KV-cache events, same "
+                          "order: tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT], '' for none")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="engine flag as KEY=VALUE (repeatable), e.g. max_model_len=1024; "
                           "the same as --max-model-len 1024 after MODEL")

@@ -45,18 +45,28 @@ the mean. With an idle cluster (nothing in flight from this router, and a stale 
 report of a request or two does not count) only the prefix counts, so a lone user's
 conversation stays on one replica. After the choice, ``on_routed`` records
 the prompt's blocks for the chosen replica and counts the decision.
+
+With a :class:`~routing.kv_cache_view.ClusterCacheView` (``use_kv_view``), replicas whose
+engines publish KV-cache events answer from what they really hold (shared by every router
+of the model, whichever sent the prompts), plus the prompts this router sent them that
+they have not reported yet (:mod:`routing.inflight_prefixes`); the others keep the
+approximate index. A new prefix then goes, among equals, to the replica whose cache is
+least crowded (blocks held, recent evictions, KV usage: ``_cache_pressure``), so groups
+spread before they evict each other.
 """
 
 from __future__ import annotations
 
 import random
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
 from routing.decision import RoutingDecision
+from routing.inflight_prefixes import InflightPrefixes
+from routing.kv_cache_view import ClusterCacheView
 from routing.load import replica_load
 from routing.policy import Candidate, RouteRequest, RoutingPolicy
 from routing.prefix_index import PrefixIndex
@@ -124,6 +134,16 @@ class PrefixAwarePolicy(RoutingPolicy):
         self._hash_fn = hash_fn
         self.indexes: dict[str, PrefixIndex] = {}
         self._pending: OrderedDict[str, PrefixMatch] = OrderedDict()
+        self.kv_view: ClusterCacheView | None = None
+        self._inflight = InflightPrefixes(_PENDING_LIMIT)
+
+    def use_kv_view(self, view: ClusterCacheView) -> None:
+        """Answer for replicas whose engines publish KV events from ``view`` (what they
+        hold) instead of this router's approximate index (what it sent them)."""
+        if view.block_size != self.block_size:
+            raise ValueError(f"the KV event view keys blocks of {view.block_size} tokens, "
+                             f"this policy {self.block_size}")
+        self.kv_view = view
 
     # ---- the decision -----------------------------------------------------------------
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -138,6 +158,12 @@ class PrefixAwarePolicy(RoutingPolicy):
         hashes = tuple(block_hashes(tokens, self.block_size, hash_fn=self._hash_fn))
         index = self.indexes.get(key)
         blocks = index.match(hashes) if index is not None and hashes else {}
+        view = self.kv_view
+        # the engines key blocks of tokens: a prompt hashed by characters (no tokenizer)
+        # cannot match their reports, so it is routed by the approximate index alone
+        if (view is not None and view.has_live and hashes
+                and request.prompt_token_ids is not None):
+            blocks = self._with_events(view, key, hashes, blocks)
         min_blocks = self.min_match_ratio * len(tokens) / self.block_size
         blocks = {rid: n for rid, n in blocks.items() if n >= max(1.0, min_blocks)}
         found = PrefixMatch(key, hashes, blocks)
@@ -145,6 +171,17 @@ class PrefixAwarePolicy(RoutingPolicy):
         if len(self._pending) > _PENDING_LIMIT:
             self._pending.popitem(last=False)
         return found
+
+    def _with_events(self, view: ClusterCacheView, key: str, hashes: Sequence[BlockHash],
+                     approximate: dict[str, int]) -> dict[str, int]:
+        """Event-fed replicas: what they hold, or what this router sent them that they
+        have not reported yet; the others: the approximate index."""
+        blocks = {rid: n for rid, n in approximate.items() if not view.is_live(rid)}
+        blocks.update(view.match(key, hashes))
+        for rid, n in self._inflight.match(key, hashes).items():
+            if n > blocks.get(rid, 0) and view.is_live(rid):
+                blocks[rid] = n
+        return blocks
 
     def rank(self, match: PrefixMatch | None, candidates: Sequence[Candidate],
              adapter: str | None = None) -> list[Candidate]:
@@ -161,7 +198,10 @@ class PrefixAwarePolicy(RoutingPolicy):
         bound = max(min_load + self.balance_abs_threshold, min_load * self.balance_rel_threshold)
         blocks = match.blocks if match is not None else {}
         index = self.indexes.get(match.index_key) if match is not None else None
-        cached = index.blocks_per_replica if index is not None else {}
+        cached: Mapping[str, float] = index.blocks_per_replica if index is not None else {}
+        view = self.kv_view
+        if view is not None and view.has_live:
+            cached = _cache_pressure(view, candidates, cached)
         recent = self._recent_counts
         shares = [recent.get(c.replica_id, 0) for c in candidates]
         # full: sent more than share_bound x the mean of the recent decisions, while the
@@ -231,6 +271,16 @@ class PrefixAwarePolicy(RoutingPolicy):
         queued = len(found.hashes) - held if self.prefill_aware else 0
         if warms is not None or queued > 0:
             self._track(request.request_id, replica_id, queued, warms)
+        view = self.kv_view
+        if (view is not None and view.is_live(replica_id)
+                and request.prompt_token_ids is not None):
+            # the engine will report these blocks; until then they are in flight (the
+            # approximate index, not read for this replica, is left alone: a decision
+            # costs less, and a replica whose events break restarts it empty)
+            if held < len(found.hashes):
+                self._inflight.add(request.request_id, found.index_key, found.hashes,
+                                   replica_id)
+            return
         index = self.indexes.get(found.index_key)
         if index is None:
             index = self.indexes[found.index_key] = PrefixIndex(self.max_index_bytes)
@@ -266,6 +316,7 @@ class PrefixAwarePolicy(RoutingPolicy):
 
     def _forget(self, request_id: str) -> None:
         """The request has its first token (or ended, or its replica left)."""
+        self._inflight.remove(request_id)
         done = self._routed.pop(request_id, None)
         if done is None:
             return
@@ -288,6 +339,24 @@ class PrefixAwarePolicy(RoutingPolicy):
             _increment(self._recent_counts, old, -1)
             if old_match is not None:
                 _increment(self._recent_matches, old_match, -1)
+
+
+def _cache_pressure(view: ClusterCacheView, candidates: Sequence[Candidate],
+                    approximate: Mapping[str, float]) -> dict[str, float]:
+    """How crowded each candidate's cache is, for placing a new prefix: an event-fed
+    replica's blocks held plus its recent evictions, scaled up by its KV usage (blocks
+    running requests pin); the approximate count of blocks sent for the others."""
+    pressures = view.pressures()
+    out: dict[str, float] = {}
+    for c in candidates:
+        rid = c.replica_id
+        pressure = pressures.get(rid)
+        if pressure is not None:
+            usage = min(1.0, max(0.0, c.stats.get("kv_cache_usage", 0.0)))
+            out[rid] = pressure * (1.0 + usage)
+        else:
+            out[rid] = approximate.get(rid, 0)
+    return out
 
 
 def _increment(counts: dict[Any, int], key: Any, by: int) -> None:
@@ -315,6 +384,8 @@ def request_tokens(request: RouteRequest) -> Sequence[int] | None:
 
 def index_key(request: RouteRequest) -> str:
     """One index per model and adapter (an adapter's KV differs from the base model's)."""
-    if request.lora_adapter:
-        return f"{request.model_id}\x00{request.lora_adapter}"
-    return request.model_id
+    return adapter_index_key(request.model_id, request.lora_adapter)
+
+
+def adapter_index_key(model_id: str, adapter: str | None) -> str:
+    return f"{model_id}\x00{adapter}" if adapter else model_id

@@ -43,6 +43,9 @@ class LoadConfig:
     metrics_urls: tuple[str, ...] = ()
     request_timeout_s: float = 600.0
     sample_interval_s: float = 1.0  # real seconds between per-replica load samples; 0 = off
+    # more ingresses in front of the same engines: requests go round-robin over
+    # (base_url, *more_base_urls)
+    more_base_urls: tuple[str, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -71,14 +74,18 @@ class LoadRunner:
         self.records: list[RequestRecord] = []
         self.start = 0.0
         self._stopped = False
+        self._base_urls = (config.base_url, *config.more_base_urls)
+        self._sent = 0
 
     def _scaled(self, simulated_s: float) -> float:
         return simulated_s / self.config.time_scale
 
     def _spec(self, session: Session, turn: int, messages: list[Message]) -> RequestSpec:
         config = self.config
+        base_url = self._base_urls[self._sent % len(self._base_urls)]
+        self._sent += 1
         return RequestSpec(
-            url=config.base_url.rstrip("/").removesuffix("/v1"), endpoint=config.endpoint,
+            url=base_url.rstrip("/").removesuffix("/v1"), endpoint=config.endpoint,
             model=session.model or config.model, messages=list(messages),
             max_tokens=session.turns[turn].output_len, session_id=session.session_id,
             turn=turn, send_session=session.is_multi_turn, ignore_eos=config.ignore_eos,

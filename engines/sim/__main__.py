@@ -9,6 +9,7 @@ import signal
 from collections.abc import Sequence
 
 from engines.sim.cluster import ClusterConfig, SimCluster
+from engines.sim.event_publisher import KVEventsConfig, KVEventsConfigError
 from engines.sim.profiles import DEFAULT_PROFILE, PROFILES
 
 
@@ -35,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--no-enable-prefix-caching", action="store_true")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--kv-events-config", default=None,
+                        help="vLLM's KVEventsConfig as JSON; replica k publishes on the "
+                        "endpoint's (and replay endpoint's) port + k")
     args = parser.parse_args(argv)
     if args.replicas < 1:
         parser.error("--replicas must be >= 1")
@@ -43,6 +47,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
     modules = dict(item.partition("=")[::2] for item in args.lora_modules)
     if any(not name or not path for name, path in modules.items()):
         parser.error("--lora-modules takes NAME=PATH items")
+    if args.kv_events_config is not None:
+        try:
+            KVEventsConfig.from_json(args.kv_events_config)
+        except KVEventsConfigError as exc:
+            parser.error(str(exc))
     return ClusterConfig(
         model_dir=args.model,
         num_replicas=args.replicas,
@@ -60,6 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
         served_model_name=args.served_model_name,
         enable_prefix_caching=not args.no_enable_prefix_caching,
         log_level=args.log_level,
+        kv_events_config=args.kv_events_config,
     )
 
 

@@ -14,6 +14,7 @@ import uvicorn
 
 from engines.sim.clock import Clock, ScaledClock
 from engines.sim.engine import EngineConfig
+from engines.sim.event_publisher import KVEventsConfig, ZmqEventPublisher
 from engines.sim.profiles import DEFAULT_PROFILE, get_profile
 from engines.sim.replica import ReplicaConfig, SimReplica
 from engines.sim.server import build_app
@@ -40,6 +41,14 @@ class ClusterConfig:
     served_model_name: str | None = None
     enable_prefix_caching: bool = True
     log_level: str = "warning"
+    kv_events_config: str | None = None  # vLLM's JSON; replica k publishes on ports + k
+
+    @property
+    def kv_events(self) -> KVEventsConfig | None:
+        if self.kv_events_config is None:
+            return None
+        config = KVEventsConfig.from_json(self.kv_events_config)
+        return config if config.enabled else None
 
     @property
     def model_name(self) -> str:
@@ -106,9 +115,14 @@ class SimCluster:
     async def start(self) -> None:
         _ = self.tokenizer.word_token_ids  # build the output vocabulary once, up front
         engine = self.config.engine_config()
+        events = self.config.kv_events
         for index in range(self.config.num_replicas):
             port = self.config.port + index if self.config.port else 0
             sock = _bind(self.config.host, port)
+            publisher = None
+            if events is not None:
+                publisher = ZmqEventPublisher(events.for_replica(index))
+                publisher.start()
             replica = SimReplica(
                 ReplicaConfig(
                     served_model_name=self.config.model_name,
@@ -119,6 +133,7 @@ class SimCluster:
                 ),
                 self.tokenizer,
                 self.clock,
+                publisher,
             )
             server = _Server(
                 uvicorn.Config(
@@ -157,6 +172,8 @@ class SimCluster:
         await self.wait()
         for replica in self.replicas:
             await replica.engine.stop()
+            if replica.publisher is not None:
+                await replica.publisher.close()
 
     async def __aenter__(self) -> SimCluster:
         await self.start()

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from engines.sim.clock import Clock
-from engines.sim.kv_cache import KVCache
+from engines.sim.kv_cache import CacheEvent, KVCache
 from engines.sim.metrics import EngineMetrics
 from engines.sim.profiles import Profile
 from engines.sim.request import RequestStatus, SimRequest
@@ -64,11 +64,14 @@ def plan_duration_s(profile: Profile, plan: StepPlan) -> float:
 
 
 class SimEngine:
-    def __init__(self, config: EngineConfig, clock: Clock, metrics: EngineMetrics) -> None:
+    def __init__(self, config: EngineConfig, clock: Clock, metrics: EngineMetrics,
+                 publish_events: Callable[[Sequence[CacheEvent]], None] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.metrics = metrics
-        self.kv_cache = KVCache(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.kv_cache = KVCache(config.num_blocks, config.block_size, config.enable_prefix_caching,
+                                record_events=publish_events is not None)
+        self._publish_events = publish_events
         self.scheduler = Scheduler(
             config.scheduler_config,
             self.kv_cache,
@@ -174,6 +177,8 @@ class SimEngine:
             async with self._step_lock:
                 await self.clock.sleep(duration_s)
                 self.num_steps += 1
+                if self._publish_events is not None:  # as vLLM: the step's events, then outputs
+                    self._publish_events(self.kv_cache.take_events())
                 self._deliver(self.scheduler.update(plan), start_s + duration_s)
 
     async def add_lora(self) -> None:

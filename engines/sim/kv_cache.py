@@ -19,6 +19,12 @@ The rules copied from vLLM 0.32 (``kv_cache_utils.py``, ``block_pool.py``,
   are taken from the front, dropping any hash they still carry (eviction).
 - Blocks are cached (hashed) when they are allocated for tokens that the step
   will compute, so a request admitted later in the same step can hit them.
+- ``NONE_HASH`` is vLLM's default (sha256 of the seed ``"vllm-none-hash"``), so with the
+  default ``sha256`` the simulator's block hashes are vLLM's, byte for byte.
+- With ``record_events``, it logs what vLLM's ``BlockPool`` reports as KV-cache events
+  (``block_pool.py``): one :class:`StoredBlocks` per call that caches new full blocks of a
+  request (their hashes, the parent's, their tokens, the adapter), one
+  :class:`RemovedBlock` per evicted hashed block; ``take_events`` drains the log.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 BlockHash = bytes
 ExtraKeys = tuple[tuple[str, ...], ...]
 
-NONE_HASH: BlockHash = hashlib.sha256(b"llmserve-sim-none-hash").digest()
+NONE_HASH: BlockHash = hashlib.sha256(pickle.dumps("vllm-none-hash", protocol=5)).digest()
 
 
 def hash_block_tokens(
@@ -71,6 +78,46 @@ def extend_block_hashes(
         extra = block_extra_keys(len(hashes), lora, cache_salt)
         hashes.append(hash_block_tokens(parent, token_ids[start : start + block_size], extra))
         start += block_size
+
+
+class BlockSource(Protocol):
+    """What a cached block's event says about the request that computed it."""
+
+    @property
+    def all_token_ids(self) -> Sequence[int]: ...
+
+    @property
+    def lora_key(self) -> tuple[str, str] | None: ...
+
+    @property
+    def cache_salt(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class StoredBlocks:
+    """vLLM's ``BlockStored``: full blocks a request cached, in chain order."""
+
+    block_hashes: tuple[BlockHash, ...]
+    parent_block_hash: BlockHash | None
+    token_ids: tuple[int, ...]
+    block_size: int
+    lora_name: str | None
+    extra_keys: tuple[tuple[str, ...] | None, ...]  # one entry per block, as vLLM's
+
+
+@dataclass(frozen=True)
+class RemovedBlock:
+    """vLLM's ``BlockRemoved`` (one per evicted block, as vLLM sends them)."""
+
+    block_hash: BlockHash
+
+
+CacheEvent = StoredBlocks | RemovedBlock
+
+
+def _event_extra_keys(keys: ExtraKeys | None) -> tuple[str, ...] | None:
+    """vLLM's ``to_event_extra_keys`` for one block: the keys without their tags."""
+    return None if keys is None else tuple(key[1] for key in keys)
 
 
 class KVBlock:
@@ -130,7 +177,8 @@ class PrefixCacheStats:
 class KVCache:
     """Block pool + per-request block tables (vLLM's ``BlockPool`` + ``KVCacheManager``)."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True,
+                 record_events: bool = False) -> None:
         if num_blocks < 2:
             raise ValueError("num_blocks must be >= 2 (block 0 is the null block)")
         if block_size < 1:
@@ -146,6 +194,14 @@ class KVCache:
         self._req_blocks: dict[str, list[KVBlock]] = {}
         self._req_num_cached: dict[str, int] = {}
         self.stats = PrefixCacheStats()
+        self._events: list[CacheEvent] | None = [] if record_events else None
+
+    def take_events(self) -> list[CacheEvent]:
+        """The events since the last call (none unless ``record_events``)."""
+        events = self._events or []
+        if self._events:
+            self._events = []
+        return events
 
     # -- observation -----------------------------------------------------------------
 
@@ -206,11 +262,13 @@ class KVCache:
         num_tokens_after_step: int,
         num_known_tokens: int,
         hit: PrefixHit | None = None,
+        source: BlockSource | None = None,
     ) -> bool:
         """Hold blocks for ``num_tokens_after_step`` tokens; False (no change) if they don't fit.
 
         ``num_known_tokens`` is the request's token count (prompt + sampled
-        outputs): only blocks of known tokens are hashed.
+        outputs): only blocks of known tokens are hashed. ``source`` (the request) fills
+        in the events' tokens and adapter.
         """
         hit_blocks = hit.blocks if hit else ()
         needed = self.num_blocks_needed(request_id, num_tokens_after_step, hit)
@@ -224,7 +282,7 @@ class KVCache:
             self._req_num_cached[request_id] = len(held)
         held.extend(self._take_free(needed))
         num_full = min(num_tokens_after_step, num_known_tokens) // self.block_size
-        self._cache_full_blocks(request_id, block_hashes, num_full)
+        self._cache_full_blocks(request_id, block_hashes, num_full, source)
         return True
 
     def free(self, request_id: str) -> None:
@@ -253,6 +311,8 @@ class KVCache:
     def _evict(self, block: KVBlock) -> None:
         if block.block_hash is None:
             return
+        if self._events is not None:
+            self._events.append(RemovedBlock(block.block_hash))
         holders = self._cached.get(block.block_hash, {})
         holders.pop(block.block_id, None)
         if not holders:
@@ -274,7 +334,11 @@ class KVCache:
             self._free.move_to_end(block.block_id, last=False)
 
     def _cache_full_blocks(
-        self, request_id: str, block_hashes: Sequence[BlockHash], num_full: int
+        self,
+        request_id: str,
+        block_hashes: Sequence[BlockHash],
+        num_full: int,
+        source: BlockSource | None = None,
     ) -> None:
         if not self.enable_caching:
             return
@@ -288,3 +352,23 @@ class KVCache:
                 self._cached.setdefault(block.block_hash, {})[block.block_id] = block
         if end > start:
             self._req_num_cached[request_id] = end
+            if self._events is not None and source is not None:
+                self._events.append(self._stored(block_hashes, start, end, source))
+
+    def _stored(
+        self, block_hashes: Sequence[BlockHash], start: int, end: int, source: BlockSource
+    ) -> StoredBlocks:
+        size = self.block_size
+        lora = source.lora_key
+        extra = tuple(
+            _event_extra_keys(block_extra_keys(i, lora, source.cache_salt))
+            for i in range(start, end)
+        )
+        return StoredBlocks(
+            tuple(block_hashes[start:end]),
+            block_hashes[start - 1] if start else None,
+            tuple(source.all_token_ids[start * size : end * size]),
+            size,
+            lora[0] if lora else None,
+            extra,
+        )

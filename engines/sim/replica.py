@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from engines.sim.clock import Clock
 from engines.sim.engine import EngineConfig, SimEngine
 from engines.sim.errors import BadRequest, NotFound
+from engines.sim.event_publisher import ZmqEventPublisher
 from engines.sim.metrics import EngineMetrics
 from engines.sim.request import LoraRef
 from engines.sim.tokenizer import Tokenizer
@@ -24,12 +25,15 @@ class ReplicaConfig:
 
 
 class SimReplica:
-    def __init__(self, config: ReplicaConfig, tokenizer: Tokenizer, clock: Clock) -> None:
+    def __init__(self, config: ReplicaConfig, tokenizer: Tokenizer, clock: Clock,
+                 publisher: ZmqEventPublisher | None = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.clock = clock
         self.metrics = EngineMetrics(config.served_model_name, config.engine.max_loras)
-        self.engine = SimEngine(config.engine, clock, self.metrics)
+        self.publisher = publisher
+        self.engine = SimEngine(config.engine, clock, self.metrics,
+                                publisher.publish if publisher is not None else None)
         self.loras: dict[str, str] = {}
         self.created = int(time.time())
         self.engine_id = uuid.uuid4().hex

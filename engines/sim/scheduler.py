@@ -185,6 +185,7 @@ class Scheduler:
             request.block_hashes,
             request.num_computed_tokens + num_new,
             request.num_tokens,
+            source=request,
         ):
             victim = self.running.pop()
             self._preempt(victim)
@@ -241,6 +242,7 @@ class Scheduler:
                 num_computed + num_new,
                 request.num_tokens,
                 hit,
+                source=request,
             ):
                 break
             if looked_up:
@@ -274,7 +276,12 @@ class Scheduler:
         """Allocate blocks for KV pulled from a prefill engine and start the transfer."""
         num_computed = hit.num_tokens + num_external
         if not self.kv_cache.allocate(
-            request.request_id, request.block_hashes, num_computed, request.num_tokens, hit
+            request.request_id,
+            request.block_hashes,
+            num_computed,
+            request.num_tokens,
+            hit,
+            source=request,
         ):
             return False
         self.kv_cache.record_lookup(request.num_tokens, hit.num_tokens, False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from llmserve.lora.directory import WorkerAdapter
 from llmserve.lora.settings import LoraSettings, lora_settings
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.openai.key_policy import policies_from_file
+from llmserve.openai.kv_events import EventSource
 from llmserve.openai.tls import client_ssl_context
 from llmserve.openai.workers import (
     DEFAULT_STARTUP_TIMEOUT_S,
@@ -31,7 +33,7 @@ KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_
               "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
               "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s",
-              "worker_lora_config", "worker_model_id"}
+              "worker_lora_config", "worker_model_id", "worker_kv_events"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
@@ -63,7 +65,10 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     ``max_ongoing_requests_per_model``: beyond it a model answers 429 with Retry-After,
     ``ingress_deployment_config``) and ``worker_urls`` to front engine servers that are
     already running instead of launching any (``worker_model_id``: the name clients
-    use for the one model those workers serve, whatever name they serve it under).
+    use for the one model those workers serve, whatever name they serve it under;
+    ``worker_kv_events``: for each of them in the same order, where it publishes
+    KV-cache events, ``"tcp://HOST:PORT"`` or ``"tcp://HOST:PORT,tcp://HOST:REPLAY_PORT"``
+    with its replay socket, ``""`` for none).
     """
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - KNOWN_ARGS)
@@ -89,7 +94,7 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S),
         _worker_lora(merged.get("worker_lora_config")),
         model_id=str(merged.get("worker_model_id") or ""))
-    sources += found
+    sources += with_worker_kv_events(found, urls, merged.get("worker_kv_events"))
     _check_unique([s.model_id for s in sources]
                   + [name for s in sources if s.lora for name in s.lora.static])
     settings = _settings(merged)
@@ -179,6 +184,28 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
              for model, group in by_model.items()]
     return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
                                  startup_timeout_s, model_id=model_id)
+
+
+def with_worker_kv_events(found: Sequence[ModelSource], urls: Sequence[str],
+                          value: Sequence[str] | None) -> list[ModelSource]:
+    """``found`` with each worker's KV-event endpoints (``worker_kv_events``: one
+    ``"ENDPOINT[,REPLAY_ENDPOINT]"`` or ``""`` per URL, in order)."""
+    if not value:
+        return list(found)
+    if isinstance(value, str) or len(value) != len(urls):
+        raise ConfigError(f"worker_kv_events needs one entry per worker URL ({len(urls)}), "
+                          f"in the same order; got {value!r}")
+    events: dict[str, tuple[str, str | None]] = {}
+    for url, entry in zip(urls, value, strict=True):
+        parts = [p.strip() for p in str(entry).split(",")] if entry else []
+        if len(parts) > 2 or not all(p.startswith(("tcp://", "ipc://")) for p in parts):
+            raise ConfigError(f"worker_kv_events entry {entry!r}: expected "
+                              "tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT] or ''")
+        if parts:
+            events[base_url(url)] = (parts[0], parts[1] if len(parts) == 2 else None)
+    return [replace(source, kv_events=tuple(
+        EventSource(u, *events[u]) if u in events else None for u in source.urls))
+        for source in found]
 
 
 def _positive_float(args: Mapping[str, Any], name: str, default: float) -> float:

@@ -24,6 +24,7 @@ from engines.process import EngineProcess, free_port, kill_group
 from engines.protocol import EngineSpec
 from engines.registry import make_engine
 from llmserve.llm.config import LLMConfig
+from llmserve.llm.kv_events_config import EventAddresses, with_kv_events
 from llmserve.llm.server_calls import OpenAICalls
 from llmserve.serve.context import NODE_IP_ENV
 
@@ -50,6 +51,7 @@ class EngineEndpointInfo:
     ready: bool
     restarts: int
     pid: int | None = None
+    kv_events: EventAddresses | None = None  # where the engine publishes KV-cache events
 
 
 class LLMServer(OpenAICalls):
@@ -73,12 +75,14 @@ class LLMServer(OpenAICalls):
         kwargs: dict[str, Any] = {"python_executable": cfg.runtime_env.python} \
             if cfg.runtime_env.python else {}
         host = os.environ.get(NODE_IP_ENV, "127.0.0.1")  # reachable from the ingress
+        engine_kwargs, self.kv_events = with_kv_events(cfg.llm_engine, cfg.engine_kwargs, host,
+                                                       cfg.routing_config)
         return EngineSpec(
             model_source=cfg.model_loading_config.source,
             served_model_name=cfg.model_id,
             host=host,
             port=free_port(host),
-            engine_kwargs=cfg.engine_kwargs,
+            engine_kwargs=engine_kwargs,
             env=env,
             tokenizer_source=cfg.model_loading_config.tokenizer_source,
             **kwargs,
@@ -138,7 +142,7 @@ class LLMServer(OpenAICalls):
     async def endpoint(self) -> EngineEndpointInfo:
         return EngineEndpointInfo(self.replica_id, self.config.model_id, self.spec.base_url,
                                   self.engine.name, self.process.is_alive, self.restarts,
-                                  self.process.pid)
+                                  self.process.pid, self.kv_events)
 
     async def check_health(self) -> None:
         if self._supervisor.done():

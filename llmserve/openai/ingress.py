@@ -45,6 +45,8 @@ from llmserve.openai.errors import (
     error_response,
 )
 from llmserve.openai.key_policy import KeyPolicy
+from llmserve.openai.kv_events import HUB as KV_EVENTS_HUB
+from llmserve.openai.kv_events import EventSource
 from llmserve.openai.metrics import IngressMetrics
 from llmserve.openai.openapi import openapi_document
 from llmserve.openai.pd_metrics import PDMetrics
@@ -156,6 +158,7 @@ class ModelSource:
     log_engine_metrics: bool = True  # list its engines at /metrics/engines
     lora: LoraSettings | None = None  # adapters the gateway loads on demand (docs/lora.md)
     adapters: tuple[WorkerAdapter, ...] = ()  # adapters the workers at ``urls`` list
+    kv_events: tuple[EventSource | None, ...] = ()  # per URL: where it publishes KV events
 
 
 class OpenAiIngress:
@@ -166,7 +169,7 @@ class OpenAiIngress:
         self.sources = {m.model_id: m for m in models}
         self.pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.engine, dict(m.routing_config), m.handle,
-                                  m.urls) for m in models
+                                  m.urls, m.kv_events) for m in models
         }
         self.prefill_pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.prefill.engine, dict(m.prefill.routing_config),
@@ -188,6 +191,7 @@ class OpenAiIngress:
         # tokenizers load before the first request, not during it (transformers: seconds)
         await asyncio.gather(*(r.wait_loaded() for r in self.prompts.values()))
         self.metrics = IngressMetrics(self.pools)
+        self.metrics.registry.register(KV_EVENTS_HUB)  # llmserve_kv_events_*
         pd_metrics = PDMetrics(self.metrics.registry) if self.prefill_pools else None
         self.disaggregated = {
             model: DisaggregatedFlow(prefill, self.pools[model], self.relay, self.metrics,

@@ -22,6 +22,7 @@ from engines.registry import make_engine
 from llmserve.lora.residency import ReplicaAdapters
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
+from llmserve.openai.kv_events import EventSource, KVEventFeed, attach_feed
 from llmserve.openai.tls import client_ssl_context
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.decision import RANKED, SINGLE, RoutingDecision
@@ -44,6 +45,7 @@ class Endpoint:
     consecutive_failures: int = 0  # stats reads and connects in a row (see breaker.py)
     restarts: int = 0  # of its engine process, as its LLMServer reports
     lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)  # adapters loaded there
+    kv_events: EventSource | None = None
 
     def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
@@ -55,7 +57,8 @@ class ModelPool:
     """The engines serving one model id and the policy that picks among them."""
 
     def __init__(self, model_id: str, engine: Engine, policy: RoutingPolicy,
-                 handle: Any = None, urls: Sequence[str] = ()) -> None:
+                 handle: Any = None, urls: Sequence[str] = (),
+                 kv_events: Sequence[EventSource | None] = ()) -> None:
         self.model_id = model_id
         self.engine = engine
         self.handle = handle
@@ -63,6 +66,18 @@ class ModelPool:
         self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
         self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
         self.dispatcher = Dispatcher(policy, list(self.endpoints))
+        for endpoint, source in zip(self.endpoints.values(), kv_events, strict=False):
+            endpoint.kv_events = source
+        # the engines' KV events, when they publish them (launched engines may)
+        self.kv_feed: KVEventFeed | None = None
+        if handle is not None or any(kv_events):
+            self.kv_feed = attach_feed(model_id, policy)
+        self._update_kv_feed()
+
+    def _update_kv_feed(self) -> None:
+        if self.kv_feed is not None:
+            self.kv_feed.update(e.kv_events for e in self.endpoints.values()
+                                if e.kv_events is not None)
 
     @property
     def policy(self) -> RoutingPolicy:
@@ -163,8 +178,9 @@ class ModelPool:
                 log.debug("no endpoint from %s: %r", rid, exc)
                 continue
             current = self.endpoints.get(rid)
-            if current is None or current.url != info.url:
-                self.endpoints[rid] = Endpoint(rid, info.url, info.ready)
+            kv_events = _event_source(rid, info)
+            if current is None or current.url != info.url or current.kv_events != kv_events:
+                self.endpoints[rid] = Endpoint(rid, info.url, info.ready, kv_events=kv_events)
                 changed = True
             else:
                 current.ready = info.ready and current.ready
@@ -173,6 +189,7 @@ class ModelPool:
             self.endpoints[rid].restarts = info.restarts
         if changed:
             self.dispatcher.set_replicas(list(self.endpoints))
+            self._update_kv_feed()
 
     async def refresh_stats(self, client: httpx.AsyncClient) -> None:
         await asyncio.gather(*(self._read_stats(client, e) for e in self.endpoints.values()))
@@ -186,6 +203,15 @@ class ModelPool:
             self.note_success(endpoint)
         except (httpx.HTTPError, ValueError) as exc:
             self.note_failure(endpoint, f"stats: {exc!r}")
+
+
+def _event_source(replica_id: str, info: Any) -> EventSource | None:
+    """Where the replica's engine publishes KV events (``EngineEndpointInfo.kv_events``)."""
+    addresses = info.kv_events
+    if addresses is None:
+        return None
+    endpoint, replay, topic = addresses
+    return EventSource(replica_id, endpoint, replay, topic)
 
 
 class EngineDirectory:
@@ -218,20 +244,24 @@ class EngineDirectory:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for pool in self.pools.values():
+            if pool.kv_feed is not None:
+                await pool.kv_feed.close()
         await self.client.aclose()
 
 
 # routing_config keys read by the ingress itself, not passed to the policy
-GATEWAY_ROUTING_KEYS = ("tokenizer_source",)
+GATEWAY_ROUTING_KEYS = ("tokenizer_source", "kv_events")
 
 
 def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
-              handle: Any = None, urls: Sequence[str] = ()) -> ModelPool:
+              handle: Any = None, urls: Sequence[str] = (),
+              kv_events: Sequence[EventSource | None] = ()) -> ModelPool:
     options = {k: v for k, v in routing_config.items() if k not in GATEWAY_ROUTING_KEYS}
     name = options.pop("policy", DEFAULT_POLICY)
     if "block_size" in options and not policy_accepts(name, "block_size"):
         options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
     policy = make_policy(name, **options)
-    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls)
+    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls, kv_events)
     pool.policy_name = name
     return pool
