@@ -93,11 +93,12 @@ def gateway(worker_urls: Sequence[str], policy: str, port: int,
 
 
 @contextlib.contextmanager
-def serving(args: Sequence[str], log_path: Path, url: str) -> Iterator[str]:
+def serving(args: Sequence[str], log_path: Path, url: str,
+            ready_timeout_s: float = 60.0) -> Iterator[str]:
     """Run ``python ARGS`` until the block ends; yields ``url`` once its /v1/models answers."""
     proc = _spawn(args, log_path)
     try:
-        wait_http_ok(f"{url}/v1/models", 60, proc)
+        wait_http_ok(f"{url}/v1/models", ready_timeout_s, proc)
         yield url
     finally:
         stop(proc)
