@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -131,6 +132,13 @@ class Versioned:
         return self.version
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def test_redeploy_rolls_replicas_without_dropping_requests() -> None:
     serve.run(Versioned.bind("v1"), port=0)
     url = serve.http_url()
@@ -146,9 +154,9 @@ def test_redeploy_rolls_replicas_without_dropping_requests() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         workers = [pool.submit(load) for _ in range(4)]
-        time.sleep(0.3)
+        wait_until(lambda: seen["v1"] >= 4)  # load is flowing before the redeploy
         serve.run(Versioned.bind("v2"), port=0)
-        time.sleep(0.3)
+        wait_until(lambda: seen["v2"] >= 4)
         stop = True
         for w in workers:
             w.result()
