@@ -96,7 +96,8 @@ def gateway(urls: Sequence[str], routing: Mapping[str, Any], lora_dir: Path, slo
     args = ["-m", "llmserve.cli", "--log-level", "WARNING", "serve", "--port", str(port),
             "--routing-config", json.dumps(dict(routing)), "--worker-urls", *urls,
             "--lora-dir", str(lora_dir), "--max-loras-per-replica", str(slots)]
-    with serving(args, log, f"http://127.0.0.1:{port}") as url:
+    # it reads peft/torch before it serves: allow for a slow start on a busy machine
+    with serving(args, log, f"http://127.0.0.1:{port}", ready_timeout_s=300) as url:
         yield url
 
 

@@ -1,5 +1,5 @@
-"""Prometheus metrics of LoRA adapter serving, all labelled by ``model_name`` (the adapter's
-public id), plus the adapters resident on each replica (labelled by base model and replica)."""
+"""Prometheus metrics of LoRA adapter serving, labelled by ``model_name``: the adapter's
+id, except for the adapters resident on a replica (the base model's id and the replica)."""
 
 from __future__ import annotations
 
@@ -30,4 +30,4 @@ class LoraMetrics:
                                 ["model_name", "resident"], registry=r)
         self.resident = Gauge("llmserve_lora_adapters_resident",
                               "Adapters resident on each engine replica",
-                              ["base_model", "replica"], registry=r)
+                              ["model_name", "replica"], registry=r)

@@ -73,3 +73,37 @@ def test_worker_urls_with_lora_dir_loads_into_the_workers(tmp_path: Path) -> Non
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
+
+
+def finished(engine_url: str) -> int:
+    """Requests the engine finished (its ``vllm:request_success_total``)."""
+    lines = httpx.get(f"{engine_url}/metrics").text.splitlines()
+    return int(sum(float(line.rpartition(" ")[2]) for line in lines
+                   if line.startswith("vllm:request_success_total{")))
+
+
+def test_worker_adapters_go_only_to_the_workers_listing_them(tmp_path: Path) -> None:
+    model = cached_tiny_model(num_loras=3)
+    with_adapter, without, port = free_port(), free_port(), free_port()
+    adapter = f"only-here={model / 'loras' / 'lora-0'}"
+    with sim_cluster(str(model), 1, with_adapter, "tiny-cpu", 1.0, tmp_path / "a.log",
+                     ("--served-model-name", "base", "--lora-modules", adapter)) as listing, \
+            sim_cluster(str(model), 1, without, "tiny-cpu", 1.0, tmp_path / "b.log",
+                        ("--served-model-name", "base")) as other:
+        proc = serve_cli("--worker-urls", *listing, *other, "--port", str(port),
+                         "--routing", "round_robin")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http_ok(f"{url}/v1/models", 90, proc)
+            cards = {c["id"]: c for c in httpx.get(f"{url}/v1/models").json()["data"]}
+            assert set(cards) == {"base", "only-here"}
+            assert cards["only-here"]["parent"] == "base"
+            for _ in range(6):  # round robin would alternate; the adapter pins the worker
+                answer = httpx.post(f"{url}/v1/completions", timeout=30, json={
+                    "model": "only-here", "prompt": "hi", "max_tokens": 2})
+                assert answer.status_code == 200, answer.text
+            assert [finished(u) for u in (*listing, *other)] == [6, 0]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
