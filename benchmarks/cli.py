@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks.loadgen.client import CHAT, COMPLETIONS
 from benchmarks.loadgen.cpu import MAX_CLIENT_CPU_UTIL
 from benchmarks.loadgen.plots import plot_all
+from benchmarks.loadgen.progress import ProgressBar
 from benchmarks.loadgen.report import build_result, format_summary, result_name, write_result
 from benchmarks.loadgen.runner import LoadConfig, run_load
 from benchmarks.loadgen.stats import parse_goodput
@@ -131,7 +132,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         sample_interval_s=args.sample_interval)
     print(f"{workload.name}: {len(workload.sessions)} sessions, {workload.num_requests} "
           f"requests -> {config.base_url}{config.endpoint} ({config.mode})", flush=True)
-    run = run_load(workload, config)
+    run = run_load(workload, config, progress=ProgressBar(workload.num_requests))
     result = build_result(workload, config, run, slo_ms=slo, label=args.label,
                           max_client_cpu_util=args.max_client_cpu_util)
     name = result_name(result)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from llmserve.engine_flags import split_engine_flags
 from llmserve.log_setup import LOG_FORMATS, configure_logging
 from llmserve.serve.exceptions import ConfigError, DeployFailedError
 from llmserve.tracing_setup import configure_tracing_from_env
@@ -98,10 +99,14 @@ def _serve(args: argparse.Namespace) -> int:
     from llmserve import serve
     from llmserve.llm import LLMConfig, build_openai_app
 
+    _check_model_args(args)
     routing = _routing_config(args)
     app_args: dict[str, Any] = {}
     if args.worker_urls:
+        _check_worker_url_args(args)
         app_args["worker_urls"] = args.worker_urls
+        if args.model_id:  # the name clients use, mapped onto the workers' served name
+            app_args["worker_model_id"] = args.model_id
         lora = _lora_config(args)  # adapters the gateway loads into the workers on demand
         if lora is not None:
             app_args["worker_lora_config"] = lora
@@ -114,10 +119,11 @@ def _serve(args: argparse.Namespace) -> int:
             app_args["routing_config"] = routing
     else:
         if not args.model:
-            raise ConfigError("llmserve serve needs --model PATH (or --worker-urls URL ...)")
+            raise ConfigError("llmserve serve needs a MODEL (a model directory: "
+                              "`llmserve serve DIR`), or --worker-urls URL ...")
         if args.worker_startup_timeout_secs is not None:
             raise ConfigError("--worker-startup-timeout-secs needs --worker-urls")
-        engine_kwargs = _engine_kwargs(args.engine_arg)
+        engine_kwargs = _merged_engine_kwargs(args)
         if args.engine == "vllm":
             from engines.vllm.engine import default_cli_kwargs
 
@@ -127,7 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
                                      "model_source": args.model},
             "llm_engine": args.engine,
             "engine_kwargs": engine_kwargs,
-            "deployment_config": {"num_replicas": args.replicas},
+            "deployment_config": {"num_replicas": args.replicas or 1},
         }
         if routing:
             config["routing_config"] = routing
@@ -151,6 +157,37 @@ def _serve(args: argparse.Namespace) -> int:
     print(_snippet(url or "", args), flush=True)
     serve.run_until_signal()
     return 0
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """MODEL (positional, as `vllm serve MODEL`) and --model name the same thing."""
+    if args.model_path and args.model and args.model_path != args.model:
+        raise ConfigError(f"MODEL {args.model_path!r} and --model {args.model!r} differ; "
+                          "give one of them")
+    args.model = args.model or args.model_path
+
+
+def _check_worker_url_args(args: argparse.Namespace) -> None:
+    """Options that only apply to engines llmserve launches are refused with --worker-urls
+    (the workers were started with their own flags)."""
+    given = [flag for flag, value in (("--replicas", args.replicas),
+                                      ("--engine-arg", args.engine_arg),
+                                      ("engine flags", args.engine_flags)) if value]
+    if given:
+        extra = f" ({', '.join('--' + k.replace('_', '-') for k in args.engine_flags)})" \
+            if args.engine_flags else ""
+        raise ConfigError(f"{', '.join(given)}{extra} configure engines llmserve launches; "
+                          "with --worker-urls set them on the workers themselves")
+
+
+def _merged_engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine flags given as themselves plus ``--engine-arg KEY=VALUE`` pairs."""
+    flags: dict[str, Any] = dict(args.engine_flags)
+    pairs = _engine_kwargs(args.engine_arg)
+    both = sorted(set(flags) & set(pairs))
+    if both:
+        raise ConfigError(f"engine flag(s) {both} given both as --flag and as --engine-arg")
+    return {**flags, **pairs}
 
 
 def _lora_config(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -242,6 +279,23 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return make_tiny_model_cli(argv)
 
 
+SERVE_DESCRIPTION = """\
+Serve one model behind the OpenAI API: launch its engine replicas (vLLM, SGLang or the
+simulator) or front engine servers that already run (--worker-urls).
+
+Every --flag this command does not know goes to the engine unchanged, as with
+`vllm serve MODEL [flags]`: put engine flags after MODEL. A flag takes the words after it
+up to the next --flag (none: a bare switch); --flag=value takes exactly one."""
+
+SERVE_EXAMPLES = """\
+examples:
+  llmserve make-tiny-model /tmp/tiny
+  llmserve serve /tmp/tiny --served-model-name tiny --max-model-len 1024
+  llmserve serve /tmp/tiny --engine sim --replicas 2 --routing least_loaded
+  llmserve serve --worker-urls http://10.0.0.5:8001 https://10.0.0.6 --model-id tiny
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmserve", description="llmserve command line")
     parser.add_argument("--version", action="version", version=f"llmserve {_version()}")
@@ -280,36 +334,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=None)
     run.set_defaults(handler=_run)
 
-    srv = add_command("serve", "serve one model behind the OpenAI API")
-    srv.add_argument("--model", help="model directory (or tokenizer directory for sim); with "
-                     "--worker-urls, the engines' model files, used for its tokenizer")
-    srv.add_argument("--model-id", help="the name clients use (default: directory name)")
-    srv.add_argument("--engine", default="vllm", choices=["vllm", "sim", "sglang"])
-    srv.add_argument("--replicas", type=int, default=1)
+    srv = add_command("serve", "serve one model behind the OpenAI API (engine flags "
+                               "after MODEL go to the engine, as with `vllm serve`)")
+    srv.description = SERVE_DESCRIPTION
+    srv.epilog = SERVE_EXAMPLES
+    srv.formatter_class = argparse.RawDescriptionHelpFormatter
+    srv.add_argument("model_path", nargs="?", metavar="MODEL",
+                     help="model directory (for --engine sim: its tokenizer); same as "
+                          "--model")
+    srv.add_argument("--model", help="model directory, as MODEL; with --worker-urls: the "
+                     "engines' model files, whose tokenizer prefix-aware routing uses")
+    srv.add_argument("--model-id", "--served-model-name", dest="model_id",
+                     help="the model name clients send (default: MODEL's directory name); "
+                          "with --worker-urls: mapped onto the name the workers serve")
+    srv.add_argument("--engine", default="vllm", choices=["vllm", "sim", "sglang"],
+                     help="engine to launch, or with --worker-urls the workers' kind "
+                          "(default: vllm; sim: the built-in simulator, no model needed)")
+    srv.add_argument("--replicas", type=int, default=None,
+                     help="engine replicas to launch (default 1)")
     srv.add_argument("--prefill-replicas", type=int, default=None, metavar="N",
                      help="serve with prefill/decode disaggregation: N prefill engines "
                           "(docs/pd.md)")
     srv.add_argument("--decode-replicas", type=int, default=None, metavar="M",
                      help="with prefill/decode disaggregation: M decode engines")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     srv.add_argument("--api-key", action="append", default=[],
                      help="accepted API key (repeatable; visible in `ps`: prefer "
                           "--api-key-file or LLMSERVE_API_KEYS); none = no auth")
     srv.add_argument("--api-key-file", metavar="PATH",
                      help="file with the accepted API keys, one a line")
-    srv.add_argument("--routing", help="routing policy name (see routing/)")
+    srv.add_argument("--routing", help="routing policy: prefix_aware (default), "
+                     "least_loaded, power_of_two, round_robin, session_affinity, scored")
     srv.add_argument("--routing-config", metavar="JSON",
                      help='full routing_config, e.g. \'{"policy": "prefix_aware", '
                           '"balance_abs_threshold": 64}\' (--routing overrides its policy)')
-    srv.add_argument("--worker-urls", nargs="+", default=[],
-                     help="front engine servers instead of launching any; those not up yet "
-                          "are taken in when they answer")
+    srv.add_argument("--worker-urls", nargs="+", default=[], metavar="URL",
+                     help="front engine servers (http:// or https://) instead of launching "
+                          "any; those not up yet are taken in when they answer")
     srv.add_argument("--worker-startup-timeout-secs", type=float, default=None,
                      help="with --worker-urls: how long to wait for a worker to come up "
                           "before reporting it failed on /health (default 600)")
     srv.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
-                     help="engine flag passed unchanged (repeatable), e.g. max_model_len=1024")
+                     help="engine flag as KEY=VALUE (repeatable), e.g. max_model_len=1024; "
+                          "the same as --max-model-len 1024 after MODEL")
     srv.add_argument("--lora-dir", metavar="PATH_OR_URI",
                      help="folder of LoRA adapters (local, file:// or s3://), loaded on demand; "
                           "request one as MODEL_ID:ADAPTER")
@@ -362,14 +431,50 @@ def _add_global_options(parser: argparse.ArgumentParser, log_level_default: str)
                              "the access log has one line per request either way")
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed command line; for `serve`, the --flags it does not know become
+    ``engine_flags`` (engine kwargs) instead of errors."""
+    parser = build_parser()
+    at = _command_index(argv)
+    engine_flags: dict[str, Any] = {}
+    if at is not None and argv[at] == "serve":
+        known = _subparser(parser, "serve")._option_string_actions
+        split = split_engine_flags(argv[at + 1:], known)
+        argv = [*argv[:at + 1], *split.own]
+        engine_flags = split.engine_kwargs
+    args = parser.parse_args(argv)
+    args.engine_flags = engine_flags
+    return args
+
+
+def _command_index(argv: Sequence[str]) -> int | None:
+    """Where the subcommand is (global options may come before it)."""
+    skip = False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+        elif token in ("--log-level", "--log-format"):
+            skip = True
+        elif not token.startswith("-"):
+            return i
+    return None
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise KeyError(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own parser, flags as `vllm bench serve`
         from benchmarks.cli import bench_main
 
         return bench_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     configure_tracing_from_env()
     handler: Callable[[argparse.Namespace], int] = args.handler

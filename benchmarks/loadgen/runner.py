@@ -21,6 +21,7 @@ import aiohttp
 
 from benchmarks.loadgen.client import CHAT, Message, RequestSpec, send
 from benchmarks.loadgen.cpu import CpuMeter, ThreadCpuMeter
+from benchmarks.loadgen.progress import TICK_S, ProgressBar
 from benchmarks.loadgen.records import RequestRecord
 from benchmarks.loadgen.replica_metrics import COUNTERS, GAUGES, metrics_url, scrape
 from benchmarks.loadgen.schedule import arrival_times
@@ -170,7 +171,8 @@ def _new_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def _run_in_thread(main: Callable[[], Coroutine[Any, Any, RunResult]]) -> RunResult:
+def _run_in_thread(main: Callable[[], Coroutine[Any, Any, RunResult]],
+                   tick: Callable[[], None] | None = None) -> RunResult:
     results: list[RunResult] = []
     errors: list[BaseException] = []
 
@@ -183,13 +185,22 @@ def _run_in_thread(main: Callable[[], Coroutine[Any, Any, RunResult]]) -> RunRes
 
     thread = threading.Thread(target=target, name="llmserve-bench-loadgen", daemon=True)
     thread.start()
-    thread.join()
+    while thread.is_alive():
+        thread.join(TICK_S if tick is not None else None)
+        if tick is not None:
+            tick()
     if errors:
         raise errors[0]
     return results[0]
 
 
-def run_load(workload: Workload, config: LoadConfig, meter: CpuMeter | None = None) -> RunResult:
-    """Run the whole workload; blocks (from async code: ``asyncio.to_thread(run_load, ...)``)."""
+def run_load(workload: Workload, config: LoadConfig, meter: CpuMeter | None = None,
+             progress: ProgressBar | None = None) -> RunResult:
+    """Run the whole workload; blocks (from async code: ``asyncio.to_thread(run_load, ...)``).
+    ``progress`` is redrawn from this thread every ``TICK_S`` while the load runs."""
     runner = LoadRunner(workload, config)
-    return _run_in_thread(lambda: runner.run(meter or ThreadCpuMeter()))
+    tick = None if progress is None else lambda: progress.update(runner.records)
+    result = _run_in_thread(lambda: runner.run(meter or ThreadCpuMeter()), tick)
+    if progress is not None:
+        progress.finish(runner.records)
+    return result

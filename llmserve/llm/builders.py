@@ -15,6 +15,7 @@ from llmserve.lora.directory import WorkerAdapter
 from llmserve.lora.settings import LoraSettings, lora_settings
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.openai.key_policy import policies_from_file
+from llmserve.openai.tls import client_ssl_context
 from llmserve.openai.workers import (
     DEFAULT_STARTUP_TIMEOUT_S,
     PendingWorkers,
@@ -30,7 +31,7 @@ KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_
               "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
               "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s",
-              "worker_lora_config"}
+              "worker_lora_config", "worker_model_id"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
 
 
@@ -61,7 +62,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     plus ingress options (``api_keys``, ``max_request_body_bytes``, ``request_timeout_s``,
     ``max_ongoing_requests_per_model``: beyond it a model answers 429 with Retry-After,
     ``ingress_deployment_config``) and ``worker_urls`` to front engine servers that are
-    already running instead of launching any.
+    already running instead of launching any (``worker_model_id``: the name clients
+    use for the one model those workers serve, whatever name they serve it under).
     """
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - KNOWN_ARGS)
@@ -85,7 +87,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
         urls, merged.get("worker_engine", "vllm"),
         merged.get("routing_config") or {"policy": "prefix_aware"},
         _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S),
-        _worker_lora(merged.get("worker_lora_config")))
+        _worker_lora(merged.get("worker_lora_config")),
+        model_id=str(merged.get("worker_model_id") or ""))
     sources += found
     _check_unique([s.model_id for s in sources]
                   + [name for s in sources if s.lora for name in s.lora.static])
@@ -136,19 +139,21 @@ def _worker_lora(value: Any) -> LoraConfig | None:
 def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
                      startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
                      lora: LoraConfig | None = None,
-                     ) -> tuple[list[ModelSource], PendingWorkers]:
+                     model_id: str = "") -> tuple[list[ModelSource], PendingWorkers]:
     """Ask each engine which model it serves and group URLs by model id; the engines
     that do not answer yet are returned as pending (the ingress takes them in later).
     The LoRA adapters a worker lists are served from the workers listing them; with
     ``lora``, the gateway also loads that config's adapters into the workers on demand
-    (their engines must have runtime LoRA loading on)."""
+    (their engines must have runtime LoRA loading on).
+    ``model_id``: clients name the workers' one model so (see ``worker_model_id``)."""
     by_model: dict[str, list[str]] = {}
     adapters: dict[str, tuple[str, str, list[str]]] = {}  # id -> (parent, root, urls)
     pending: list[str] = []
     for url in urls:
         base = base_url(url)
         try:
-            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False)
+            response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False,
+                                 verify=client_ssl_context())
             response.raise_for_status()
             models = served_models(response.json())
             listed = worker_adapters(response.json())
@@ -159,14 +164,21 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
             by_model.setdefault(model, []).append(base)
         for name, parent, root in listed:
             adapters.setdefault(name, (parent, root, []))[2].append(base)
-    found = [ModelSource(model, engine, dict(routing_config), urls=tuple(group),
-                         lora=None if lora is None else lora_settings(model, model, lora, {}),
-                         adapters=tuple(WorkerAdapter(name, model, tuple(where), root)
+    if model_id and len(by_model) > 1:
+        raise ConfigError(f"worker_model_id {model_id!r} is ambiguous: the workers serve "
+                          f"{sorted(by_model)}; give it only when they serve one model")
+    found = [ModelSource(model_id or model, engine, dict(routing_config), urls=tuple(group),
+                         source=model if model_id else "",
+                         served_name=model if model_id else "",
+                         lora=None if lora is None else lora_settings(model_id or model, model,
+                                                                      lora, {}),
+                         adapters=tuple(WorkerAdapter(name, model_id or model, tuple(where),
+                                                      root)
                                         for name, (parent, root, where) in adapters.items()
                                         if parent == model))
              for model, group in by_model.items()]
     return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
-                                 startup_timeout_s)
+                                 startup_timeout_s, model_id=model_id)
 
 
 def _positive_float(args: Mapping[str, Any], name: str, default: float) -> float:

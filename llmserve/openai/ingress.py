@@ -151,6 +151,7 @@ class ModelSource:
     handle: Any = None
     urls: tuple[str, ...] = ()
     source: str = ""
+    served_name: str = ""  # the engines' name for the model when clients use another
     prefill: ModelSource | None = None  # set: prefill here, decode on handle/urls (docs/pd.md)
     log_engine_metrics: bool = True  # list its engines at /metrics/engines
     lora: LoraSettings | None = None  # adapters the gateway loads on demand (docs/lora.md)
@@ -312,9 +313,9 @@ class OpenAiIngress:
             raise InvalidRequest("you must provide a model parameter", param="model")
         known = model in self.pools or self.adapters.resolve(model) is not None
         if not known and self.workers.not_ready:
-            raise EngineUnavailable(
-                f"the model `{model}` is not served yet: workers "
-                f"{', '.join(self.workers.not_ready)} are not up yet", retry_after_s=5.0)
+            raise EngineUnavailable(  # no addresses: clients need not know the workers'
+                f"the model `{model}` is not served yet: {len(self.workers.not_ready)} "
+                f"workers are not up yet", retry_after_s=5.0)
         if not known:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
@@ -338,8 +339,9 @@ class OpenAiIngress:
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
                                   f"retry shortly", retry_after_s=1.0)
-        if "model" not in payload:
-            payload["model"] = model
+        served_name = self.sources[model].served_name or model
+        if payload.get("model", model) == model and payload.get("model") != served_name:
+            payload["model"] = served_name  # absent, or clients' name for the engines' one
             body = json.dumps(payload).encode()
         if pool.membership_changed():  # a replica came or went since the last refresh
             await self.directory.refresh_pool(pool)
@@ -377,12 +379,13 @@ class OpenAiIngress:
         outcome = Outcome(started_s=request.state.arrival_s)
         streamed = payload.get("stream") is True
         only = adapter.urls if adapter is not None else None
+        unreachable: set[str] = set()  # engines this request could not connect to
         # one more try for an adapter: an engine that lost it (404) gets it loaded again
         for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
-            endpoint = pool.choose(route, only)
+            endpoint = pool.choose(route, only, unreachable)
             if endpoint is None:
                 await self.directory.refresh_pool(pool)  # membership may be newer than ours
-                endpoint = pool.choose(route, only)
+                endpoint = pool.choose(route, only, unreachable)
             if endpoint is None:
                 break
             self.metrics.record_routing(model, pool.policy_name, pool.last_decision)
@@ -407,6 +410,7 @@ class OpenAiIngress:
                     self.relay.open(endpoint.url + path, body, headers), leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
+                unreachable.add(endpoint.key)
                 pool.mark_unreachable(endpoint)
                 self._finish(pool, endpoint, route, adapter, failed=True)
                 continue
@@ -507,13 +511,22 @@ class OpenAiIngress:
 
     def _take_in_worker(self, model_id: str, url: str) -> None:
         """A worker given by URL answered: serve its model from it too."""
+        pending = self.workers.pending
+        served_name = model_id
+        if pending.model_id:  # clients' name for the workers' one model
+            bound = self.sources.get(pending.model_id)
+            if bound is not None and bound.served_name != served_name:
+                log.error("worker %s serves `%s`, but `%s` is mapped onto `%s`; not taking "
+                          "it in", url, served_name, pending.model_id, bound.served_name)
+                return
+            model_id = pending.model_id
         pool = self.pools.get(model_id)
         if pool is not None:
             pool.add_url(url)
             return
-        pending = self.workers.pending
+        aliased = served_name if pending.model_id else ""
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
-                             urls=(url,))
+                             urls=(url,), source=aliased, served_name=aliased)
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
         self.sources[model_id] = source
         self.pools[model_id] = pool

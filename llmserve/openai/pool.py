@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from engines.registry import make_engine
 from llmserve.lora.residency import ReplicaAdapters
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
+from llmserve.openai.tls import client_ssl_context
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
 from routing.decision import RANKED, SINGLE, RoutingDecision
 from routing.dispatch import Dispatcher
@@ -74,12 +75,14 @@ class ModelPool:
     def in_flight_of(self, endpoint: Endpoint) -> int:
         return self.dispatcher.in_flight_of(endpoint.key)
 
-    def choose(self, request: RouteRequest,
-               only_urls: Sequence[str] | None = None) -> Endpoint | None:
+    def choose(self, request: RouteRequest, only_urls: Sequence[str] | None = None,
+               exclude: Collection[str] = ()) -> Endpoint | None:
         """Route ``request`` to a ready engine (counted in flight until ``finish``); with
-        ``only_urls``, one of those (the workers listing the request's adapter)."""
+        ``only_urls``, one of those (the workers listing the request's adapter); never one
+        in ``exclude`` (engines this request could not reach)."""
         ready = [e for e in self.endpoints.values()
-                 if e.ready and (only_urls is None or e.url in only_urls)]
+                 if e.ready and e.key not in exclude
+                 and (only_urls is None or e.url in only_urls)]
         if not ready:
             return None
         if len(ready) == 1:
@@ -191,7 +194,7 @@ class EngineDirectory:
     def __init__(self, pools: dict[str, ModelPool], refresh_s: float = 0.5) -> None:
         self.pools = pools
         self.refresh_s = refresh_s
-        self.client = httpx.AsyncClient(trust_env=False)
+        self.client = httpx.AsyncClient(trust_env=False, verify=client_ssl_context())
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -15,7 +15,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from llmserve.openai.tls import client_ssl_context, default_port
+
 Sink = Callable[[bytes], None]
+Address = tuple[str, int, bool]  # host, port, TLS
 
 
 class UpstreamError(Exception):
@@ -38,7 +41,7 @@ class UpstreamReadTimeout(UpstreamError):
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an engine; one request at a time."""
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: UpstreamPool, key: Address) -> None:
         self.pool = pool
         self.key = key
         self.loop = asyncio.get_running_loop()
@@ -221,7 +224,7 @@ class UpstreamPool:
                  read_timeout_s: float | None = 600.0) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
-        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[Address, list[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
 
     def park(self, conn: UpstreamConnection) -> None:
@@ -235,11 +238,13 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def _connect(self, key: tuple[str, int]) -> UpstreamConnection:
+    async def _connect(self, key: Address) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
+        host, port, tls = key
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1]),
+                loop.create_connection(lambda: UpstreamConnection(self, key), host, port,
+                                       ssl=client_ssl_context() if tls else None),
                 self.connect_timeout_s)
         except (OSError, TimeoutError) as exc:
             raise UpstreamConnectError(f"cannot connect to {key[0]}:{key[1]}: {exc!r}") from exc
@@ -250,7 +255,7 @@ class UpstreamPool:
                       headers: dict[str, str]) -> UpstreamResponse:
         parts = urlsplit(url)
         host = parts.hostname or "127.0.0.1"
-        key = (host, parts.port or 80)
+        key = (host, parts.port or default_port(parts.scheme), parts.scheme == "https")
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         head = [f"{method} {target or '/'} HTTP/1.1", f"host: {parts.netloc}",
                 f"content-length: {len(body)}"]

@@ -34,6 +34,7 @@ class PendingWorkers:
     engine: str = "vllm"
     routing_config: Mapping[str, Any] = field(default_factory=dict)
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    model_id: str = ""  # clients' name for the workers' one model ("": their own names)
 
 
 def base_url(url: str) -> str:
