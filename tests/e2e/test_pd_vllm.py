@@ -34,7 +34,10 @@ def pd() -> Iterator[dict[str, Any]]:
     model_dir = str(cached_tiny_model())
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     config = {"model_loading_config": {"model_id": "tiny", "model_source": model_dir},
-              "engine_kwargs": TINY_VLLM_KWARGS}
+              "engine_kwargs": TINY_VLLM_KWARGS,
+              # two engines on a shared 2-core machine: a 30 s health check can time out
+              # under load and replace a replica (its engine) mid-test
+              "deployment_config": {"health_check_timeout_s": 120}}
     serve.shutdown()
     serve.run(build_pd_openai_app({"prefill_config": config, "decode_config": config,
                                    "request_timeout_s": 120}), port=0)
