@@ -58,7 +58,9 @@ def rss_mib(pid: int) -> float:
 
 
 def chat(url: str, n: int) -> None:
-    body = {"model": "tiny", "max_tokens": 4, "messages": [
+    with urllib.request.urlopen(url + "/v1/models", timeout=30) as response:
+        model = json.load(response)["data"][0]["id"]
+    body = {"model": model, "max_tokens": 4, "messages": [
         {"role": "system", "content": "You are a terse assistant. " * 30},
         {"role": "user", "content": f"Question number {n}?"}]}
     request = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
