@@ -11,6 +11,7 @@ import httpx
 
 from llmserve.llm.config import LLMConfig, LoraConfig
 from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
+from llmserve.llm.serving_args import LLMServingArgs
 from llmserve.lora.directory import WorkerAdapter
 from llmserve.lora.settings import LoraSettings, lora_settings
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
@@ -55,7 +56,8 @@ def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
     return server.bind(config)
 
 
-def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Application:
+def build_openai_app(args: Mapping[str, Any] | LLMServingArgs | None = None, /,
+                     **kwargs: Any) -> Application:
     """An OpenAI-compatible app serving every model in ``llm_configs``.
 
     ``args`` follows Ray Serve LLM's builder: ``{"llm_configs": [LLMConfig | dict | path]}``
@@ -65,6 +67,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     already running instead of launching any (``worker_model_id``: the name clients
     use for the one model those workers serve, whatever name they serve it under).
     """
+    if isinstance(args, LLMServingArgs):
+        args = args.to_args()
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - KNOWN_ARGS)
     if unknown:

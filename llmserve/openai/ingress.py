@@ -339,7 +339,8 @@ class OpenAiIngress:
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
                                   f"retry shortly", retry_after_s=1.0)
-        served_name = self.sources[model].served_name or model
+        served_name = self.sources[model].served_name or model \
+            if adapter is None else model  # adapters: the LoRA layer names them
         if payload.get("model", model) == model and payload.get("model") != served_name:
             payload["model"] = served_name  # absent, or clients' name for the engines' one
             body = json.dumps(payload).encode()
