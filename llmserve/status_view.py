@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import urllib.error
 import urllib.request
 from typing import Any
+
+from llmserve.serve.admin import ADMIN_KEY_ENV
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 COLUMNS = ("REPLICA", "STATE", "NODE", "NODE IP", "PID", "ONGOING", "RESOURCES")
@@ -12,17 +16,42 @@ NODE_ID_CHARS = 12
 
 
 def fetch_status(address: str, timeout_s: float = 10.0) -> dict[str, Any]:
-    url = address.rstrip("/") + "/-/status"
-    if "://" not in url:
-        url = "http://" + url
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+    """``/-/status`` (with the admin key from ``LLMSERVE_ADMIN_KEY`` when set), plus the
+    workers ``/health`` reports not up (``--worker-urls``) under ``workers``."""
+    base = address.rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    key = os.environ.get(ADMIN_KEY_ENV)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(base + "/-/status", headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         data: dict[str, Any] = json.loads(response.read())
+    data["workers"] = _workers(base, timeout_s)
     return data
+
+
+def _workers(base: str, timeout_s: float) -> dict[str, list[str]]:
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=timeout_s) as response:
+            health = json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 503 still carries the report
+        try:
+            health = json.loads(error.read())
+        except ValueError:
+            return {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(health, dict):
+        return {}
+    return {k: list(health[k]) for k in ("workers_not_ready", "workers_failed")
+            if isinstance(health.get(k), list)}
 
 
 def format_status(data: dict[str, Any]) -> str:
     """Applications, their deployments and a table of each deployment's replicas."""
     lines = [f"runtime: {data['runtime']}   proxy: {data.get('http_url') or '-'}"]
+    for state, urls in (data.get("workers") or {}).items():
+        lines.append(f"{state.replace('_', ' ')}: {', '.join(urls)}")
     apps: dict[str, Any] = data["applications"]
     if not apps:
         lines.append("no applications")

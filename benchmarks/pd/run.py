@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="simulated seconds of arrivals per rate (at least 48 requests)")
     parser.add_argument("--time-scale", type=float, default=0.5)
-    parser.add_argument("--tight-tpot-ms", type=float, default=20.0)
+    parser.add_argument("--tight-tpot-ms", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=22100, help="first of ~60 ports")
     parser.add_argument("--result-dir", type=Path, default=RESULT_DIR)
@@ -162,7 +162,7 @@ def run_rate(args: argparse.Namespace, model_dir: str, name: str, split: str,
 
 def attainment(result: Mapping[str, Any], workload: Workload) -> float:
     """Fraction of all sent requests (failures included) that met the SLO."""
-    good = (result.get("request_goodput") or 0.0) * result["duration"]
+    good = float(result.get("request_goodput") or 0.0) * float(result["duration"])
     return round(good / workload.num_requests, 4)
 
 
@@ -184,7 +184,7 @@ def goodput(rows: Sequence[Mapping[str, Any]], key: str = "attainment") -> float
     for row in sorted(rows, key=lambda r: r["rate"]):
         if (row.get(key) or 0.0) < ATTAINMENT:
             break
-        best = row["rate"]
+        best = float(row["rate"])
     return best
 
 

@@ -124,11 +124,12 @@ class DisaggregatedFlow:
             raise TooManyRequests(f"`{model}` is serving its limit of {self.max_in_flight} "
                                   f"requests; retry shortly", retry_after_s=1.0)
         started_s = time.monotonic()
-        self.in_flight += 1
+        self._count(+1)
         finished = False
         try:
             prefill = await self._prefill(path, payload, request_id, route, leaving)
-            if isinstance(prefill, Response):
+            if isinstance(prefill, Response):  # the prefill's error, or the client left
+                finished = True
                 return prefill
             response = await self._decode(path, payload, request_id, route, prefill,
                                           started_s, leaving, charge)
@@ -139,7 +140,11 @@ class DisaggregatedFlow:
             raise
         finally:
             if finished:
-                self.in_flight -= 1
+                self._count(-1)
+
+    def _count(self, change: int) -> None:
+        self.in_flight += change
+        self.pd_metrics.in_flight.labels(self.model_id).set(self.in_flight)
 
     # ---- prefill ---------------------------------------------------------------------
     async def _prefill(self, path: str, payload: Mapping[str, Any], request_id: str,
@@ -162,8 +167,7 @@ class DisaggregatedFlow:
                 upstream = await self.relay.open(endpoint.url + path, body, headers)
             except EngineConnectError as exc:
                 log.warning("request %s: prefill %s; trying another replica", request_id, exc)
-                pool.mark_unreachable(endpoint)
-                pool.finish(endpoint, route, failed=True)
+                await self._lost(pool, endpoint, route)
                 continue
             except OpenAIError:
                 pool.finish(endpoint, route, failed=True)
@@ -227,8 +231,7 @@ class DisaggregatedFlow:
                 # The request never reached it, so the KV is still on the prefill engine
                 # waiting to be pulled: another decode replica can take it.
                 log.warning("request %s: decode %s; trying another replica", request_id, exc)
-                pool.mark_unreachable(endpoint)
-                pool.finish(endpoint, route, failed=True)
+                await self._lost(pool, endpoint, route)
                 continue
             except OpenAIError:
                 pool.finish(endpoint, route, failed=True)
@@ -258,7 +261,7 @@ class DisaggregatedFlow:
                                 now_s, streamed=payload.get("stream") is True)
             charge(result)
             if stream:
-                self.in_flight -= 1
+                self._count(-1)
 
         if payload.get("stream") is True and upstream.status == 200:
             return RelayedStream(upstream, {"x-request-id": route.request_id}, outcome,
@@ -273,6 +276,13 @@ class DisaggregatedFlow:
         if content is None:
             return Response(status_code=CLIENT_CLOSED)
         return _relayed(content, upstream)
+
+    async def _lost(self, pool: ModelPool, endpoint: Endpoint, route: RouteRequest) -> None:
+        """A replica's engine could not be reached: stop routing there and re-read the
+        pool (a replica that restarted its engine serves it at a new address)."""
+        pool.mark_unreachable(endpoint)
+        pool.finish(endpoint, route, failed=True)
+        await self.directory.refresh_pool(pool)
 
     async def _choose(self, pool: ModelPool, route: RouteRequest) -> Endpoint | None:
         endpoint = pool.choose(route)

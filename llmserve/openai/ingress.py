@@ -313,9 +313,9 @@ class OpenAiIngress:
             raise InvalidRequest("you must provide a model parameter", param="model")
         known = model in self.pools or self.adapters.resolve(model) is not None
         if not known and self.workers.not_ready:
-            raise EngineUnavailable(
-                f"the model `{model}` is not served yet: workers "
-                f"{', '.join(self.workers.not_ready)} are not up yet", retry_after_s=5.0)
+            raise EngineUnavailable(  # no addresses: clients need not know the workers'
+                f"the model `{model}` is not served yet: {len(self.workers.not_ready)} "
+                f"workers are not up yet", retry_after_s=5.0)
         if not known:
             raise ModelNotFound(
                 f"The model `{model}` does not exist. Available models: "
@@ -380,12 +380,13 @@ class OpenAiIngress:
         outcome = Outcome(started_s=request.state.arrival_s)
         streamed = payload.get("stream") is True
         only = adapter.urls if adapter is not None else None
+        unreachable: set[str] = set()  # engines this request could not connect to
         # one more try for an adapter: an engine that lost it (404) gets it loaded again
         for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
-            endpoint = pool.choose(route, only)
+            endpoint = pool.choose(route, only, unreachable)
             if endpoint is None:
                 await self.directory.refresh_pool(pool)  # membership may be newer than ours
-                endpoint = pool.choose(route, only)
+                endpoint = pool.choose(route, only, unreachable)
             if endpoint is None:
                 break
             self.metrics.record_routing(model, pool.policy_name, pool.last_decision)
@@ -410,6 +411,7 @@ class OpenAiIngress:
                     self.relay.open(endpoint.url + path, body, headers), leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
+                unreachable.add(endpoint.key)
                 pool.mark_unreachable(endpoint)
                 self._finish(pool, endpoint, route, adapter, failed=True)
                 continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmserve.openai.relay import Outcome
 
@@ -42,6 +42,10 @@ class PDMetrics:
             "llmserve_pd_requests",
             "Disaggregated requests by how they ended: ok, prefill_error, decode_error, "
             "client_left, rejected", [*labels, "outcome"], registry=r)
+        self.in_flight = Gauge(
+            "llmserve_pd_requests_in_flight",
+            "Disaggregated requests between their arrival and the end of their decode answer",
+            labels, registry=r)
         self.decode_retries = Counter(
             "llmserve_pd_decode_retries",
             "Decode requests sent to another decode replica because the first could not "

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +75,14 @@ class ModelPool:
     def in_flight_of(self, endpoint: Endpoint) -> int:
         return self.dispatcher.in_flight_of(endpoint.key)
 
-    def choose(self, request: RouteRequest,
-               only_urls: Sequence[str] | None = None) -> Endpoint | None:
+    def choose(self, request: RouteRequest, only_urls: Sequence[str] | None = None,
+               exclude: Collection[str] = ()) -> Endpoint | None:
         """Route ``request`` to a ready engine (counted in flight until ``finish``); with
-        ``only_urls``, one of those (the workers listing the request's adapter)."""
+        ``only_urls``, one of those (the workers listing the request's adapter); never one
+        in ``exclude`` (engines this request could not reach)."""
         ready = [e for e in self.endpoints.values()
-                 if e.ready and (only_urls is None or e.url in only_urls)]
+                 if e.ready and e.key not in exclude
+                 and (only_urls is None or e.url in only_urls)]
         if not ready:
             return None
         if len(ready) == 1:

@@ -2,9 +2,12 @@
 
 Prefix-aware routing matches prompts in the engine's token blocks, so the ingress renders
 ``messages`` with the model's own chat template and tokenises with the model's own
-tokenizer (``transformers.AutoTokenizer``, loaded once per model, lazily and off the
-event loop), exactly as vLLM's OpenAI server does (template text, then the tokenizer
-without special tokens; completions: the tokenizer with them). When no tokenizer can be
+tokenizer (loaded once per model, lazily and off the event loop), exactly as vLLM's
+OpenAI server does (template text, then the tokenizer without special tokens;
+completions: the tokenizer with them). A model directory with ``tokenizer.json`` is read
+by :class:`~llmserve.openai.tokenizer.LightTokenizer` (the ``tokenizers`` package and
+Jinja, as transformers renders templates, without importing torch); anything else
+(a hub id, a slow-only tokenizer) by ``transformers.AutoTokenizer``. When no tokenizer can be
 loaded (``--worker-urls`` fronting a model the gateway has no files for), it asks the
 engine's own ``/tokenize``; when that fails too it falls back to the prompt's characters
 and says so in the log, once.
@@ -23,10 +26,12 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from llmserve.openai.tokenizer import TOKENIZER_FILE, LightTokenizer
 from routing import RouteRequest
 
 log = logging.getLogger("llmserve.openai")
@@ -169,6 +174,10 @@ class PromptRenderer:
 
 
 def load_tokenizer(source: str) -> Any:
+    """The light tokenizer for a directory with ``tokenizer.json`` (no torch in the
+    gateway); otherwise (a hub id, a slow-only tokenizer) ``transformers.AutoTokenizer``."""
+    if Path(source, TOKENIZER_FILE).is_file():
+        return LightTokenizer.from_dir(source)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source)

@@ -295,6 +295,7 @@ class AsgiWriter(Writer):
 
     async def run(self) -> None:
         finished = asyncio.ensure_future(self.upstream.wait_done())
+        waiting: asyncio.Future[Any] | None = None
         try:
             while True:
                 waiting = asyncio.ensure_future(self.ready.wait())
@@ -308,6 +309,8 @@ class AsgiWriter(Writer):
                     return
         finally:
             finished.cancel()
+            if waiting is not None:
+                waiting.cancel()  # cancelled mid-wait (the client left): no task left over
 
     async def _flush(self) -> None:
         while self.queue:

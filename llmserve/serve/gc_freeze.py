@@ -4,8 +4,9 @@ A serving process loads long-lived objects before it takes traffic: a tokenizer 
 chat template, HTTP clients, routes. Python's oldest-generation collection scans every
 tracked object, so once transformers is loaded one full collection takes about 200 ms on
 a 2-core machine, and it comes in the middle of serving: every request in the process
-stalls for it (the OpenAI gateway, ~380k tracked objects: one 203 ms pause 1.6 s into a
-routing benchmark). When a process's first replica has been constructed, before it takes
+stalls for it (the OpenAI gateway with transformers' tokenizer, ~380k tracked objects: one
+203 ms pause 1.6 s into a routing benchmark; with its own ``tokenizer.json`` tokenizer,
+which most models get, ~50k). When a process's first replica has been constructed, before it takes
 traffic, ``gc.collect()`` then ``gc.freeze()`` moves everything alive into the permanent
 generation, which collections skip; later collections scan only what requests allocate.
 That is every replica on Ray (an actor process each; a proxy's first in-proxy replica,

@@ -3,6 +3,9 @@ the admin key."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -43,6 +46,10 @@ def test_keys_are_not_visible_and_admin_endpoints_need_the_admin_key(
             assert httpx.get(gateway.url + path, headers=admin,
                              timeout=10).status_code == 200, path
         assert httpx.get(f"{gateway.url}/-/healthz", timeout=10).status_code == 200
+        status = subprocess.run([sys.executable, "-m", "llmserve.cli", "status", "--address",
+                                 gateway.url], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "LLMSERVE_ADMIN_KEY": ADMIN_KEY})
+        assert status.returncode == 0 and "deployment OpenAiIngress" in status.stdout, status
         assert httpx.get(f"{gateway.url}/health", timeout=10).status_code == 200
         log = gateway.log()
         assert API_KEY not in log and ADMIN_KEY not in log

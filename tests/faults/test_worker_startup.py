@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import pytest
 from openai import OpenAI
@@ -26,6 +29,9 @@ def test_workers_not_up_at_start_are_taken_in_when_they_come_up(
         answer = health(gateway)
         assert answer.status_code == 503
         assert sorted(answer.json()["workers_not_ready"]) == sorted([first.url, second.url])
+        status = subprocess.run([sys.executable, "-m", "llmserve.cli", "status", "--address",
+                                 gateway.url], capture_output=True, text=True, timeout=60)
+        assert f"workers not ready: {first.url}, {second.url}" in status.stdout, status
         early = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=10,
                            json={"model": MODEL, "messages": CHAT, "max_tokens": 2})
         assert early.status_code == 503

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -86,3 +87,35 @@ def test_run_config_with_the_pd_builder(tmp_path: Path) -> None:
     finally:
         out = stop(proc)
     assert "ready at" in out, out
+
+
+def test_run_config_fronting_running_prefill_and_decode_engines(tmp_path: Path) -> None:
+    from benchmarks.cluster_procs import sim_cluster
+
+    model = str(cached_tiny_model())
+    base = free_port()
+    with sim_cluster(model, 1, base, "tiny-cpu", 1.0, tmp_path / "p.log",
+                     ("--served-model-name", "tiny")) as prefill, \
+            sim_cluster(model, 2, free_port(), "tiny-cpu", 1.0, tmp_path / "d.log",
+                        ("--served-model-name", "tiny")) as decode:
+        args = {"prefill_worker_urls": prefill, "decode_worker_urls": decode,
+                "worker_engine": "sim"}
+        config = tmp_path / "pd.yaml"
+        config.write_text(json.dumps({"applications": [{
+            "name": "pd", "route_prefix": "/",
+            "import_path": "llmserve.llm:build_pd_openai_app", "args": args}]}))
+        port = free_port()
+        proc = start(["run", str(config), "--port", str(port)])
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/health", 60, proc)
+            url = f"http://127.0.0.1:{port}"
+            client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+            out = client.completions.create(model="tiny", prompt="hi " * 40, max_tokens=4)
+            assert out.usage is not None and out.usage.completion_tokens == 4
+            text = httpx.get(f"{url}/metrics", timeout=5).text
+            assert metric(text, "llmserve_pd_requests_total", outcome="ok") == 1
+            prefill_done = metric(httpx.get(f"{prefill[0]}/metrics").text,
+                                  "vllm:request_success_total")
+            assert prefill_done == 1  # the prefill engine served the one-token prefill
+        finally:
+            stop(proc)

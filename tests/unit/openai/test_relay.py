@@ -60,6 +60,7 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     for piece in pieces:
         writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
         await writer.drain()
+        await asyncio.sleep(ask.get("gap_s", 0))
     if ask.get("die_mid_event"):
         raise ConnectionError("engine died")
     writer.write(b"0\r\n\r\n")
@@ -183,3 +184,26 @@ async def test_engine_dying_mid_event_ends_in_a_whole_error_event(engine_url: st
     assert [d.get("i") for d in data[:-1]] == [0, 1]  # the two whole events, nothing cut
     assert data[-1]["error"]["code"] == "bad_gateway"
     assert [o.status for o in app.outcomes] == [200, 502]  # a failed stream is not a 200
+
+
+async def test_a_client_leaving_a_plain_asgi_stream_leaves_no_task_behind(
+        engine_url: str) -> None:
+    app = Gateway(engine_url, plain_asgi=True)
+    server, task, url = await serve_gateway(app)
+    try:
+        body = {"count": 50, "size": 10, "gap_s": 0.05}
+        async with httpx.AsyncClient() as client, \
+                client.stream("POST", url, json=body) as response:
+            async for _ in response.aiter_raw():
+                break  # leave after the first piece
+        deadline = asyncio.get_running_loop().time() + 3
+        while app.outcomes == [] and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert app.outcomes and app.outcomes[0].disconnected
+        await asyncio.sleep(0.1)
+        leftover = [t for t in asyncio.all_tasks() if "Event.wait" in repr(t)]
+        assert leftover == []
+    finally:
+        server.should_exit = True
+        await task
+        await app.relay.close()
