@@ -17,7 +17,6 @@ from pathlib import Path
 
 from benchmarks.loadgen.client import CHAT, COMPLETIONS
 from benchmarks.loadgen.cpu import MAX_CLIENT_CPU_UTIL
-from benchmarks.loadgen.plots import plot_all
 from benchmarks.loadgen.progress import ProgressBar
 from benchmarks.loadgen.report import build_result, format_summary, result_name, write_result
 from benchmarks.loadgen.runner import LoadConfig, run_load
@@ -113,6 +112,20 @@ def first_model(base_url: str, api_key: str | None) -> str:
         return str(json.load(response)["data"][0]["id"])
 
 
+def write_plots(result: dict[str, object], result_dir: Path, name: str) -> list[str]:
+    """``plot: PATH`` lines, or one line saying how to get plots (numpy and matplotlib are
+    optional: ``pip install 'llmserve[bench]'``)."""
+    try:
+        import matplotlib  # noqa: F401
+        import numpy  # noqa: F401
+    except ImportError as exc:
+        return [f"plots skipped: {exc.name} is not installed (pip install 'llmserve[bench]', "
+                "or --no-plots)"]
+    from benchmarks.loadgen.plots import plot_all
+
+    return [f"plot: {plot}" for plot in plot_all([result], result_dir, name)]
+
+
 def bench_main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -140,8 +153,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     print(format_summary(result))
     print(f"result: {path}")
     if not args.no_plots:
-        for plot in plot_all([result], args.result_dir, name):
-            print(f"plot: {plot}")
+        for line in write_plots(result, args.result_dir, name):
+            print(line)
     if result["completed"] == 0:
         print("no request completed", file=sys.stderr)
         return 2

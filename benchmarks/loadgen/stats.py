@@ -1,6 +1,7 @@
 """Summary statistics over request records, named as ``vllm bench serve`` names them.
 
-Percentiles are numpy's (linear interpolation), as vLLM's. TPOT of a request is
+Percentiles interpolate linearly between ranks (numpy's default, as vLLM's), computed
+here without numpy so a plain install runs ``llmserve bench``. TPOT of a request is
 ``(latency - ttft) / (output_tokens - 1)``; one-token replies are left out of the TPOT
 statistics and count as TPOT 0 for goodput, as in vLLM. ``time_scale`` multiplies every
 duration (a simulator running X times faster than real time reports simulated time).
@@ -8,12 +9,12 @@ duration (a simulator running X times faster than real time reports simulated ti
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
-
-import numpy as np
 
 from benchmarks.loadgen.records import RequestRecord
 
@@ -47,13 +48,22 @@ def scale_record(record: RequestRecord, factor: float) -> RequestRecord:
 def distribution(name: str, values_s: Sequence[float],
                  percentiles: Sequence[float] = PERCENTILES) -> dict[str, float]:
     """``mean_/median_/std_/p<P>_<name>_ms`` (all 0 for no values, as vLLM)."""
-    data = np.asarray(values_s if len(values_s) else [0.0], dtype=float) * 1000.0
-    out = {f"mean_{name}_ms": float(np.mean(data)), f"median_{name}_ms": float(np.median(data)),
-           f"std_{name}_ms": float(np.std(data))}
+    data = sorted(float(v) * 1000.0 for v in (values_s if len(values_s) else [0.0]))
+    out = {f"mean_{name}_ms": statistics.fmean(data),
+           f"median_{name}_ms": percentile(data, 50.0),
+           f"std_{name}_ms": statistics.pstdev(data)}
     for p in percentiles:
         word = str(int(p)) if int(p) == p else str(p)
-        out[f"p{word}_{name}_ms"] = float(np.percentile(data, p))
+        out[f"p{word}_{name}_ms"] = percentile(data, p)
     return out
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile of sorted values, linear between ranks (numpy's default)."""
+    rank = (len(ordered) - 1) * p / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def is_good(record: RequestRecord, slo_ms: Mapping[str, float]) -> bool:
@@ -68,7 +78,7 @@ def tokens_per_second(records: Sequence[RequestRecord]) -> list[float]:
     if not ok:
         return []
     end = max(r.start_s + r.latency_s for r in ok)
-    buckets = np.zeros(int(np.ceil(end)) + 1)
+    buckets = [0.0] * (math.ceil(end) + 1)
     for record in ok:
         times = record.token_times_s()
         if not times:
@@ -84,7 +94,7 @@ def concurrency_per_second(records: Sequence[RequestRecord]) -> list[int]:
     if not ok:
         return []
     end = max(r.start_s + r.latency_s for r in ok)
-    counts = [0] * (int(np.ceil(end)) + 1)
+    counts = [0] * (math.ceil(end) + 1)
     for record in ok:
         for second in range(int(record.start_s), int(record.start_s + record.latency_s) + 1):
             counts[second] += 1
