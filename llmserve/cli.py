@@ -330,8 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None,
                      help="Ray cluster to join with --runtime ray (default: RAY_ADDRESS, "
                           "else a local Ray is started)")
-    run.add_argument("--host", default=None)
-    run.add_argument("--port", type=int, default=None)
+    run.add_argument("--host", default=None,
+                     help="address to listen on (default: the config's http_options, "
+                          "else 127.0.0.1)")
+    run.add_argument("--port", type=int, default=None,
+                     help="port to listen on (default: the config's http_options, else 8000)")
     run.set_defaults(handler=_run)
 
     srv = add_command("serve", "serve one model behind the OpenAI API (engine flags "
@@ -403,9 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     tiny = add_command("make-tiny-model", "build a small random Llama locally")
-    tiny.add_argument("dir")
+    tiny.add_argument("dir", help="directory to write the model to (e.g. /tmp/tiny)")
     tiny.add_argument("--lora", type=int, default=0, help="number of LoRA adapters")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=0,
+                      help="random seed of the weights (the same seed, the same model)")
     tiny.set_defaults(handler=_make_tiny_model)
 
     commands.add_parser("bench", help="load generator (see `llmserve bench --help`)")
