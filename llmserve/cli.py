@@ -475,7 +475,7 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own parser, flags as `vllm bench serve`
-        from benchmarks.cli import bench_main
+        from llmserve.bench.cli import bench_main
 
         return bench_main(argv[1:])
     args = parse_args(argv)

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadgen.records import RequestRecord
-from benchmarks.loadgen.report import build_result, format_summary
-from benchmarks.loadgen.runner import LoadConfig, RunResult
-from benchmarks.loadgen.schedule import arrival_times, poisson_arrivals
-from benchmarks.workloads.base import Session, Turn, Workload
+from llmserve.bench.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.report import build_result, format_summary
+from llmserve.bench.loadgen.runner import LoadConfig, RunResult
+from llmserve.bench.loadgen.schedule import arrival_times, poisson_arrivals
+from llmserve.bench.workloads.base import Session, Turn, Workload
 
 
 def test_poisson_arrivals_are_seeded_and_at_the_rate() -> None:

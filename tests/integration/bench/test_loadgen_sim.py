@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import bench_main
-from benchmarks.loadgen import FixedCpuMeter, LoadConfig, build_result, run_load, write_result
-from benchmarks.workloads import build_workload
-from benchmarks.workloads.params import WorkloadParams
 from engines.sim import ClusterConfig, SimCluster
+from llmserve.bench.cli import bench_main
+from llmserve.bench.loadgen import FixedCpuMeter, LoadConfig, build_result, run_load, write_result
+from llmserve.bench.workloads import build_workload
+from llmserve.bench.workloads.params import WorkloadParams
 
 MODEL = "sim-tiny"
 PARAMS = WorkloadParams(

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from benchmarks.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.records import RequestRecord
 
 PERCENTILES = (50.0, 90.0, 99.0)
 SLO_METRICS = ("ttft", "tpot", "e2el")

@@ -12,9 +12,9 @@ import math
 import random
 from dataclasses import dataclass
 
-from benchmarks.workloads.base import Session, Turn
-from benchmarks.workloads.params import WorkloadParams
-from benchmarks.workloads.text import TextSource
+from llmserve.bench.workloads.base import Session, Turn
+from llmserve.bench.workloads.params import WorkloadParams
+from llmserve.bench.workloads.text import TextSource
 
 
 @dataclass(frozen=True)

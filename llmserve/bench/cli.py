@@ -15,16 +15,16 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.loadgen.client import CHAT, COMPLETIONS
-from benchmarks.loadgen.cpu import MAX_CLIENT_CPU_UTIL
-from benchmarks.loadgen.progress import ProgressBar
-from benchmarks.loadgen.report import build_result, format_summary, result_name, write_result
-from benchmarks.loadgen.runner import LoadConfig, run_load
-from benchmarks.loadgen.stats import parse_goodput
-from benchmarks.workloads import WORKLOADS, build_workload
-from benchmarks.workloads.params import WorkloadParams
+from llmserve.bench.loadgen.client import CHAT, COMPLETIONS
+from llmserve.bench.loadgen.cpu import MAX_CLIENT_CPU_UTIL
+from llmserve.bench.loadgen.progress import ProgressBar
+from llmserve.bench.loadgen.report import build_result, format_summary, result_name, write_result
+from llmserve.bench.loadgen.runner import LoadConfig, run_load
+from llmserve.bench.loadgen.stats import parse_goodput
+from llmserve.bench.workloads import WORKLOADS, build_workload
+from llmserve.bench.workloads.params import WorkloadParams
 
-DEFAULT_RESULT_DIR = Path(__file__).parent / "results"
+DEFAULT_RESULT_DIR = Path("bench-results")  # under the current directory
 
 # flag -> WorkloadParams field
 WORKLOAD_FLAGS: dict[str, tuple[str, type]] = {
@@ -121,7 +121,7 @@ def write_plots(result: dict[str, object], result_dir: Path, name: str) -> list[
     except ImportError as exc:
         return [f"plots skipped: {exc.name} is not installed (pip install 'llmserve[bench]', "
                 "or --no-plots)"]
-    from benchmarks.loadgen.plots import plot_all
+    from llmserve.bench.loadgen.plots import plot_all
 
     return [f"plot: {plot}" for plot in plot_all([result], result_dir, name)]
 

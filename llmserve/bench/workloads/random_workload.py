@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from benchmarks.workloads.base import Session, Turn
-from benchmarks.workloads.params import WorkloadParams
-from benchmarks.workloads.text import TextSource
+from llmserve.bench.workloads.base import Session, Turn
+from llmserve.bench.workloads.params import WorkloadParams
+from llmserve.bench.workloads.text import TextSource
 
 
 def sample_len(rng: random.Random, mean: int, range_ratio: float) -> int:

@@ -6,10 +6,10 @@ is the adapter's name, ``f"{lora_prefix}{k}"``. Lengths as the ``random`` worklo
 
 from __future__ import annotations
 
-from benchmarks.workloads.base import Session, Turn
-from benchmarks.workloads.params import WorkloadParams
-from benchmarks.workloads.random_workload import sample_len
-from benchmarks.workloads.text import TextSource
+from llmserve.bench.workloads.base import Session, Turn
+from llmserve.bench.workloads.params import WorkloadParams
+from llmserve.bench.workloads.random_workload import sample_len
+from llmserve.bench.workloads.text import TextSource
 
 
 def zipf_weights(num_adapters: int, exponent: float) -> list[float]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.workloads import WORKLOADS, build_workload
-from benchmarks.workloads.lora_mix import zipf_weights
-from benchmarks.workloads.params import WorkloadParams
-from benchmarks.workloads.text import HfTokenCounter
+from llmserve.bench.workloads import WORKLOADS, build_workload
+from llmserve.bench.workloads.lora_mix import zipf_weights
+from llmserve.bench.workloads.params import WorkloadParams
+from llmserve.bench.workloads.text import HfTokenCounter
 from tests.fixtures_engines import cached_tiny_model
 
 SMALL = WorkloadParams(

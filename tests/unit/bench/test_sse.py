@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.loadgen.sse import SseDecoder
+from llmserve.bench.loadgen.sse import SseDecoder
 
 STREAM = (b'data: {"a": 1}\n\n'
           b': keep-alive comment\n\n'

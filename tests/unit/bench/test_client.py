@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.loadgen.client import CHAT, COMPLETIONS, RequestSpec, StreamTimer, chunk_text
-from benchmarks.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.client import CHAT, COMPLETIONS, RequestSpec, StreamTimer, chunk_text
+from llmserve.bench.loadgen.records import RequestRecord
 
 
 def chat_chunk(content: str | None) -> str:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from benchmarks.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.records import RequestRecord
 
 WIDTH = 30
 TICK_S = 0.5

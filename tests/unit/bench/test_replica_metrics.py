@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadgen.replica_metrics import (
+from llmserve.bench.loadgen.replica_metrics import (
     COUNTERS,
     HITS,
     QUERIES,

@@ -19,13 +19,13 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.loadgen.client import CHAT, Message, RequestSpec, send
-from benchmarks.loadgen.cpu import CpuMeter, ThreadCpuMeter
-from benchmarks.loadgen.progress import TICK_S, ProgressBar
-from benchmarks.loadgen.records import RequestRecord
-from benchmarks.loadgen.replica_metrics import COUNTERS, GAUGES, metrics_url, scrape
-from benchmarks.loadgen.schedule import arrival_times
-from benchmarks.workloads.base import Session, Workload
+from llmserve.bench.loadgen.client import CHAT, Message, RequestSpec, send
+from llmserve.bench.loadgen.cpu import CpuMeter, ThreadCpuMeter
+from llmserve.bench.loadgen.progress import TICK_S, ProgressBar
+from llmserve.bench.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.replica_metrics import COUNTERS, GAUGES, metrics_url, scrape
+from llmserve.bench.loadgen.schedule import arrival_times
+from llmserve.bench.workloads.base import Session, Workload
 
 
 @dataclass(frozen=True)

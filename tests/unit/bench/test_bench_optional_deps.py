@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.loadgen.stats import distribution
+from llmserve.bench.loadgen.stats import distribution
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 100, 1001])
@@ -39,13 +39,13 @@ def without(modules: list[str], code: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_load_generator_imports_without_numpy_or_matplotlib() -> None:
     result = without(["numpy", "matplotlib"],
-                     "import benchmarks.cli, benchmarks.loadgen.stats, "
-                     "benchmarks.loadgen.report, benchmarks.loadgen.runner; print('ok')")
+                     "import llmserve.bench.cli, llmserve.bench.loadgen.stats, "
+                     "llmserve.bench.loadgen.report, llmserve.bench.loadgen.runner; print('ok')")
     assert result.stdout.strip() == "ok", result.stderr
 
 
 def test_plots_are_skipped_with_a_clear_line_without_matplotlib() -> None:
-    result = without(["matplotlib"], "from benchmarks.cli import write_plots; "
+    result = without(["matplotlib"], "from llmserve.bench.cli import write_plots; "
                                      "from pathlib import Path; "
                                      "print(write_plots({}, Path('.'), 'x'))")
     assert "plots skipped: matplotlib is not installed" in result.stdout, result.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from benchmarks.loadgen.progress import ProgressBar
-from benchmarks.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.progress import ProgressBar
+from llmserve.bench.loadgen.records import RequestRecord
 
 
 def records(ok: int, failed: int) -> list[RequestRecord]:

@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.loadgen.records import RequestRecord
-from benchmarks.loadgen.sse import DONE, SseDecoder
+from llmserve.bench.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.sse import DONE, SseDecoder
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -7,9 +7,9 @@ shuffled.
 
 from __future__ import annotations
 
-from benchmarks.workloads.base import Session, Turn
-from benchmarks.workloads.params import WorkloadParams
-from benchmarks.workloads.text import TextSource
+from llmserve.bench.workloads.base import Session, Turn
+from llmserve.bench.workloads.params import WorkloadParams
+from llmserve.bench.workloads.text import TextSource
 
 
 def build(params: WorkloadParams, source: TextSource) -> tuple[Session, ...]:

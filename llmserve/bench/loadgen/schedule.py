@@ -6,7 +6,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from benchmarks.workloads.base import Session
+from llmserve.bench.workloads.base import Session
 
 
 def poisson_arrivals(count: int, rate_per_s: float, seed: int) -> list[float]:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadgen.records import RequestRecord
-from benchmarks.loadgen.stats import (
+from llmserve.bench.loadgen.records import RequestRecord
+from llmserve.bench.loadgen.stats import (
     distribution,
     parse_goodput,
     summarize,

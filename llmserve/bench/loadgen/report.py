@@ -10,11 +10,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen.cpu import MAX_CLIENT_CPU_UTIL
-from benchmarks.loadgen.replica_metrics import cluster_summary, replica_delta
-from benchmarks.loadgen.runner import LoadConfig, RunResult
-from benchmarks.loadgen.stats import per_request_arrays, summarize
-from benchmarks.workloads.base import Workload
+from llmserve.bench.loadgen.cpu import MAX_CLIENT_CPU_UTIL
+from llmserve.bench.loadgen.replica_metrics import cluster_summary, replica_delta
+from llmserve.bench.loadgen.runner import LoadConfig, RunResult
+from llmserve.bench.loadgen.stats import per_request_arrays, summarize
+from llmserve.bench.workloads.base import Workload
 
 
 def replica_section(config: LoadConfig, run: RunResult) -> dict[str, Any]:

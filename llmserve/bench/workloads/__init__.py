@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.workloads import (
+from llmserve.bench.workloads import (
     lora_mix,
     multi_turn,
     prefix_repetition,
@@ -14,9 +14,9 @@ from benchmarks.workloads import (
     shared_prefix,
     sharegpt,
 )
-from benchmarks.workloads.base import Session, Turn, Workload
-from benchmarks.workloads.params import WorkloadParams
-from benchmarks.workloads.text import TextSource, TokenCounter, load_counter
+from llmserve.bench.workloads.base import Session, Turn, Workload
+from llmserve.bench.workloads.params import WorkloadParams
+from llmserve.bench.workloads.text import TextSource, TokenCounter, load_counter
 
 Builder = Callable[[WorkloadParams, TextSource], tuple[Session, ...]]
 
