@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.cli import bench_main
+from llmserve.bench.cli import bench_main
 
 sys.exit(bench_main())

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_procs import stop, wait_http_ok
-from benchmarks.loadgen import COMPLETIONS, LoadConfig, run_load, summarize
 from benchmarks.routing.procs import vllm_router, vllm_router_binary
-from benchmarks.workloads import WorkloadParams, build_workload
 from engines.process import free_port
 from engines.protocol import EngineSpec
 from engines.vllm.engine import VllmEngine
+from llmserve.bench.loadgen import COMPLETIONS, LoadConfig, run_load, summarize
+from llmserve.bench.workloads import WorkloadParams, build_workload
 from llmserve.llm.tiny_model import cached_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_procs import gateway, sim_cluster
-from benchmarks.loadgen.plots import plot_all
-from benchmarks.loadgen.report import build_result, format_summary, write_result
-from benchmarks.loadgen.runner import LoadConfig, run_load
-from benchmarks.workloads import build_workload
-from benchmarks.workloads.params import WorkloadParams
+from llmserve.bench.loadgen.plots import plot_all
+from llmserve.bench.loadgen.report import build_result, format_summary, write_result
+from llmserve.bench.loadgen.runner import LoadConfig, run_load
+from llmserve.bench.workloads import build_workload
+from llmserve.bench.workloads.params import WorkloadParams
 
 RESULT_DIR = Path(__file__).parent / "results"
 POLICIES = ("round_robin", "power_of_two")

@@ -334,8 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None,
                      help="Ray cluster to join with --runtime ray (default: RAY_ADDRESS, "
                           "else a local Ray is started)")
-    run.add_argument("--host", default=None)
-    run.add_argument("--port", type=int, default=None)
+    run.add_argument("--host", default=None,
+                     help="address to listen on (default: the config's http_options, "
+                          "else 127.0.0.1)")
+    run.add_argument("--port", type=int, default=None,
+                     help="port to listen on (default: the config's http_options, else 8000)")
     run.set_defaults(handler=_run)
 
     srv = add_command("serve", "serve one model behind the OpenAI API (engine flags "
@@ -410,9 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     tiny = add_command("make-tiny-model", "build a small random Llama locally")
-    tiny.add_argument("dir")
+    tiny.add_argument("dir", help="directory to write the model to (e.g. /tmp/tiny)")
     tiny.add_argument("--lora", type=int, default=0, help="number of LoRA adapters")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=0,
+                      help="random seed of the weights (the same seed, the same model)")
     tiny.set_defaults(handler=_make_tiny_model)
 
     commands.add_parser("bench", help="load generator (see `llmserve bench --help`)")
@@ -478,7 +482,7 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # its own parser, flags as `vllm bench serve`
-        from benchmarks.cli import bench_main
+        from llmserve.bench.cli import bench_main
 
         return bench_main(argv[1:])
     args = parse_args(argv)

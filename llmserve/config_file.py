@@ -129,10 +129,16 @@ def apply_logging_config(config: ServeConfigFile) -> None:
             logging.NOTSET if settings.enable_access_log else logging.WARNING)
 
 
+# Ray Serve configs name Ray's builders; here they mean llmserve's namesakes, so a Ray
+# Serve LLM config file runs unchanged (`import_path: ray.serve.llm:build_openai_app`).
+RAY_MODULES = {"ray.serve.llm": "llmserve.llm", "ray.serve": "llmserve.serve"}
+
+
 def import_attr(import_path: str) -> Any:
     module_name, sep, attr = import_path.partition(":")
     if not sep:
         module_name, _, attr = import_path.rpartition(".")
+    module_name = RAY_MODULES.get(module_name, module_name)
     if not module_name or not attr:
         raise ConfigError(f"import_path {import_path!r} must look like 'module:attribute'")
     try:

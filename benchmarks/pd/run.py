@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_procs import serving, sim_cluster
-from benchmarks.loadgen.report import build_result, write_result
-from benchmarks.loadgen.runner import LoadConfig, run_load
 from benchmarks.routing.procs import llmserve_gateway
-from benchmarks.workloads import Workload, build_workload
-from benchmarks.workloads.params import WorkloadParams
+from llmserve.bench.loadgen.report import build_result, write_result
+from llmserve.bench.loadgen.runner import LoadConfig, run_load
+from llmserve.bench.workloads import Workload, build_workload
+from llmserve.bench.workloads.params import WorkloadParams
 
 RESULT_DIR = Path(__file__).parent / "results"
 PROFILE = "llama-3.1-8b-h100"

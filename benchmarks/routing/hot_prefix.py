@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from benchmarks.workloads import Session, Turn, Workload
-from benchmarks.workloads.text import TextSource, load_counter
+from llmserve.bench.workloads import Session, Turn, Workload
+from llmserve.bench.workloads.text import TextSource, load_counter
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_procs import sim_cluster
-from benchmarks.loadgen.report import build_result, write_result
-from benchmarks.loadgen.runner import LoadConfig, run_load
+from llmserve.bench.loadgen.report import build_result, write_result
+from llmserve.bench.loadgen.runner import LoadConfig, run_load
 from benchmarks.routing.procs import llmserve_gateway, vllm_router, vllm_router_binary
 from benchmarks.routing.run import ORACLE, SLO_MS, default_model_dir, make_workload, run_args
 
@@ -162,7 +162,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if "cache_aware" in args.routers and vllm_router_binary() is None:
-        print("vllm-router is not installed (pip install 'llmserve[bench]'): skipping "
+        print("vllm-router is not installed (pip install 'llmserve[routers]'): skipping "
               "cache_aware", flush=True)
         args.routers = [r for r in args.routers if r != "cache_aware"]
     model_dir = default_model_dir()

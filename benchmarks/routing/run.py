@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_procs import sim_cluster
-from benchmarks.loadgen.plots import plot_latency_cdfs
-from benchmarks.loadgen.report import build_result, write_result
-from benchmarks.loadgen.runner import LoadConfig, run_load
 from benchmarks.routing import hot_prefix
 from benchmarks.routing.procs import llmserve_gateway, vllm_router
-from benchmarks.workloads import Workload, build_workload
-from benchmarks.workloads.params import WorkloadParams
+from llmserve.bench.loadgen.plots import plot_latency_cdfs
+from llmserve.bench.loadgen.report import build_result, write_result
+from llmserve.bench.loadgen.runner import LoadConfig, run_load
+from llmserve.bench.workloads import Workload, build_workload
+from llmserve.bench.workloads.params import WorkloadParams
 
 RESULT_DIR = Path(__file__).parent / "results"
 WORKLOADS = ("shared-prefix", "multi-turn", "multi-turn-long", "hot-prefix", "random")

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.loadgen.plots import latency_series
 from benchmarks.routing.run import (
     RESULT_DIR,
     ROUTERS,
@@ -33,6 +32,7 @@ from benchmarks.routing.run import (
     run_args,
     run_one,
 )
+from llmserve.bench.loadgen.plots import latency_series
 
 DEFAULT_ROUTERS = ("llmserve:prefix_aware", "vllm-router:cache_aware")
 DEFAULT_WORKLOADS = ("shared-prefix", "multi-turn", "hot-prefix")

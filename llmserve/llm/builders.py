@@ -12,6 +12,7 @@ import httpx
 
 from llmserve.llm.config import LLMConfig, LoraConfig
 from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
+from llmserve.llm.serving_args import LLMServingArgs
 from llmserve.lora.directory import WorkerAdapter
 from llmserve.lora.settings import LoraSettings, lora_settings
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
@@ -57,7 +58,8 @@ def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
     return server.bind(config)
 
 
-def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Application:
+def build_openai_app(args: Mapping[str, Any] | LLMServingArgs | None = None, /,
+                     **kwargs: Any) -> Application:
     """An OpenAI-compatible app serving every model in ``llm_configs``.
 
     ``args`` follows Ray Serve LLM's builder: ``{"llm_configs": [LLMConfig | dict | path]}``
@@ -70,6 +72,8 @@ def build_openai_app(args: Mapping[str, Any] | None = None, /, **kwargs: Any) ->
     KV-cache events, ``"tcp://HOST:PORT"`` or ``"tcp://HOST:PORT,tcp://HOST:REPLAY_PORT"``
     with its replay socket, ``""`` for none).
     """
+    if isinstance(args, LLMServingArgs):
+        args = args.to_args()
     merged = {**(args or {}), **kwargs}
     unknown = sorted(set(merged) - KNOWN_ARGS)
     if unknown:

@@ -99,3 +99,13 @@ def test_the_help_examples_parse() -> None:
     for argv in examples:
         args = parse_args(argv)
         assert args.command == argv[0]
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import argparse
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = {name: [a.dest for a in sub._actions if not a.help]
+               for name, sub in commands.choices.items()}
+    assert {name: dests for name, dests in missing.items() if dests} == {}

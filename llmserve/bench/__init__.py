@@ -1,0 +1,1 @@
+"""`llmserve bench`: the load generator (loadgen), its workloads and its command line."""
