@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.lora.run import BLIND, OURS, RAY, ROUTERS, markdown_table, verdict
-from llmserve.bench.workloads.lora_mix import zipf_weights
 from engines.sim.profiles import get_profile
 from engines.sim.time_model import SeqChunk, step_time_s
+from llmserve.bench.workloads.lora_mix import zipf_weights
 from routing import Candidate, RouteRequest, make_policy
 from routing.dispatch import Dispatcher
 

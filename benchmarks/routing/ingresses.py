@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster_procs import sim_cluster
-from llmserve.bench.loadgen.report import build_result, write_result
-from llmserve.bench.loadgen.runner import LoadConfig, run_load
 from benchmarks.routing.procs import llmserve_gateway, vllm_router, vllm_router_binary
 from benchmarks.routing.run import ORACLE, SLO_MS, default_model_dir, make_workload, run_args
+from llmserve.bench.loadgen.report import build_result, write_result
+from llmserve.bench.loadgen.runner import LoadConfig, run_load
 
 RESULT_DIR = Path(__file__).parent / "results" / "ingresses"
 ROUTERS = ("events", "approximate", "cache_aware")
