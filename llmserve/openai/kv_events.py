@@ -279,18 +279,18 @@ class KVEventsHub:
         """Prometheus collector: ``llmserve_kv_events_*``."""
         events = CounterMetricFamily("llmserve_kv_events", "KV-event subscription events "
                                      "(batches, connected, restarted, gap_replayed, "
-                                     "gap_lost)", labels=["model", "event"])
+                                     "gap_lost)", labels=["model_name", "event"])
         degraded = CounterMetricFamily("llmserve_kv_events_degraded",
                                        "Times a replica's KV events became unusable and it "
                                        "fell back to approximate prefix routing",
-                                       labels=["model", "reason"])
+                                       labels=["model_name", "reason"])
         for (model, what), count in sorted(self.counters.items()):
             if what.startswith("degraded:"):
                 degraded.add_metric([model, what.removeprefix("degraded:")], count)
             else:
                 events.add_metric([model, what], count)
         live = GaugeMetricFamily("llmserve_kv_events_live_replicas",
-                                 "Replicas routed from their KV events", labels=["model"])
+                                 "Replicas routed from their KV events", labels=["model_name"])
         for model in sorted({s.model_id for s in self._subscribers.values()}):
             live.add_metric([model], self.live_replicas(model))
         yield from (events, degraded, live)

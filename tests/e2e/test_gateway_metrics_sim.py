@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dashboards.catalogue import read_catalogue
 from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
+from tests.eventually import eventually
 from tests.fixtures_engines import cached_tiny_model
 
 CHAT = [{"role": "user", "content": "hello there, tell me about the weather today"}]
@@ -31,7 +32,12 @@ def gateway() -> Iterator[str]:
         "llm_engine": "sim", "deployment_config": {"num_replicas": 2},
     })
     serve.run(build_openai_app({"llm_configs": [cfg], "api_keys": [KEY]}), port=0)
-    yield serve.http_url()
+    url = serve.http_url()
+    assert url is not None
+    # the per-replica engine gauges appear with the first stats read: wait for both
+    eventually(lambda: len({labels for name, labels in scrape(url)
+                            if name == "llmserve_engine_requests_waiting"}) == 2)
+    yield url
     serve.shutdown()
 
 
