@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from engines.sim.cluster import ClusterConfig, SimCluster
 from engines.sim.event_publisher import KVEventsConfig, KVEventsConfigError
+from engines.sim.kv_transfer import KVTransferConfig, KVTransferConfigError
 from engines.sim.profiles import DEFAULT_PROFILE, PROFILES
 
 
@@ -39,6 +40,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
     parser.add_argument("--kv-events-config", default=None,
                         help="vLLM's KVEventsConfig as JSON; replica k publishes on the "
                         "endpoint's (and replay endpoint's) port + k")
+    parser.add_argument("--kv-transfer-config", default=None,
+                        help="vLLM's KVTransferConfig as JSON (kv_connector NixlConnector, "
+                        "kv_role); without it kv_transfer_params are ignored, as in vLLM")
     args = parser.parse_args(argv)
     if args.replicas < 1:
         parser.error("--replicas must be >= 1")
@@ -52,6 +56,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
             KVEventsConfig.from_json(args.kv_events_config)
         except KVEventsConfigError as exc:
             parser.error(str(exc))
+    try:
+        KVTransferConfig.from_json(args.kv_transfer_config)
+    except KVTransferConfigError as exc:
+        parser.error(str(exc))
     return ClusterConfig(
         model_dir=args.model,
         num_replicas=args.replicas,
@@ -70,6 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
         enable_prefix_caching=not args.no_enable_prefix_caching,
         log_level=args.log_level,
         kv_events_config=args.kv_events_config,
+        kv_transfer_config=args.kv_transfer_config,
     )
 
 

@@ -15,6 +15,7 @@ import uvicorn
 from engines.sim.clock import Clock, ScaledClock
 from engines.sim.engine import EngineConfig
 from engines.sim.event_publisher import KVEventsConfig, ZmqEventPublisher
+from engines.sim.kv_transfer import KVTransferConfig
 from engines.sim.profiles import DEFAULT_PROFILE, get_profile
 from engines.sim.replica import ReplicaConfig, SimReplica
 from engines.sim.server import build_app
@@ -42,6 +43,11 @@ class ClusterConfig:
     enable_prefix_caching: bool = True
     log_level: str = "warning"
     kv_events_config: str | None = None  # vLLM's JSON; replica k publishes on ports + k
+    kv_transfer_config: str | None = None  # vLLM's JSON (engines/sim/kv_transfer.py)
+
+    @property
+    def kv_transfer(self) -> KVTransferConfig | None:
+        return KVTransferConfig.from_json(self.kv_transfer_config)
 
     @property
     def kv_events(self) -> KVEventsConfig | None:
@@ -116,6 +122,9 @@ class SimCluster:
         _ = self.tokenizer.word_token_ids  # build the output vocabulary once, up front
         engine = self.config.engine_config()
         events = self.config.kv_events
+        kv_transfer = self.config.kv_transfer
+        if kv_transfer is not None:
+            kv_transfer.warn_deprecated()
         for index in range(self.config.num_replicas):
             port = self.config.port + index if self.config.port else 0
             sock = _bind(self.config.host, port)
@@ -130,6 +139,7 @@ class SimCluster:
                     model_path=self.config.model_dir or "",
                     host=self.config.host,
                     port=sock.getsockname()[1],
+                    kv_transfer=kv_transfer,
                 ),
                 self.tokenizer,
                 self.clock,

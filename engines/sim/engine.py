@@ -82,6 +82,7 @@ class SimEngine:
         self._step_lock = asyncio.Lock()  # held through each step; add_lora runs between
         self._task: asyncio.Task[None] | None = None
         self._reported = self.kv_cache.stats
+        self._reported_external = 0
         self.num_steps = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -197,6 +198,9 @@ class SimEngine:
         self.metrics.prefix_cache_queries.inc(stats.queries - last.queries)
         self.metrics.prefix_cache_hits.inc(stats.hits - last.hits)
         self._reported = stats
+        external = self.scheduler.num_external_hit_tokens
+        self.metrics.external_prefix_cache_hits.inc(external - self._reported_external)
+        self._reported_external = external
         self.metrics.num_preemptions.inc(len(plan.preempted))
         self._update_gauges()
 

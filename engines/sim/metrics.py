@@ -57,6 +57,11 @@ class EngineMetrics:
             "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
             names, registry=reg,
         ).labels(**values)  # fmt: skip
+        self.external_prefix_cache_hits = Counter(
+            "vllm:external_prefix_cache_hits",
+            "External prefix cache hits from KV connector cross-instance cache sharing, in "
+            "terms of number of cached tokens.", names, registry=reg,
+        ).labels(**values)  # fmt: skip
         self.num_preemptions = Counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine.",
             names, registry=reg,

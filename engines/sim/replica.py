@@ -10,6 +10,7 @@ from engines.sim.clock import Clock
 from engines.sim.engine import EngineConfig, SimEngine
 from engines.sim.errors import BadRequest, NotFound
 from engines.sim.event_publisher import ZmqEventPublisher
+from engines.sim.kv_transfer import KVTransferConfig
 from engines.sim.metrics import EngineMetrics
 from engines.sim.request import LoraRef
 from engines.sim.tokenizer import Tokenizer
@@ -22,6 +23,11 @@ class ReplicaConfig:
     model_path: str = ""
     host: str = "127.0.0.1"
     port: int = 0
+    kv_transfer: KVTransferConfig | None = None  # None: no KV connector, as vLLM without one
+
+    @property
+    def has_kv_connector(self) -> bool:
+        return self.kv_transfer is not None and self.kv_transfer.has_connector
 
 
 class SimReplica:

@@ -78,6 +78,8 @@ class Scheduler:
         self.requests: dict[str, SimRequest] = {}
         self.lora_slots = LoraSlots(config.max_loras)
         self.num_preemptions = 0
+        # prompt tokens loaded from prefill engines (vLLM's external prefix-cache hits)
+        self.num_external_hit_tokens = 0
 
     # -- queue management ------------------------------------------------------------
 
@@ -289,6 +291,9 @@ class Scheduler:
         request.num_computed_tokens = num_computed
         request.status = RequestStatus.WAITING_FOR_REMOTE_KV
         request.kv_ready_s = now_s + self.kv_transfer_time_s(num_external)
+        # the last prompt token is recomputed for its logits (_finish_kv_transfer)
+        self.num_external_hit_tokens += min(num_external,
+                                            request.num_tokens - 1 - hit.num_tokens)
         return True
 
     def _finish_kv_transfer(self, request: SimRequest) -> None:

@@ -151,7 +151,9 @@ class OpenAIServing:
             prompt_token_ids=tuple(prompt_token_ids),
             stop_strings=body.stop_strings,
             choices=[],
-            kv_transfer_params=body.kv_transfer_params,
+            # as vLLM: without a KV connector, kv_transfer_params are ignored
+            kv_transfer_params=body.kv_transfer_params if replica.config.has_kv_connector
+            else None,
         )
         queue: asyncio.Queue[TimedOutput] = asyncio.Queue()
         requests = [
@@ -201,7 +203,7 @@ class OpenAIServing:
             lora=lora,
             cache_salt=body.cache_salt,
             remote_prefill=_remote_prefill(
-                body.kv_transfer_params, len(call.prompt_token_ids), config.block_size
+                call.kv_transfer_params, len(call.prompt_token_ids), config.block_size
             ),
         )
 

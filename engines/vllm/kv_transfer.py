@@ -20,6 +20,7 @@ NIXL = "NixlConnector"
 SIDE_CHANNEL_HOST_ENV = "VLLM_NIXL_SIDE_CHANNEL_HOST"
 SIDE_CHANNEL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
 KV_TRANSFER_KEYS = ("kv_transfer_config", "kv-transfer-config")
+KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}
 
 
 def installed_vllm_is_cpu() -> bool:
@@ -31,10 +32,13 @@ def installed_vllm_is_cpu() -> bool:
     return True
 
 
-def default_kv_transfer_config(kv_buffer_device: str | None = None) -> dict[str, Any]:
-    """vLLM's NIXL connector; one config for prefill and decode engines (``kv_both``)."""
+def default_kv_transfer_config(role: str, kv_buffer_device: str | None = None) -> dict[str, Any]:
+    """vLLM's NIXL connector for a ``prefill`` or ``decode`` engine: ``kv_producer`` and
+    ``kv_consumer`` as vLLM asks (``kv_both`` is deprecated with NIXL since vLLM 0.32)."""
+    if role not in KV_ROLES:
+        raise ValueError(f"role must be one of {sorted(KV_ROLES)}, got {role!r}")
     device = kv_buffer_device or ("cpu" if installed_vllm_is_cpu() else "cuda")
-    return {"kv_connector": NIXL, "kv_role": "kv_both", "kv_buffer_device": device}
+    return {"kv_connector": NIXL, "kv_role": KV_ROLES[role], "kv_buffer_device": device}
 
 
 def kv_transfer_config(engine_kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:

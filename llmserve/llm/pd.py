@@ -4,7 +4,8 @@ As ``ray.serve.llm.build_pd_openai_app``: ``{"prefill_config": ..., "decode_conf
 each an `LLMConfig`, a mapping or a YAML path. Both pools serve the same model id (and the
 same LoRA setup); each scales by its own ``deployment_config`` and routes by its own
 ``routing_config`` (prefill: prefix-aware by default, where the prefix cache lives; decode:
-by load). vLLM engines get vLLM's NIXL connector unless ``engine_kwargs`` names one.
+by load). Engines (vLLM and the simulator) get vLLM's NIXL connector, ``kv_producer`` on
+prefill and ``kv_consumer`` on decode, unless ``engine_kwargs`` names one.
 """
 
 from __future__ import annotations
@@ -113,10 +114,11 @@ def pool_config(value: ConfigInput, *, role: str) -> LLMConfig:
         raise ConfigError(f"{role}_config.llm_engine: {config.llm_engine!r} cannot hand KV "
                           f"from prefill to decode here; use one of {list(PD_ENGINES)}")
     updates: dict[str, Any] = {}
-    if config.llm_engine == "vllm" and not any(k in config.engine_kwargs
-                                               for k in KV_TRANSFER_KEYS):
+    if not any(k in config.engine_kwargs for k in KV_TRANSFER_KEYS):
+        # the simulator takes vLLM's flag too, and like vLLM ignores kv_transfer_params
+        # without a connector
         updates["engine_kwargs"] = {**config.engine_kwargs,
-                                    "kv_transfer_config": default_kv_transfer_config()}
+                                    "kv_transfer_config": default_kv_transfer_config(role)}
     if role == "decode" and isinstance(raw, Mapping) and "routing_config" not in raw:
         updates["routing_config"] = dict(DECODE_DEFAULT_ROUTING)
     if not updates:

@@ -104,6 +104,11 @@ def test_defaults_connector_and_decode_routing(model_dir: str, tmp_path: object)
     prefill = pool_config(vllm, role="prefill")
     decode = pool_config(vllm, role="decode")
     assert prefill.engine_kwargs["kv_transfer_config"]["kv_connector"] == "NixlConnector"
+    # vLLM's roles for NIXL (kv_both is deprecated): the simulator gets the same flag
+    assert prefill.engine_kwargs["kv_transfer_config"]["kv_role"] == "kv_producer"
+    assert decode.engine_kwargs["kv_transfer_config"]["kv_role"] == "kv_consumer"
+    simulated = pool_config(sim(model_dir), role="decode")
+    assert simulated.engine_kwargs["kv_transfer_config"]["kv_role"] == "kv_consumer"
     assert prefill.routing_config["policy"] == "prefix_aware"
     assert decode.routing_config["policy"] == "least_loaded"
     own = {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
@@ -140,12 +145,20 @@ def aggregated_url() -> str:
     return str(engine_infos("LLMServer:decode:sim")[0].url)  # type: ignore[attr-defined]
 
 
+def decode_external_hits() -> float:
+    """Prompt tokens the decode engines loaded from prefill engines (vLLM's metric)."""
+    return sum(metric(httpx.get(f"{info.url}/metrics", timeout=10).text,  # type: ignore[attr-defined]
+                      "vllm:external_prefix_cache_hits_total")
+               for info in engine_infos("LLMServer:decode:sim"))
+
+
 def test_answers_equal_aggregated_serving(pd_url: str) -> None:
     pd = OpenAI(base_url=f"{pd_url}/v1", api_key="x", max_retries=0)
     agg = OpenAI(base_url=f"{aggregated_url()}/v1", api_key="x", max_retries=0)
     for client_kind in ("chat", "completions"):
         answers = []
         for client in (pd, agg):
+            hits_before = decode_external_hits()
             if client_kind == "chat":
                 out = client.chat.completions.create(model="sim", messages=CHAT,  # type: ignore[arg-type]
                                                      max_tokens=12, temperature=0)
@@ -157,6 +170,8 @@ def test_answers_equal_aggregated_serving(pd_url: str) -> None:
             assert out.usage is not None
             answers.append((text, out.usage.prompt_tokens, out.usage.completion_tokens,
                             out.choices[0].finish_reason))
+            if client is pd:  # the decode engine loaded the KV (the sim's NIXL connector)
+                assert decode_external_hits() - hits_before == out.usage.prompt_tokens - 1
         assert answers[0] == answers[1]
         assert answers[0][2] == 12
 

@@ -18,6 +18,7 @@ from engines.sim.tokenizer import HFTokenizer
 from tests.eventually import eventually_async
 
 MODEL = "sim-tiny"
+NIXL_BOTH = '{"kv_connector": "NixlConnector", "kv_role": "kv_both"}'
 
 
 @pytest.fixture
@@ -223,7 +224,8 @@ async def test_tokenize_detokenize_health(cluster: SimCluster) -> None:
 async def test_prefill_decode_handoff(sim_tokenizer_dir: Path) -> None:
     profile = get_profile("llama-3.1-70b-tp4-h100")
     config = ClusterConfig(model_dir=str(sim_tokenizer_dir), served_model_name=MODEL,
-                           num_replicas=2, profile=profile.name, kv_blocks=1024)  # fmt: skip
+                           num_replicas=2, profile=profile.name, kv_blocks=1024,
+                           kv_transfer_config=NIXL_BOTH)  # fmt: skip
     prompt = list(range(3, 2003))
     async with SimCluster(config) as cluster, httpx.AsyncClient(timeout=30) as http:
         prefill_url, decode_url = cluster.urls
