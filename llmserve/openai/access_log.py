@@ -2,8 +2,9 @@
 
 Fields (``extra`` on the record; ``--log-format json`` writes them as JSON keys):
 request_id, model_name, route, status, ttft_ms (streamed requests), duration_ms,
-prompt_tokens, completion_tokens, replica, key_id. ``key_id`` identifies the API key
-(the first 12 hex digits of its SHA-256); the key itself is never logged.
+prompt_tokens, completion_tokens, replica, key_id; with prefill/decode disaggregation
+``replica`` is the decode replica and ``prefill_replica`` the prefill replica. ``key_id``
+identifies the API key (the first 12 hex digits of its SHA-256); the key itself is never logged.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def key_id(authorization: str | None) -> str:
 
 def log_access(request: Request, request_id: str, model: str, route: str, status: int | str,
                outcome: Outcome | None = None, replica: str = "",
-               streamed: bool = False) -> None:
+               streamed: bool = False, prefill_replica: str = "") -> None:
     if not ACCESS_LOG.isEnabledFor(logging.INFO):
         return
     arrival_s = getattr(request.state, "arrival_s", None)
@@ -45,4 +46,5 @@ def log_access(request: Request, request_id: str, model: str, route: str, status
                "status": status, "ttft_ms": ttft_ms, "duration_ms": duration_ms,
                "prompt_tokens": usage.get("prompt_tokens"),
                "completion_tokens": usage.get("completion_tokens"),
-               "replica": replica, "key_id": key_id(request.headers.get("authorization"))})
+               "replica": replica, "key_id": key_id(request.headers.get("authorization")),
+               **({"prefill_replica": prefill_replica} if prefill_replica else {})})

@@ -21,6 +21,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from llmserve.openai.client_left import ClientLeft, until_left
 from llmserve.openai.errors import (
     BadGateway,
     EngineUnavailable,
@@ -88,6 +89,11 @@ def decode_payload(payload: Mapping[str, Any],
 class PrefillResult:
     kv_transfer_params: Mapping[str, Any] | None
     done_s: float
+    replica: str  # the prefill replica's key
+
+
+# (decode outcome, prefill replica key, decode replica key), once per decoded request
+Finished = Callable[[Outcome, str, str], None]
 
 
 class DisaggregatedFlow:
@@ -111,9 +117,10 @@ class DisaggregatedFlow:
 
     async def forward(self, path: str, payload: dict[str, Any], request_id: str,
                       route: RouteRequest, leaving: asyncio.Future[None],
-                      charge: Callable[[Outcome], None]) -> Response:
+                      finished: Finished) -> Response:
         """The client's response. ``leaving`` completes when the client disconnects;
-        ``charge`` gets the decode outcome (usage) for per-key token limits."""
+        ``finished`` gets the decode outcome (usage, for per-key token limits and the access
+        log) and the keys of the prefill and decode replicas that served the request."""
         model = self.model_id
         try:
             check_splittable(payload)
@@ -132,7 +139,7 @@ class DisaggregatedFlow:
                 finished = True
                 return prefill
             response = await self._decode(path, payload, request_id, route, prefill,
-                                          started_s, leaving, charge)
+                                          started_s, leaving, finished)
             finished = not isinstance(response, RelayedStream)  # a stream ends later
             return response
         except BaseException:
@@ -157,6 +164,7 @@ class DisaggregatedFlow:
             await self.directory.refresh_pool(pool)
         body = json.dumps(prefill_payload(payload)).encode()
         headers = {"content-type": "application/json", "x-request-id": f"{request_id}-p"}
+        died: BadGateway | None = None
         for _ in range(max(1, len(pool.endpoints))):
             endpoint = await self._choose(pool, route)
             if endpoint is None:
@@ -164,17 +172,26 @@ class DisaggregatedFlow:
             outcome = Outcome(on_first_chunk=functools.partial(pool.first_token, endpoint,
                                                                route))
             try:
-                upstream = await self.relay.open(endpoint.url + path, body, headers)
+                # vLLM sends a whole answer's headers when it is done: watch the client
+                # meanwhile (leaving closes the connection, which aborts the prefill)
+                upstream = await until_left(
+                    self.relay.open(endpoint.url + path, body, headers), leaving)
+                content = await read_whole(upstream, outcome, leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: prefill %s; trying another replica", request_id, exc)
                 await self._lost(pool, endpoint, route)
                 continue
-            except OpenAIError:
-                pool.finish(endpoint, route, failed=True)
-                self.pd_metrics.requests.labels(model, "prefill_error").inc()
-                raise
-            try:
-                content = await read_whole(upstream, outcome, leaving)
+            except BadGateway as exc:
+                # The prefill engine died while computing. Nothing has reached the client
+                # and the KV died with the engine, so another prefill replica starts over.
+                log.warning("request %s: prefill replica %s failed (%s); trying another "
+                            "replica", request_id, endpoint.url, exc.message)
+                died = exc
+                await self._lost(pool, endpoint, route)
+                self.pd_metrics.prefill_retries.labels(model).inc()
+                continue
+            except ClientLeft:
+                content = None
             except OpenAIError:
                 pool.finish(endpoint, route, failed=True)
                 self.pd_metrics.requests.labels(model, "prefill_error").inc()
@@ -188,8 +205,11 @@ class DisaggregatedFlow:
                 self.pd_metrics.requests.labels(model, "prefill_error").inc()
                 return _relayed(content, upstream)
             self.pd_metrics.prefill_ttft.labels(model).observe(done_s - outcome.started_s)
-            return PrefillResult(self._kv_params(content, request_id), done_s)
+            return PrefillResult(self._kv_params(content, request_id), done_s, endpoint.key)
         self.pd_metrics.requests.labels(model, "prefill_error").inc()
+        if died is not None:
+            raise BadGateway(f"the prefill replicas of `{model}` failed while computing the "
+                             f"prompt: {died.message}")
         raise EngineUnavailable(f"no prefill replica of `{model}` is available right now",
                                 retry_after_s=1.0)
 
@@ -211,7 +231,7 @@ class DisaggregatedFlow:
     async def _decode(self, path: str, payload: Mapping[str, Any], request_id: str,
                       route: RouteRequest, prefill: PrefillResult, started_s: float,
                       leaving: asyncio.Future[None],
-                      charge: Callable[[Outcome], None]) -> Response:
+                      finished: Finished) -> Response:
         model, pool = self.model_id, self.decode
         body = json.dumps(decode_payload(payload, prefill.kv_transfer_params)).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
@@ -238,7 +258,7 @@ class DisaggregatedFlow:
                 self.pd_metrics.requests.labels(model, "decode_error").inc()
                 raise
             return await self._relay_decode(path, payload, endpoint, route, upstream, outcome,
-                                            prefill, started_s, leaving, charge)
+                                            prefill, started_s, leaving, finished)
         self.pd_metrics.requests.labels(model, "decode_error").inc()
         raise BadGateway(f"no decode replica of `{model}` could take the request after its "
                          f"prefill")
@@ -247,7 +267,7 @@ class DisaggregatedFlow:
                             route: RouteRequest, upstream: UpstreamResponse,
                             outcome: Outcome, prefill: PrefillResult, started_s: float,
                             leaving: asyncio.Future[None],
-                            charge: Callable[[Outcome], None]) -> Response:
+                            finished: Finished) -> Response:
         model, pool = self.model_id, self.decode
 
         def done(result: Outcome, stream: bool = False) -> None:
@@ -259,7 +279,7 @@ class DisaggregatedFlow:
             self.pd_metrics.record_decode(model, result, prefill.done_s, now_s)
             self.metrics.record(model, path, dataclasses.replace(result, started_s=started_s),
                                 now_s, streamed=payload.get("stream") is True)
-            charge(result)
+            finished(result, prefill.replica, endpoint.key)
             if stream:
                 self._count(-1)
 

@@ -8,17 +8,16 @@ feature (tools, response_format, logprobs, chat templates, ...) comes through un
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +28,7 @@ from llmserve.lora.settings import LoraSettings
 from llmserve.openai.access_log import log_access
 from llmserve.openai.auth import ApiKeys, bearer_token
 from llmserve.openai.background import keep_running
+from llmserve.openai.client_left import ClientLeft, until_left
 from llmserve.openai.disaggregated import SPLIT_PATHS, DisaggregatedFlow
 from llmserve.openai.engine_targets import engine_targets
 from llmserve.openai.errors import (
@@ -82,25 +82,6 @@ MODEL_OPTIONAL = {"/tokenize", "/detokenize"}
 CREATED_AT = int(time.time())
 PARSE_OFF_LOOP_BYTES = 1024 * 1024  # larger bodies are parsed on a worker thread
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
-T = TypeVar("T")
-
-
-class ClientLeft(Exception):
-    """The client disconnected before its answer started."""
-
-
-async def until_left(work: Awaitable[T], leaving: asyncio.Future[None]) -> T:
-    """``work``'s result, or ClientLeft (``work`` cancelled) if the client leaves first."""
-    task = asyncio.ensure_future(work)
-    if not leaving.done():
-        waits: set[asyncio.Future[Any]] = {task, leaving}
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    raise ClientLeft
 
 
 @dataclass(frozen=True)
@@ -452,12 +433,14 @@ class OpenAiIngress:
                                 retry_after_s=1.0)
 
     def _pd_done(self, request: Request, request_id: str, key: KeyPolicy | None,
-                 streamed: bool, result: Outcome) -> None:
+                 streamed: bool, result: Outcome, prefill_replica: str,
+                 decode_replica: str) -> None:
         """A disaggregated request ended (the flow counted it in the metrics)."""
         self._charge(key, result)
         status = CLIENT_CLOSED if result.disconnected else result.status
         log_access(request, request_id, getattr(request.state, "model_name", ""),
-                   request.url.path, status, result, "", streamed)
+                   request.url.path, status, result, decode_replica, streamed,
+                   prefill_replica=prefill_replica)
         request.state.spans.end(status)
         request.state.recorded = True
 

@@ -51,6 +51,11 @@ class PDMetrics:
             "Decode requests sent to another decode replica because the first could not "
             "be reached (the KV was still on the prefill engine)", labels, registry=r)
 
+        self.prefill_retries = Counter(
+            "llmserve_pd_prefill_retries",
+            "Prefill requests sent to another prefill replica because the first died or "
+            "could not be reached (nothing had reached the client)", labels, registry=r)
+
     def record_decode(self, model: str, decode: Outcome, prefill_done_s: float,
                       now_s: float) -> None:
         """``decode.started_s`` is when the decode request was sent."""

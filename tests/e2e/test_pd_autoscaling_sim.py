@@ -1,0 +1,74 @@
+"""Prefill and decode pools scale independently: each takes its own
+``deployment_config.autoscaling_config``, and load on one pool scales that pool only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llmserve import serve
+from llmserve.llm import build_pd_openai_app
+from tests.fixtures_engines import cached_tiny_model
+
+PREFILL = "LLMServer:prefill:sim"
+DECODE = "LLMServer:decode:sim"
+
+
+def pool(model_dir: str, max_replicas: int) -> dict[str, Any]:
+    return {
+        "model_loading_config": {"model_id": "sim", "model_source": model_dir},
+        "llm_engine": "sim",
+        "engine_kwargs": {"time_scale": 0.1},  # ten times slower than the profile
+        "deployment_config": {"autoscaling_config": {
+            "min_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": 2,
+            "upscale_delay_s": 0, "downscale_delay_s": 30, "look_back_period_s": 0.5}},
+    }
+
+
+@pytest.fixture
+def pd_url() -> Iterator[str]:
+    model_dir = str(cached_tiny_model())
+    serve.shutdown()
+    serve.run(build_pd_openai_app({"prefill_config": pool(model_dir, 3),
+                                   "decode_config": pool(model_dir, 2)}), port=0)
+    yield serve.http_url() or ""
+    serve.shutdown()
+
+
+def targets() -> dict[str, int]:
+    deployments = serve.status().applications["default"].deployments
+    return {name: deployments[name].target_replicas for name in (PREFILL, DECODE)}
+
+
+async def load_and_watch(url: str, body: dict[str, Any], n: int) -> dict[str, int]:
+    """``n`` requests at once; the highest target replica count of each pool meanwhile."""
+    peak = {PREFILL: 0, DECODE: 0}
+
+    async def one(client: httpx.AsyncClient) -> int:
+        response = await client.post(f"{url}/v1/completions", json={"model": "sim", **body})
+        return response.status_code
+
+    async with httpx.AsyncClient(timeout=120) as client:
+        load = asyncio.gather(*(one(client) for _ in range(n)))
+        while not load.done():
+            for name, value in (await asyncio.to_thread(targets)).items():
+                peak[name] = max(peak[name], value)
+            await asyncio.sleep(0.1)
+        assert await load == [200] * n
+    return peak
+
+
+def test_long_decodes_scale_the_decode_pool_only(pd_url: str) -> None:
+    body = {"prompt": "hi", "max_tokens": 400, "ignore_eos": True}
+    peak = asyncio.run(load_and_watch(pd_url, body, 12))
+    assert peak == {PREFILL: 1, DECODE: 2}
+
+
+def test_long_prompts_scale_the_prefill_pool_only(pd_url: str) -> None:
+    body = {"prompt": "a long prompt to prefill " * 300, "max_tokens": 1}
+    peak = asyncio.run(load_and_watch(pd_url, body, 12))
+    assert peak[PREFILL] >= 2 and peak[DECODE] == 1, peak
