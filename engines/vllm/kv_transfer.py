@@ -11,6 +11,7 @@ Nothing here imports vllm.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,8 @@ from engines.process import free_port
 NIXL = "NixlConnector"
 SIDE_CHANNEL_HOST_ENV = "VLLM_NIXL_SIDE_CHANNEL_HOST"
 SIDE_CHANNEL_PORT_ENV = "VLLM_NIXL_SIDE_CHANNEL_PORT"
+OMP_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
 KV_TRANSFER_KEYS = ("kv_transfer_config", "kv-transfer-config")
 KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}
 
@@ -65,3 +68,24 @@ def side_channel_env(engine_kwargs: Mapping[str, Any], host: str,
     if SIDE_CHANNEL_PORT_ENV not in env:
         chosen[SIDE_CHANNEL_PORT_ENV] = str(free_port(host))
     return chosen
+
+
+def cpu_threads_env(engine_kwargs: Mapping[str, Any], env: Mapping[str, str],
+                    cpu_count: int | None = None) -> dict[str, str]:
+    """OpenMP settings for a NIXL engine on vLLM's CPU build (what ``env`` sets wins).
+
+    NIXL's UCX backend runs a progress thread that polls without sleeping (NIXL's Python
+    API fixes its delay at 0 and vLLM gives no way to change it), so every NIXL engine
+    keeps one core busy. vLLM's CPU build binds one OpenMP thread to every core by
+    default; the thread that shares its core with a spinning NIXL thread (or with the
+    other engine's) falls behind and every parallel step waits for it at the barrier:
+    with two engines on 2 cores an 8-token completion took 13-24 s instead of ~1 s.
+    So each engine gets unbound OpenMP threads, half the cores minus the one its NIXL
+    thread takes (at least one): P/D engines come in pairs on a host. See docs/pd.md.
+    """
+    if not uses_nixl(engine_kwargs) or not installed_vllm_is_cpu():
+        return {}
+    if OMP_BIND_ENV in env or OMP_THREADS_ENV in env:
+        return {}
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return {OMP_BIND_ENV: "nobind", OMP_THREADS_ENV: str(max(1, cores // 2 - 1))}

@@ -117,9 +117,9 @@ class DisaggregatedFlow:
 
     async def forward(self, path: str, payload: dict[str, Any], request_id: str,
                       route: RouteRequest, leaving: asyncio.Future[None],
-                      finished: Finished) -> Response:
+                      on_done: Finished) -> Response:
         """The client's response. ``leaving`` completes when the client disconnects;
-        ``finished`` gets the decode outcome (usage, for per-key token limits and the access
+        ``on_done`` gets the decode outcome (usage, for per-key token limits and the access
         log) and the keys of the prefill and decode replicas that served the request."""
         model = self.model_id
         try:
@@ -139,7 +139,7 @@ class DisaggregatedFlow:
                 finished = True
                 return prefill
             response = await self._decode(path, payload, request_id, route, prefill,
-                                          started_s, leaving, finished)
+                                          started_s, leaving, on_done)
             finished = not isinstance(response, RelayedStream)  # a stream ends later
             return response
         except BaseException:
@@ -180,6 +180,7 @@ class DisaggregatedFlow:
             except EngineConnectError as exc:
                 log.warning("request %s: prefill %s; trying another replica", request_id, exc)
                 await self._lost(pool, endpoint, route)
+                self.pd_metrics.prefill_retries.labels(model).inc()
                 continue
             except BadGateway as exc:
                 # The prefill engine died while computing. Nothing has reached the client
@@ -231,7 +232,7 @@ class DisaggregatedFlow:
     async def _decode(self, path: str, payload: Mapping[str, Any], request_id: str,
                       route: RouteRequest, prefill: PrefillResult, started_s: float,
                       leaving: asyncio.Future[None],
-                      finished: Finished) -> Response:
+                      on_done: Finished) -> Response:
         model, pool = self.model_id, self.decode
         body = json.dumps(decode_payload(payload, prefill.kv_transfer_params)).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
@@ -258,7 +259,7 @@ class DisaggregatedFlow:
                 self.pd_metrics.requests.labels(model, "decode_error").inc()
                 raise
             return await self._relay_decode(path, payload, endpoint, route, upstream, outcome,
-                                            prefill, started_s, leaving, finished)
+                                            prefill, started_s, leaving, on_done)
         self.pd_metrics.requests.labels(model, "decode_error").inc()
         raise BadGateway(f"no decode replica of `{model}` could take the request after its "
                          f"prefill")
@@ -267,7 +268,7 @@ class DisaggregatedFlow:
                             route: RouteRequest, upstream: UpstreamResponse,
                             outcome: Outcome, prefill: PrefillResult, started_s: float,
                             leaving: asyncio.Future[None],
-                            finished: Finished) -> Response:
+                            on_done: Finished) -> Response:
         model, pool = self.model_id, self.decode
 
         def done(result: Outcome, stream: bool = False) -> None:
@@ -279,7 +280,7 @@ class DisaggregatedFlow:
             self.pd_metrics.record_decode(model, result, prefill.done_s, now_s)
             self.metrics.record(model, path, dataclasses.replace(result, started_s=started_s),
                                 now_s, streamed=payload.get("stream") is True)
-            finished(result, prefill.replica, endpoint.key)
+            on_done(result, prefill.replica, endpoint.key)
             if stream:
                 self._count(-1)
 

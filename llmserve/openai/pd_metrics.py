@@ -53,8 +53,8 @@ class PDMetrics:
 
         self.prefill_retries = Counter(
             "llmserve_pd_prefill_retries",
-            "Prefill requests sent to another prefill replica because the first died or "
-            "could not be reached (nothing had reached the client)", labels, registry=r)
+            "Prefill attempts lost because the replica died or could not be reached; the "
+            "request goes to another prefill replica if one is left", labels, registry=r)
 
     def record_decode(self, model: str, decode: Outcome, prefill_done_s: float,
                       now_s: float) -> None:

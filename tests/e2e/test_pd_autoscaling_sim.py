@@ -18,11 +18,11 @@ PREFILL = "LLMServer:prefill:sim"
 DECODE = "LLMServer:decode:sim"
 
 
-def pool(model_dir: str, max_replicas: int) -> dict[str, Any]:
+def pool(model_dir: str, max_replicas: int, time_scale: float) -> dict[str, Any]:
     return {
         "model_loading_config": {"model_id": "sim", "model_source": model_dir},
         "llm_engine": "sim",
-        "engine_kwargs": {"time_scale": 0.1},  # ten times slower than the profile
+        "engine_kwargs": {"time_scale": time_scale},  # slower than the profile
         "deployment_config": {"autoscaling_config": {
             "min_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": 2,
             "upscale_delay_s": 0, "downscale_delay_s": 30, "look_back_period_s": 0.5}},
@@ -33,8 +33,9 @@ def pool(model_dir: str, max_replicas: int) -> dict[str, Any]:
 def pd_url() -> Iterator[str]:
     model_dir = str(cached_tiny_model())
     serve.shutdown()
-    serve.run(build_pd_openai_app({"prefill_config": pool(model_dir, 3),
-                                   "decode_config": pool(model_dir, 2)}), port=0)
+    # prefill 50x slower than the profile: 12 long prompts keep the pool busy for seconds
+    serve.run(build_pd_openai_app({"prefill_config": pool(model_dir, 3, 0.02),
+                                   "decode_config": pool(model_dir, 2, 0.1)}), port=0)
     yield serve.http_url() or ""
     serve.shutdown()
 

@@ -33,9 +33,10 @@ from tests.faults.harness import (
 )
 from tests.faults.test_engine_faults import busy_engine, stream_events
 
-# one prefill of this prompt takes ~1 s of wall time at time scale 0.02 ("tiny-cpu")
-LONG_PROMPT = "prefill takes a while here " * 300
-TIME_SCALE = 0.02
+# ~6,000 tokens: one prefill takes ~11 s of wall time at time scale 0.002 ("tiny-cpu": 22 ms
+# simulated), a decoded token ~0.5 s, so a kill lands in the middle of either
+LONG_PROMPT = "prefill takes a while here " * 370
+TIME_SCALE = 0.002
 
 
 def nixl(role: str) -> tuple[str, ...]:
