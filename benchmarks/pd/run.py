@@ -94,6 +94,12 @@ def make_workload(name: str, rate: float, args: argparse.Namespace,
     return Workload(name, sessions, {"seed": args.seed, **shape, "output_len": OUTPUT_LEN})
 
 
+def nixl(role: str) -> tuple[str, str]:
+    """vLLM's connector flag: without it the engines ignore kv_transfer_params, as vLLM."""
+    return ("--kv-transfer-config", json.dumps({"kv_connector": "NixlConnector",
+                                                "kv_role": role}))
+
+
 @contextlib.contextmanager
 def deployment(split: str, model_dir: str, args: argparse.Namespace,
                log_dir: Path) -> Iterator[tuple[str, list[str]]]:
@@ -112,10 +118,10 @@ def deployment(split: str, model_dir: str, args: argparse.Namespace,
         num_prefill, num_decode = (int(x) for x in split.split(":"))
         prefill = stack.enter_context(sim_cluster(
             model_dir, num_prefill, port, PROFILE, args.time_scale,
-            log_dir / f"{label}-prefill.log", SIM_ARGS))
+            log_dir / f"{label}-prefill.log", (*SIM_ARGS, *nixl("kv_producer"))))
         decode = stack.enter_context(sim_cluster(
             model_dir, num_decode, port + 20, PROFILE, args.time_scale,
-            log_dir / f"{label}-decode.log", SIM_ARGS))
+            log_dir / f"{label}-decode.log", (*SIM_ARGS, *nixl("kv_consumer"))))
         url = stack.enter_context(pd_gateway(prefill, decode, model_dir, port + 50,
                                              log_dir / f"{label}-gateway"))
         yield url, [*prefill, *decode]

@@ -94,10 +94,11 @@ def test_run_config_fronting_running_prefill_and_decode_engines(tmp_path: Path) 
 
     model = str(cached_tiny_model())
     base = free_port()
+    nixl = ("--kv-transfer-config", '{"kv_connector": "NixlConnector", "kv_role": "kv_both"}')
     with sim_cluster(model, 1, base, "tiny-cpu", 1.0, tmp_path / "p.log",
-                     ("--served-model-name", "tiny")) as prefill, \
+                     ("--served-model-name", "tiny", *nixl)) as prefill, \
             sim_cluster(model, 2, free_port(), "tiny-cpu", 1.0, tmp_path / "d.log",
-                        ("--served-model-name", "tiny")) as decode:
+                        ("--served-model-name", "tiny", *nixl)) as decode:
         args = {"prefill_worker_urls": prefill, "decode_worker_urls": decode,
                 "worker_engine": "sim"}
         config = tmp_path / "pd.yaml"
@@ -117,5 +118,8 @@ def test_run_config_fronting_running_prefill_and_decode_engines(tmp_path: Path) 
             prefill_done = metric(httpx.get(f"{prefill[0]}/metrics").text,
                                   "vllm:request_success_total")
             assert prefill_done == 1  # the prefill engine served the one-token prefill
+            loaded = sum(metric(httpx.get(f"{u}/metrics").text,
+                                "vllm:external_prefix_cache_hits_total") for u in decode)
+            assert loaded == out.usage.prompt_tokens - 1  # the decode engine pulled the KV
         finally:
             stop(proc)
