@@ -247,7 +247,13 @@ class DisaggregatedFlow:
             outcome = Outcome(on_first_chunk=functools.partial(pool.first_token, endpoint,
                                                                route))
             try:
-                upstream = await self.relay.open(endpoint.url + path, body, headers)
+                # a whole answer's headers come when it is done: watch the client meanwhile
+                upstream = await until_left(
+                    self.relay.open(endpoint.url + path, body, headers), leaving)
+            except ClientLeft:  # the connection is closed: the engine aborts the request
+                pool.finish(endpoint, route, failed=False)
+                self.pd_metrics.requests.labels(model, "client_left").inc()
+                return Response(status_code=CLIENT_CLOSED)
             except EngineConnectError as exc:
                 # The request never reached it, so the KV is still on the prefill engine
                 # waiting to be pulled: another decode replica can take it.

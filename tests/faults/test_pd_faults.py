@@ -178,3 +178,22 @@ def test_decode_replica_dying_mid_stream_ends_it_with_an_error_event(
     text = gateway.metrics()
     assert metric_sum(text, "llmserve_pd_requests_total", 'outcome="decode_error"') == 1
     settled(gateway, prefill + decode, fds)
+
+
+def test_client_leaving_a_whole_answer_mid_decode_aborts_it(
+        pd: tuple[PDGateway, list[SimEngine], list[SimEngine]]) -> None:
+    gateway, prefill, decode = pd
+    fds = gateway.open_fds()
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 300, "ignore_eos": True}
+    with ThreadPoolExecutor(1) as pool:
+        # ~150 s of decoding; the client gives up after 4 s
+        answer = pool.submit(httpx.post, f"{gateway.url}/v1/completions", json=body,
+                             timeout=4)
+        busy_engine(decode)
+        with pytest.raises(httpx.ReadTimeout):
+            answer.result(timeout=30)
+    for engine in decode:  # aborted now, not after its 300 tokens
+        poll(lambda e=engine: e.busy() == 0, 10, f"decode request aborted on {engine.url}")  # type: ignore[misc]
+    assert metric_sum(gateway.metrics(), "llmserve_pd_requests_total",
+                      'outcome="client_left"') == 1
+    settled(gateway, prefill + decode, fds)
