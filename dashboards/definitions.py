@@ -124,6 +124,14 @@ ROUTING = (
 )
 
 S = 'application=~".+"'
+
+
+def controller_gauge(gauge: str, by: str, legend: str) -> Query:
+    """A controller's gauge, counted once however many gateways export it (Ray)."""
+    return Query(f"sum by ({by}) (max by (controller, application, {by}) "
+                 f"({gauge}{{{S}}}))", legend)
+
+
 SERVE = (
     PanelSpec("Requests per deployment",
               (rate_by("llmserve_serve_deployment_requests_total", "application, deployment",
@@ -135,19 +143,19 @@ SERVE = (
               quantiles("llmserve_serve_deployment_processing_latency_seconds",
                         "deployment", S), "s"),
     PanelSpec("Queued requests",
-              (Query(f"sum by (deployment) (llmserve_serve_deployment_queued_requests{{{S}}})",
-                     "{{deployment}}"),), "short"),
+              (controller_gauge("llmserve_serve_deployment_queued_requests", "deployment",
+                                "{{deployment}}"),), "short"),
     PanelSpec("Ongoing requests",
-              (Query(f"sum by (deployment) (llmserve_serve_deployment_ongoing_requests{{{S}}})",
-                     "{{deployment}}"),), "short"),
+              (controller_gauge("llmserve_serve_deployment_ongoing_requests", "deployment",
+                                "{{deployment}}"),), "short"),
     PanelSpec("Replicas by state",
-              (Query(f"sum by (deployment, state) (llmserve_serve_deployment_replicas{{{S}}})",
-                     "{{deployment}} {{state}}"),), "short"),
+              (controller_gauge("llmserve_serve_deployment_replicas", "deployment, state",
+                                "{{deployment}} {{state}}"),), "short"),
     PanelSpec("Autoscaling: desired vs running replicas",
-              (Query(f"sum by (deployment) (llmserve_serve_autoscaling_desired_replicas{{{S}}})",
-                     "{{deployment}} desired"),
-               Query(f"sum by (deployment) (llmserve_serve_autoscaling_running_replicas{{{S}}})",
-                     "{{deployment}} running")), "short"),
+              (controller_gauge("llmserve_serve_autoscaling_desired_replicas", "deployment",
+                                "{{deployment}} desired"),
+               controller_gauge("llmserve_serve_autoscaling_running_replicas", "deployment",
+                                "{{deployment}} running")), "short"),
 )
 
 DASHBOARDS: dict[str, tuple[str, tuple[PanelSpec, ...]]] = {
