@@ -1,5 +1,8 @@
 """Every dashboard panel's PromQL, run on a real Prometheus that scraped a gateway in
-front of two simulated replicas (and their engines, found through /metrics/engines)."""
+front of simulated replicas (and their engines, found through /metrics/engines): a model
+on two replicas with KV-cache events, a LoRA model, a model whose KV events cannot be used
+(degraded), and a prefill/decode app at ``/pd``. Every catalogued metric must reach
+Prometheus too, or be listed as not exercised here."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import yaml
 from dashboards.catalogue import read_catalogue, series_names
 from dashboards.panels import concrete
 from llmserve import serve
-from llmserve.llm import LLMConfig, build_openai_app
+from llmserve.llm import LLMConfig, build_openai_app, build_pd_openai_app
+from llmserve.llm.tiny_model import cached_tiny_model as tiny_model_with_loras
 from tests.e2e.conftest import free_port
 from tests.fixtures_engines import cached_tiny_model
 
@@ -33,9 +37,15 @@ KEY = "dashboard-test-key"
 NOT_EXERCISED = {
     "Spills by guard": "needs a prefix guard to move a request (load or share imbalance)",
     "Errors per deployment": "needs a deployment to raise an exception",
-    "P/D: prefill and decode time to first token": "needs a prefill/decode split model",
-    "P/D: KV hand-off": "needs a prefill/decode split model",
-    "P/D: requests by outcome": "needs a prefill/decode split model",
+    "LoRA: adapter downloads": "needs adapters in remote storage (tests/integration/lora/"
+                               "test_lora_s3.py counts them)",
+    "P/D: decode retries": "needs a decode replica that cannot be reached (test_pd_sim.py)",
+}
+# catalogued metrics this test does not cause (their panels are listed above)
+NOT_EXPORTED_HERE = {
+    "llmserve_serve_deployment_errors_total": "needs a deployment to raise an exception",
+    "llmserve_lora_adapter_downloads_total": "needs adapters in remote storage",
+    "llmserve_pd_decode_retries_total": "needs a decode replica that cannot be reached",
 }
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None,
@@ -76,13 +86,33 @@ def test_every_query_parses_and_names_catalogued_metrics() -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[str]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     serve.shutdown()
-    cfg = LLMConfig.model_validate({
-        "model_loading_config": {"model_id": "sim", "model_source": str(cached_tiny_model())},
-        "llm_engine": "sim", "deployment_config": {"num_replicas": 2},
-    })
-    serve.run(build_openai_app({"llm_configs": [cfg], "api_keys": [KEY]}), port=0)
+    model_dir = str(cached_tiny_model())
+    lora_dir = tiny_model_with_loras(num_loras=2)
+    adapters = tmp_path_factory.mktemp("adapters")
+    for k in range(2):
+        shutil.copytree(lora_dir / "loras" / f"lora-{k}", adapters / f"a{k}")
+    shutil.copytree(lora_dir / "loras" / "lora-0", adapters / "garbled")  # fails to load
+    (adapters / "garbled" / "adapter_config.json").write_text('{"r": 8, "peft_type": ')
+    sim = LLMConfig.model_validate({
+        "model_loading_config": {"model_id": "sim", "model_source": model_dir},
+        "llm_engine": "sim", "deployment_config": {"num_replicas": 2}})
+    lora = LLMConfig.model_validate({
+        "model_loading_config": {"model_id": "lora", "model_source": str(lora_dir)},
+        "llm_engine": "sim", "lora_config": {"dynamic_lora_loading_path": str(adapters),
+                                             "max_num_adapters_per_replica": 1}})
+    # the gateway hashes blocks of 32 tokens, the engine publishes blocks of 16: its
+    # events cannot be used and the replica is counted as degraded
+    mismatch = LLMConfig.model_validate({
+        "model_loading_config": {"model_id": "kv-mismatch", "model_source": model_dir},
+        "llm_engine": "sim", "routing_config": {"policy": "prefix_aware", "block_size": 32}})
+    serve.run(build_openai_app({"llm_configs": [sim, lora, mismatch], "api_keys": [KEY]}),
+              port=0)
+    pool = {"model_loading_config": {"model_id": "pd", "model_source": model_dir},
+            "llm_engine": "sim"}
+    serve.run(build_pd_openai_app({"prefill_config": pool, "decode_config": pool,
+                                   "api_keys": [KEY]}), name="pd", route_prefix="/pd")
     yield serve.http_url()
     serve.shutdown()
 
@@ -98,6 +128,9 @@ def prometheus(gateway: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     jobs["llmserve"]["static_configs"][0]["targets"] = [host]
     sd = jobs["llmserve-engines"]["http_sd_configs"][0]
     sd.update(url=f"{gateway}/metrics/engines", refresh_interval="1s")
+    # the P/D app is a second gateway, at /pd
+    config["scrape_configs"].append({"job_name": "llmserve-pd", "metrics_path": "/pd/metrics",
+                                     "static_configs": [{"targets": [host]}]})
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = subprocess.Popen(
@@ -153,11 +186,32 @@ async def drive_load(gateway: str, seconds: float) -> None:
                 response = await client.post(f"{gateway}/v1/chat/completions", json=body)
                 assert response.status_code == 200
 
+        async def other_models(i: int) -> None:
+            """An adapter each time (one resident per replica: each load evicts the
+            other), a prefill/decode request, a request to the degraded model."""
+            adapter = await client.post(f"{gateway}/v1/completions", json={
+                "model": f"lora:a{i % 2}", "prompt": "hello", "max_tokens": 2})
+            assert adapter.status_code == 200, adapter.text
+            pd = {"model": "pd", "max_tokens": 6, "stream": True,
+                  "stream_options": {"include_usage": True},
+                  "messages": [{"role": "user", "content": f"split {i} " * 20}]}
+            async with client.stream("POST", f"{gateway}/pd/v1/chat/completions",
+                                     json=pd) as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_lines():
+                    pass
+            mismatch = await client.post(f"{gateway}/v1/completions", json={
+                "model": "kv-mismatch", "prompt": f"blocks {i} " * 40, "max_tokens": 2})
+            assert mismatch.status_code == 200, mismatch.text
+
         deadline = time.monotonic() + seconds
         i = 0
         while time.monotonic() < deadline:
-            await asyncio.gather(*(one(i + k) for k in range(4)))
+            await asyncio.gather(*(one(i + k) for k in range(4)), other_models(i // 4))
             i += 4
+        garbled = await client.post(f"{gateway}/v1/completions", json={
+            "model": "lora:garbled", "prompt": "hello", "max_tokens": 2})
+        assert garbled.status_code == 400, garbled.text
         unauthorized = await client.post(f"{gateway}/v1/chat/completions", json={},
                                          headers={"authorization": "Bearer wrong"})
         assert unauthorized.status_code == 401
@@ -180,3 +234,13 @@ def test_every_panel_has_data_on_a_real_prometheus(gateway: str, prometheus: str
         f"{board} / {title}: {expr}" for board, title, expr in sorted(pending))
     listed = {t for _, t, _ in targets}
     assert set(NOT_EXERCISED) <= listed  # the exemptions name real panels
+    # the other direction: every catalogued metric is exported (scraped here), or listed
+    catalogue = read_catalogue()
+    assert set(NOT_EXPORTED_HERE) <= set(catalogue)
+    scraped = {r["metric"]["__name__"] for r in query(
+        prometheus, 'count by (__name__) ({__name__=~"llmserve_.+|vllm:.+"})')}
+    exported = {name for name, entry in catalogue.items() if series_names(entry) & scraped}
+    missing = set(catalogue) - exported - set(NOT_EXPORTED_HERE)
+    assert not missing, f"catalogued in docs/metrics.md but never exported: {sorted(missing)}"
+    stale = exported & set(NOT_EXPORTED_HERE)
+    assert not stale, f"exported after all, drop them from NOT_EXPORTED_HERE: {sorted(stale)}"
