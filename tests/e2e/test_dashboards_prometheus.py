@@ -1,7 +1,8 @@
 """Every dashboard panel's PromQL, run on a real Prometheus that scraped a gateway in
 front of simulated replicas (and their engines, found through /metrics/engines): a model
-on two replicas with KV-cache events, a LoRA model, a model whose KV events cannot be used
-(degraded), and a prefill/decode app at ``/pd``. Every catalogued metric must reach
+on two replicas with KV-cache events, a LoRA model with its adapters in S3 (a moto
+server), a model whose KV events cannot be used (degraded), a prefill/decode app at
+``/pd`` and a plain deployment that fails, at ``/boom``. Every catalogued metric must reach
 Prometheus too, or be listed as not exercised here."""
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,15 +39,10 @@ KEY = "dashboard-test-key"
 # panels whose data needs what this test does not cause
 NOT_EXERCISED = {
     "Spills by guard": "needs a prefix guard to move a request (load or share imbalance)",
-    "Errors per deployment": "needs a deployment to raise an exception",
-    "LoRA: adapter downloads": "needs adapters in remote storage (tests/integration/lora/"
-                               "test_lora_s3.py counts them)",
     "P/D: decode retries": "needs a decode replica that cannot be reached (test_pd_sim.py)",
 }
 # catalogued metrics this test does not cause (their panels are listed above)
 NOT_EXPORTED_HERE = {
-    "llmserve_serve_deployment_errors_total": "needs a deployment to raise an exception",
-    "llmserve_lora_adapter_downloads_total": "needs adapters in remote storage",
     "llmserve_pd_decode_retries_total": "needs a decode replica that cannot be reached",
 }
 PROMETHEUS = shutil.which("prometheus")
@@ -85,22 +83,58 @@ def test_every_query_parses_and_names_catalogued_metrics() -> None:
         assert names <= known, f"{board}/{title}: {names - known} not in docs/metrics.md"
 
 
+@serve.deployment
+class Boom:
+    async def __call__(self, request: object) -> None:
+        raise ValueError("this deployment always fails")
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_adapters() -> Iterator[str]:
+    """Two adapters and one that fails to load, in a bucket of a moto S3 server."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    cache = tempfile.mkdtemp(prefix="llmserve-lora-cache-")
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "LLMSERVE_CACHE_DIR": cache}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="adapters")
+    loras = tiny_model_with_loras(num_loras=2) / "loras"
+    for name, source in (("a0", "lora-0"), ("a1", "lora-1"), ("garbled", "lora-0")):
+        for path in sorted((loras / source).iterdir()):
+            body = path.read_bytes()
+            if name == "garbled" and path.name == "adapter_config.json":
+                body = b'{"r": 8, "peft_type": '
+            client.put_object(Bucket="adapters", Key=f"loras/{name}/{path.name}", Body=body)
+    try:
+        yield "s3://adapters/loras"
+    finally:
+        server.stop()
+        shutil.rmtree(cache, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def gateway(s3_adapters: str) -> Iterator[str]:
     serve.shutdown()
     model_dir = str(cached_tiny_model())
     lora_dir = tiny_model_with_loras(num_loras=2)
-    adapters = tmp_path_factory.mktemp("adapters")
-    for k in range(2):
-        shutil.copytree(lora_dir / "loras" / f"lora-{k}", adapters / f"a{k}")
-    shutil.copytree(lora_dir / "loras" / "lora-0", adapters / "garbled")  # fails to load
-    (adapters / "garbled" / "adapter_config.json").write_text('{"r": 8, "peft_type": ')
     sim = LLMConfig.model_validate({
         "model_loading_config": {"model_id": "sim", "model_source": model_dir},
         "llm_engine": "sim", "deployment_config": {"num_replicas": 2}})
     lora = LLMConfig.model_validate({
         "model_loading_config": {"model_id": "lora", "model_source": str(lora_dir)},
-        "llm_engine": "sim", "lora_config": {"dynamic_lora_loading_path": str(adapters),
+        "llm_engine": "sim", "lora_config": {"dynamic_lora_loading_path": s3_adapters,
                                              "max_num_adapters_per_replica": 1}})
     # the gateway hashes blocks of 32 tokens, the engine publishes blocks of 16: its
     # events cannot be used and the replica is counted as degraded
@@ -113,6 +147,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "llm_engine": "sim"}
     serve.run(build_pd_openai_app({"prefill_config": pool, "decode_config": pool,
                                    "api_keys": [KEY]}), name="pd", route_prefix="/pd")
+    serve.run(Boom.bind(), name="boom", route_prefix="/boom")
     yield serve.http_url()
     serve.shutdown()
 
@@ -212,6 +247,8 @@ async def drive_load(gateway: str, seconds: float) -> None:
         garbled = await client.post(f"{gateway}/v1/completions", json={
             "model": "lora:garbled", "prompt": "hello", "max_tokens": 2})
         assert garbled.status_code == 400, garbled.text
+        boom = await client.get(f"{gateway}/boom")
+        assert boom.status_code == 500
         unauthorized = await client.post(f"{gateway}/v1/chat/completions", json={},
                                          headers={"authorization": "Bearer wrong"})
         assert unauthorized.status_code == 401
