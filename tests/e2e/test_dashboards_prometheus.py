@@ -38,7 +38,6 @@ SHIPPED_CONFIG = ROOT / "dashboards" / "prometheus" / "prometheus.yml"
 KEY = "dashboard-test-key"
 # panels whose data needs what this test does not cause
 NOT_EXERCISED = {
-    "Spills by guard": "needs a prefix guard to move a request (load or share imbalance)",
     "P/D: decode retries": "needs a decode replica that cannot be reached (test_pd_sim.py)",
 }
 # catalogued metrics this test does not cause (their panels are listed above)
