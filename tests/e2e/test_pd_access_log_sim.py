@@ -21,7 +21,8 @@ CHAT = [{"role": "user", "content": "split me into prefill and decode " * 4}]
 
 
 def access_lines(log: Path) -> list[dict[str, Any]]:
-    records = (json.loads(raw) for raw in log.read_text().splitlines() if raw.startswith("{"))
+    complete = log.read_text().split("\n")[:-1]  # the last piece may be a line being written
+    records = (json.loads(raw) for raw in complete if raw.startswith("{"))
     return [r for r in records if r.get("logger") == "llmserve.access"]
 
 
