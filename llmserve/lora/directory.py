@@ -82,12 +82,17 @@ class AdapterDirectory:
         return sorted(cards, key=lambda card: str(card["id"]))
 
     async def acquire(self, target: AdapterTarget, replica_key: str,
-                      replica: ReplicaAdapters, url: str) -> bool:
-        """Before sending: make a managed adapter resident on the replica (True: a hit)."""
+                      replica: ReplicaAdapters, url: str, *, count: bool = True) -> bool:
+        """Before sending: make a managed adapter resident on the replica (True: a hit);
+        ``count``: count the request per adapter (False: the caller counts it)."""
         if target.entry is None:
             return True
         return await self.models[target.base_model].acquire(replica_key, replica, url,
-                                                            target.entry)
+                                                            target.entry, count=count)
+
+    def count_request(self, target: AdapterTarget, *, hit: bool) -> None:
+        if target.entry is not None:
+            self.models[target.base_model].count_request(target.adapter_id, hit=hit)
 
     def release(self, target: AdapterTarget, replica: ReplicaAdapters) -> None:
         if target.entry is not None:

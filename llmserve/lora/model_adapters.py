@@ -78,8 +78,10 @@ class ModelAdapters:
 
     # ---- per request -----------------------------------------------------------------
     async def acquire(self, replica_key: str, replica: ReplicaAdapters, url: str,
-                      entry: AdapterEntry) -> bool:
-        """Make ``entry`` resident on the replica for one request; True if it was a hit."""
+                      entry: AdapterEntry, *, count: bool = True) -> bool:
+        """Make ``entry`` resident on the replica for one request; True if it was a hit.
+        ``count``: count the request in ``llmserve_lora_requests`` (a prefill/decode
+        request holds its adapter on two replicas and is counted once, by its caller)."""
         adapter_id = entry.adapter_id
         if adapter_id in replica.resident:
             missed = await replica.acquire(adapter_id, self.settings.max_per_replica,
@@ -101,8 +103,12 @@ class ModelAdapters:
                     time.monotonic() - started)
         self.metrics.resident.labels(self.settings.base_model, replica_key).set(
             len(replica.resident))
-        self.metrics.requests.labels(adapter_id, "false" if missed else "true").inc()
+        if count:
+            self.count_request(adapter_id, hit=not missed)
         return not missed
+
+    def count_request(self, adapter_id: str, *, hit: bool) -> None:
+        self.metrics.requests.labels(adapter_id, "true" if hit else "false").inc()
 
     async def _load(self, url: str, adapter_id: str, path: Path) -> None:
         try:

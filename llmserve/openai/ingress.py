@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
 from llmserve.lora.directory import AdapterDirectory, AdapterTarget, WorkerAdapter
+from llmserve.lora.holds import AdapterHolds
 from llmserve.lora.settings import LoraSettings
 from llmserve.openai.access_log import log_access
 from llmserve.openai.auth import ApiKeys, bearer_token
@@ -371,9 +372,12 @@ class OpenAiIngress:
             with spans.routing():
                 route = await until_left(self._route_request(
                     request_id, path, payload, request, flow.prefill), leaving)
+            if adapter is not None:
+                route = dataclasses.replace(route, lora_adapter=adapter.adapter_id)
             return await flow.forward(path, payload, request_id, route, leaving,
                                       functools.partial(self._pd_done, request, request_id,
-                                                        key, payload.get("stream") is True))
+                                                        key, payload.get("stream") is True),
+                                      AdapterHolds(self.adapters, adapter) if adapter else None)
         with spans.routing():
             route = await until_left(
                 self._route_request(request_id, path, payload, request, pool), leaving)
