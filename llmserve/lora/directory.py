@@ -70,6 +70,16 @@ class AdapterDirectory:
                 return AdapterTarget(model, entry.base_model, entry=entry)
         return None
 
+    def add_worker_adapter(self, adapter_id: str, base_model: str, url: str,
+                           root: str = "") -> None:
+        """A worker that came up later lists ``adapter_id``: route it there too."""
+        known = self.workers.get(adapter_id)
+        if known is None:
+            self.workers[adapter_id] = WorkerAdapter(adapter_id, base_model, (url,), root)
+        elif known.base_model == base_model and url not in known.urls:
+            self.workers[adapter_id] = WorkerAdapter(adapter_id, base_model,
+                                                     (*known.urls, url), known.root or root)
+
     def names(self) -> list[str]:
         return sorted([*self.workers, *(e.adapter_id for m in self.models.values()
                                         for e in m.catalog.entries())])

@@ -207,7 +207,7 @@ class OpenAiIngress:
             self.metrics.registry)
         await self.adapters.start()
         self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
-                                   self._take_in_worker)
+                                   self._take_in_worker, self._take_in_adapters)
         self.workers.start()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
@@ -554,6 +554,19 @@ class OpenAiIngress:
                                       self.directory.client)
             renderer.start_loading()
             self.prompts[model_id] = renderer
+
+    def _take_in_adapters(self, url: str, listed: list[tuple[str, str, str]]) -> None:
+        """A worker that came up later lists LoRA adapters: serve them from it."""
+        for adapter_id, parent, root in listed:
+            model_id = self.workers.pending.model_id or parent
+            pool = self.pools.get(model_id)
+            if pool is None or url.rstrip("/") not in pool.endpoints:
+                continue  # not taken in (its model is mapped elsewhere)
+            if adapter_id in self.pools:
+                log.error("worker %s lists adapter `%s`, the name of a model; not serving "
+                          "it", url, adapter_id)
+                continue
+            self.adapters.add_worker_adapter(adapter_id, model_id, url.rstrip("/"), root)
 
     async def _openapi(self, request: Request, request_id: str) -> Response:
         return JSONResponse(openapi_document(list(self.pools)))

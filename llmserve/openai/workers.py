@@ -23,6 +23,8 @@ from llmserve.openai.background import keep_running
 log = logging.getLogger("llmserve.openai")
 
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
+# (worker base url, [(adapter id, parent model, root)]) for the adapters a worker lists
+AdaptersTaker = Callable[[str, list[tuple[str, str, str]]], None]
 POLL_S = 0.5
 
 
@@ -47,14 +49,22 @@ def served_models(data: Any) -> list[str]:
     return [str(card["id"]) for card in cards if card.get("parent") is None]
 
 
+def worker_adapters(data: Any) -> list[tuple[str, str, str]]:
+    """(id, parent, root) of the LoRA adapters in a ``/v1/models`` answer."""
+    return [(str(card["id"]), str(card["parent"]), str(card.get("root") or ""))
+            for card in data["data"] if card.get("parent") is not None]
+
+
 class WorkerWatch:
     """Polls the pending workers until each answers or its start-up time runs out."""
 
     def __init__(self, pending: PendingWorkers, client: httpx.AsyncClient,
-                 take_in: Callable[[str, str], None]) -> None:
+                 take_in: Callable[[str, str], None],
+                 take_in_adapters: AdaptersTaker | None = None) -> None:
         self.pending = pending
         self.client = client
         self.take_in = take_in  # (model_id, worker base url)
+        self.take_in_adapters = take_in_adapters  # after take_in: the adapters it lists
         self.not_ready = [base_url(u) for u in pending.urls]
         self.failed: list[str] = []
         self._deadline_s = time.monotonic() + pending.startup_timeout_s
@@ -94,6 +104,7 @@ class WorkerWatch:
             response = await self.client.get(f"{url}/v1/models", timeout=2.0)
             response.raise_for_status()
             models = served_models(response.json())
+            adapters = worker_adapters(response.json())
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return  # not up yet
         if url not in self.not_ready:
@@ -101,6 +112,8 @@ class WorkerWatch:
         self.not_ready.remove(url)
         for model in models:
             self.take_in(model, url)
+        if self.take_in_adapters is not None and adapters:
+            self.take_in_adapters(url, adapters)
         log.info("worker %s is up, serving %s", url, ", ".join(models) or "nothing")
 
     def _give_up(self) -> None:
