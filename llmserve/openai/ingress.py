@@ -333,12 +333,12 @@ class OpenAiIngress:
         body = await self._read_body(request)
         payload, model = await self._parse(body, path)
         request.state.model_name = model
+        adapter = self.adapters.resolve(model) if model not in self.pools else None
         if key is not None:
-            if not key.allows(model):
+            if not key.allows(model, adapter.base_model if adapter else None):
                 raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`",
                                       param="model")
             self.limiter.admit(key)
-        adapter = self.adapters.resolve(model) if model not in self.pools else None
         pool = self.pools[adapter.base_model if adapter else model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
