@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from engines.protocol import Engine, LoraAdapterError
-from llmserve.lora.adapter_files import AdapterFacts, check_fits, inspect_adapter, warm_up
+from llmserve.lora.adapter_files import AdapterFacts, check_fits, inspect_adapter
 from llmserve.lora.catalog import AdapterCatalog, AdapterEntry
 from llmserve.lora.errors import AdapterUnavailable, InvalidAdapter
 from llmserve.lora.folder import AdapterFolderError, open_folder
@@ -49,12 +49,6 @@ class ModelAdapters:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # peft (and torch under it) loads in seconds: before the first request, not in it
-        try:
-            await asyncio.to_thread(warm_up)
-        except ImportError as exc:
-            log.warning("cannot load the adapter file readers (pip install "
-                        "'llmserve[lora]'): %r", exc)
         try:
             await self.catalog.refresh()
         except AdapterFolderError as exc:
