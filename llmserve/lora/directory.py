@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from engines.protocol import Engine
 from llmserve.lora.catalog import AdapterEntry
-from llmserve.lora.metrics import LoraMetrics
+from llmserve.lora.metrics import LoraMetrics, ResidentCounts
 from llmserve.lora.model_adapters import ModelAdapters
 from llmserve.lora.residency import ReplicaAdapters
 from llmserve.lora.settings import LoraSettings
@@ -46,8 +46,9 @@ class AdapterTarget:
 class AdapterDirectory:
     def __init__(self, managed: Mapping[str, tuple[LoraSettings, Engine]],
                  workers: Sequence[WorkerAdapter], client: httpx.AsyncClient,
-                 registry: CollectorRegistry) -> None:
-        self.metrics = LoraMetrics(registry)
+                 registry: CollectorRegistry, resident: ResidentCounts = tuple) -> None:
+        """``resident``: (base model, replica, adapters resident) of the live replicas."""
+        self.metrics = LoraMetrics(registry, resident)
         self.models = {base: ModelAdapters(settings, engine, client, self.metrics)
                        for base, (settings, engine) in managed.items()}
         self.workers = {w.adapter_id: w for w in workers}
@@ -91,14 +92,14 @@ class AdapterDirectory:
                   for m in self.models.values() for e in m.catalog.entries()]
         return sorted(cards, key=lambda card: str(card["id"]))
 
-    async def acquire(self, target: AdapterTarget, replica_key: str,
-                      replica: ReplicaAdapters, url: str, *, count: bool = True) -> bool:
+    async def acquire(self, target: AdapterTarget, replica: ReplicaAdapters, url: str, *,
+                      count: bool = True) -> bool:
         """Before sending: make a managed adapter resident on the replica (True: a hit);
         ``count``: count the request per adapter (False: the caller counts it)."""
         if target.entry is None:
             return True
-        return await self.models[target.base_model].acquire(replica_key, replica, url,
-                                                            target.entry, count=count)
+        return await self.models[target.base_model].acquire(replica, url, target.entry,
+                                                            count=count)
 
     def count_request(self, target: AdapterTarget, *, hit: bool) -> None:
         if target.entry is not None:

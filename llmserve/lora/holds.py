@@ -17,7 +17,6 @@ from llmserve.lora.residency import ReplicaAdapters
 
 
 class AdapterReplica(Protocol):
-    key: str
     url: str
     lora: ReplicaAdapters
 
@@ -42,8 +41,8 @@ class AdapterHolds:
     async def take(self, replica: AdapterReplica, *, last: bool) -> None:
         """Make the adapter resident on ``replica`` and hold it there; ``last``: the
         request's last replica (it is counted then)."""
-        hit = await self.directory.acquire(self.target, replica.key, replica.lora,
-                                           replica.url, count=False)
+        hit = await self.directory.acquire(self.target, replica.lora, replica.url,
+                                           count=False)
         self._held.append(replica.lora)
         self._all_hits = self._all_hits and hit
         if last and not self._counted:  # a retried decode replica is not a new request

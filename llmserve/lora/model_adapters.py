@@ -71,8 +71,8 @@ class ModelAdapters:
         return entry
 
     # ---- per request -----------------------------------------------------------------
-    async def acquire(self, replica_key: str, replica: ReplicaAdapters, url: str,
-                      entry: AdapterEntry, *, count: bool = True) -> bool:
+    async def acquire(self, replica: ReplicaAdapters, url: str, entry: AdapterEntry, *,
+                      count: bool = True) -> bool:
         """Make ``entry`` resident on the replica for one request; True if it was a hit.
         ``count``: count the request in ``llmserve_lora_requests`` (a prefill/decode
         request holds its adapter on two replicas and is counted once, by its caller)."""
@@ -95,8 +95,6 @@ class ModelAdapters:
             if missed:
                 self.metrics.load_seconds.labels(adapter_id).observe(
                     time.monotonic() - started)
-        self.metrics.resident.labels(self.settings.base_model, replica_key).set(
-            len(replica.resident))
         if count:
             self.count_request(adapter_id, hit=not missed)
         return not missed

@@ -204,7 +204,7 @@ class OpenAiIngress:
         self.adapters = AdapterDirectory(
             {m.model_id: (m.lora, self.pools[m.model_id].engine) for m in models if m.lora},
             [a for m in models for a in m.adapters], self.directory.client,
-            self.metrics.registry)
+            self.metrics.registry, self._resident_adapters)
         await self.adapters.start()
         self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
                                    self._take_in_worker, self._take_in_adapters)
@@ -468,10 +468,17 @@ class OpenAiIngress:
     async def _load_adapter(self, adapter: AdapterTarget, pool: ModelPool, endpoint: Any,
                             route: RouteRequest) -> None:
         try:
-            await self.adapters.acquire(adapter, endpoint.key, endpoint.lora, endpoint.url)
+            await self.adapters.acquire(adapter, endpoint.lora, endpoint.url)
         except BaseException:
             pool.finish(endpoint, route, failed=True)
             raise
+
+    def _resident_adapters(self) -> list[tuple[str, str, int]]:
+        """Per live replica of each model with ``lora_config``: its adapters resident."""
+        pools = [pool for model, pool in [*self.pools.items(), *self.prefill_pools.items()]
+                 if self.sources[model].lora is not None]
+        return [(pool.model_id, e.key, len(e.lora.resident))
+                for pool in pools for e in list(pool.endpoints.values())]
 
     def _finish(self, pool: ModelPool, endpoint: Any, route: RouteRequest,
                 adapter: AdapterTarget | None, *, failed: bool) -> None:
