@@ -49,6 +49,18 @@ class AdapterHolds:
             self._counted = True
             self.directory.count_request(self.target, hit=self._all_hits)
 
+    def lost_by(self, replica: AdapterReplica) -> bool:
+        """The replica's engine answered 404 for the adapter (its engine restarted): it is
+        no longer resident there and this request's hold there ends. True for an adapter
+        the gateway loads (a retry loads it again), False for a worker's own adapter."""
+        if self.target.entry is None:
+            return False
+        replica.lora.forget(self.adapter_id)
+        if replica.lora in self._held:
+            self._held.remove(replica.lora)
+            self.directory.release(self.target, replica.lora)
+        return True
+
     def release(self) -> None:
         """Let go of every hold taken so far (more calls are no-ops)."""
         held, self._held = self._held, []

@@ -170,7 +170,8 @@ class DisaggregatedFlow:
             await self.directory.refresh_pool(pool)
         body = json.dumps(prefill_payload(payload)).encode()
         headers = {"content-type": "application/json", "x-request-id": f"{request_id}-p"}
-        for _ in range(max(1, len(pool.endpoints))):
+        # one more try for an adapter: an engine that lost it (404) gets it loaded again
+        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
             endpoint = await self._choose(pool, route, adapter, last=False)
             if endpoint is None:
                 break
@@ -197,6 +198,8 @@ class DisaggregatedFlow:
             if content is None:
                 self.pd_metrics.requests.labels(model, "client_left").inc()
                 return Response(status_code=CLIENT_CLOSED)
+            if upstream.status == 404 and adapter is not None and adapter.lost_by(endpoint):
+                continue
             if upstream.status != 200:
                 self.pd_metrics.requests.labels(model, "prefill_error").inc()
                 return _relayed(content, upstream)
@@ -229,7 +232,7 @@ class DisaggregatedFlow:
         body = json.dumps(decode_payload(payload, prefill.kv_transfer_params)).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
         attempts = 0
-        for _ in range(max(1, len(pool.endpoints))):
+        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
             endpoint = await self._choose(pool, route, adapter, last=True)
             if endpoint is None:
                 break
@@ -250,6 +253,10 @@ class DisaggregatedFlow:
                 pool.finish(endpoint, route, failed=True)
                 self.pd_metrics.requests.labels(model, "decode_error").inc()
                 raise
+            if upstream.status == 404 and adapter is not None and adapter.lost_by(endpoint):
+                upstream.close()  # the request never started there: the KV still waits
+                pool.finish(endpoint, route, failed=True)
+                continue
             return await self._relay_decode(path, payload, endpoint, route, upstream, outcome,
                                             prefill, started_s, leaving, charge, adapter)
         self.pd_metrics.requests.labels(model, "decode_error").inc()

@@ -178,3 +178,19 @@ def test_bad_adapter_is_400_and_no_engine_sees_it(client: OpenAI,
     assert "tiny:big" not in loaded("prefill") | loaded("decode")
     # the failed request held no slot: the next adapter loads at once on both replicas
     assert answer(client, "tiny:lora-0", "completions")
+
+
+def test_an_engine_that_lost_the_adapter_gets_it_loaded_again(
+        client: OpenAI, gateway: str, aggregated: dict[tuple[str, str], str]) -> None:
+    assert answer(client, "tiny:lora-1", "chat") == aggregated[("tiny:lora-1", "chat")]
+    loads = metric(gateway, "llmserve_lora_adapter_loads_total", model_name="tiny:lora-1")
+    for role in ("prefill", "decode"):  # behind the gateway's back, as an engine restart
+        gone = httpx.post(f"{engine_url(role)}/v1/unload_lora_adapter", timeout=10,
+                          json={"lora_name": "tiny:lora-1"})
+        assert gone.status_code == 200, gone.text
+    # each engine answers 404 once; the gateway loads the adapter there again and retries
+    assert answer(client, "tiny:lora-1", "chat", stream=True) == \
+        aggregated[("tiny:lora-1", "chat")]
+    assert loaded("prefill") == {"tiny:lora-1"} and loaded("decode") == {"tiny:lora-1"}
+    assert metric(gateway, "llmserve_lora_adapter_loads_total",
+                  model_name="tiny:lora-1") == loads + 2
