@@ -188,7 +188,9 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
                                         if parent == model))
              for model, group in by_model.items()]
     return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
-                                 startup_timeout_s, model_id=model_id)
+                                 startup_timeout_s, model_id=model_id,
+                                 lora=None if lora is None else lora_settings(
+                                     model_id, model_id, lora, {}))
 
 
 def with_worker_kv_events(found: Sequence[ModelSource], urls: Sequence[str],

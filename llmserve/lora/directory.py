@@ -52,11 +52,27 @@ class AdapterDirectory:
         self.models = {base: ModelAdapters(settings, engine, client, self.metrics)
                        for base, (settings, engine) in managed.items()}
         self.workers = {w.adapter_id: w for w in workers}
+        self.client = client
+        self._starting: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await asyncio.gather(*(m.start() for m in self.models.values()))
 
+    def add_model(self, settings: LoraSettings, engine: Engine) -> None:
+        """A model that came up after the gateway (a late worker) with ``lora_config``:
+        its adapters are listed from now on (after a first look at the folder)."""
+        if settings.base_model in self.models:
+            return
+        adapters = ModelAdapters(settings, engine, self.client, self.metrics)
+        self.models[settings.base_model] = adapters
+        task = asyncio.get_running_loop().create_task(adapters.start())
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
     async def close(self) -> None:
+        for task in list(self._starting):
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(m.close() for m in self.models.values()))
 
     def resolve(self, model: str) -> AdapterTarget | None:

@@ -551,9 +551,13 @@ class OpenAiIngress:
             pool.add_url(url)
             return
         aliased = served_name if pending.model_id else ""
+        lora = pending.lora and dataclasses.replace(
+            pending.lora, base_model=model_id, base_names=(model_id, served_name))
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
-                             urls=(url,), source=aliased, served_name=aliased)
+                             urls=(url,), source=aliased, served_name=aliased, lora=lora)
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
+        if lora is not None:
+            self.adapters.add_model(lora, pool.engine)
         self.sources[model_id] = source
         self.pools[model_id] = pool
         if pool.policy.needs_prompt:

@@ -14,11 +14,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from llmserve.openai.background import keep_running
+
+if TYPE_CHECKING:
+    from llmserve.lora.settings import LoraSettings
 
 log = logging.getLogger("llmserve.openai")
 
@@ -37,6 +40,9 @@ class PendingWorkers:
     routing_config: Mapping[str, Any] = field(default_factory=dict)
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     model_id: str = ""  # clients' name for the workers' one model ("": their own names)
+    # adapters the gateway loads into them on demand (``worker_lora_config``), for a model
+    # no worker served at start: its base_model and base_names are filled in at take-in
+    lora: LoraSettings | None = None
 
 
 def base_url(url: str) -> str:

@@ -51,3 +51,30 @@ def test_a_late_workers_adapters_are_listed_and_routed_to_it() -> None:
         serve.shutdown()
         early.stop()
         late.stop()
+
+
+def test_a_late_workers_model_gets_the_gateways_adapter_folder() -> None:
+    """``worker_lora_config`` when no worker is up at start: once one is, the folder's
+    adapters are listed under its model and loaded into it on demand."""
+    model = cached_tiny_model(num_loras=2)
+    late = SimEngine(str(model), extra=("--enable-lora", "--max-loras", "1"))
+    serve.shutdown()
+    try:
+        serve.run(build_openai_app({
+            "worker_urls": [late.url], "worker_engine": "sim",
+            "worker_lora_config": {"dynamic_lora_loading_path": str(model / "loras"),
+                                   "max_num_adapters_per_replica": 1}}), port=0)
+        client = OpenAI(base_url=f"{serve.http_url()}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list()] == []
+        late.start()
+        wanted = {MODEL, f"{MODEL}:lora-0", f"{MODEL}:lora-1"}
+        poll(lambda: {m.id for m in client.models.list()} == wanted, 20,
+             "the late worker's model and the folder's adapters are listed")
+        for name in (f"{MODEL}:lora-0", f"{MODEL}:lora-1", f"{MODEL}:lora-0"):
+            answer = client.completions.create(model=name, prompt="hi", max_tokens=2)
+            assert answer.model == name
+        cards = httpx.get(f"{late.url}/v1/models", timeout=5).json()["data"]
+        assert [c["id"] for c in cards if c.get("parent")] == [f"{MODEL}:lora-0"]
+    finally:
+        serve.shutdown()
+        late.stop()
