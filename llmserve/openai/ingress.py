@@ -551,7 +551,7 @@ class OpenAiIngress:
             pool.add_url(url)
             return
         aliased = served_name if pending.model_id else ""
-        lora = pending.lora and dataclasses.replace(
+        lora = None if pending.lora is None else dataclasses.replace(
             pending.lora, base_model=model_id, base_names=(model_id, served_name))
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
                              urls=(url,), source=aliased, served_name=aliased, lora=lora)
