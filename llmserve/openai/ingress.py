@@ -535,14 +535,18 @@ class OpenAiIngress:
                           "it in", url, served_name, pending.model_id, bound.served_name)
                 return
             model_id = pending.model_id
+        events = pending.kv_events.get(url)
+        kv_events = EventSource(url, *events) if events is not None else None
         pool = self.pools.get(model_id)
         if pool is not None:
-            pool.add_url(url)
+            pool.add_url(url, kv_events)
             return
         aliased = served_name if pending.model_id else ""
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
-                             urls=(url,), source=aliased, served_name=aliased)
-        pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
+                             urls=(url,), source=aliased, served_name=aliased,
+                             kv_events=(kv_events,))
+        pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,),
+                         source.kv_events)
         self.sources[model_id] = source
         self.pools[model_id] = pool
         if pool.policy.needs_prompt:

@@ -35,6 +35,9 @@ class PendingWorkers:
     routing_config: Mapping[str, Any] = field(default_factory=dict)
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     model_id: str = ""  # clients' name for the workers' one model ("": their own names)
+    # where each pending worker (by base URL) publishes KV-cache events: (endpoint,
+    # replay endpoint or None); its subscription starts when it comes up
+    kv_events: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
 def base_url(url: str) -> str:
