@@ -161,7 +161,8 @@ class PrefixAwarePolicy(RoutingPolicy):
         if tokens is None:
             return None
         key = index_key(request)
-        hashes = tuple(block_hashes(tokens, self.block_size, hash_fn=self._hash_fn))
+        hashes = tuple(block_hashes(tokens, self.block_size, hash_fn=self._hash_fn,
+                                    cache_salt=request.cache_salt))
         index = self.indexes.get(key)
         blocks = index.match(hashes) if index is not None and hashes else {}
         view = self.kv_view
