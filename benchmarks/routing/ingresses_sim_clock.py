@@ -273,6 +273,34 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Over seeds: each run's hit rate against its seed's oracle and its TTFT p90 against
+    its seed's single-ingress run of the same router, as min-max (and the mean hit rate)."""
+    oracle = {(r["seed"], r["workload"]): r["prefix_cache_hit_rate"] for r in rows
+              if r["router"] == "oracle"}
+    single = {(r["seed"], r["workload"], r["router"]): r["p90_ttft_ms"] for r in rows
+              if r["ingresses"] == 1}
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        runs.setdefault((r["workload"], r["router"], r["ingresses"]), []).append(r)
+    lines = ["| workload | router | ingresses | seeds | hit rate (mean) | / oracle (min-max) | "
+             "TTFT p90 ms (min-max) | p90 / 1 ingress (min-max) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def span(values: Sequence[float], fmt: str) -> str:
+        return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+    for (workload, router, count), group in runs.items():
+        hits = [r["prefix_cache_hit_rate"] for r in group]
+        vs_oracle = [r["prefix_cache_hit_rate"] / oracle[(r["seed"], workload)] for r in group]
+        p90s = [r["p90_ttft_ms"] for r in group]
+        vs_single = [r["p90_ttft_ms"] / single[(r["seed"], workload, router)] for r in group]
+        lines.append(f"| {workload} | {router} | {count} | {len(group)} | "
+                     f"{statistics.mean(hits):.3f} | {span(vs_oracle, '{:.2f}')} | "
+                     f"{span(p90s, '{:.0f}')} | {span(vs_single, '{:.2f}')} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.routing.ingresses_sim_clock",
                                      description=__doc__,
@@ -314,8 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["seed"] = seed
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(table(rows))
-    (args.result_dir / "summary.md").write_text(table(rows))
+    summary = table(rows) + "\n" + seeds_table(rows)
+    print(summary)
+    (args.result_dir / "summary.md").write_text(summary)
     (args.result_dir / "summary.json").write_text(json.dumps(
         {"settings": settings.__dict__, "seeds": args.seeds, "rows": rows}, indent=1))
     print(f"{len(rows)} runs in {time.monotonic() - started:.0f} s of wall time "
