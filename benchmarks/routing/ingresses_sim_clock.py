@@ -288,13 +288,17 @@ def seeds_table(rows: Sequence[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|"]
 
     def span(values: Sequence[float], fmt: str) -> str:
+        if not values:
+            return "-"
         return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
     for (workload, router, count), group in runs.items():
         hits = [r["prefix_cache_hit_rate"] for r in group]
-        vs_oracle = [r["prefix_cache_hit_rate"] / oracle[(r["seed"], workload)] for r in group]
+        vs_oracle = [r["prefix_cache_hit_rate"] / oracle[(r["seed"], workload)] for r in group
+                     if (r["seed"], workload) in oracle]
         p90s = [r["p90_ttft_ms"] for r in group]
-        vs_single = [r["p90_ttft_ms"] / single[(r["seed"], workload, router)] for r in group]
+        vs_single = [r["p90_ttft_ms"] / single[(r["seed"], workload, router)] for r in group
+                     if (r["seed"], workload, router) in single]
         lines.append(f"| {workload} | {router} | {count} | {len(group)} | "
                      f"{statistics.mean(hits):.3f} | {span(vs_oracle, '{:.2f}')} | "
                      f"{span(p90s, '{:.0f}')} | {span(vs_single, '{:.2f}')} |")
