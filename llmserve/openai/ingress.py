@@ -549,6 +549,7 @@ class OpenAiIngress:
                          source.kv_events)
         self.sources[model_id] = source
         self.pools[model_id] = pool
+        self.directory.pools[model_id] = pool  # its engine stats refreshed, its feed closed
         if pool.policy.needs_prompt:
             renderer = PromptRenderer(model_id, _tokenizer_source(source),
                                       self.directory.client)

@@ -52,8 +52,11 @@ def late(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                   "endpoint": f"tcp://*:{events_at}", "replay_endpoint": f"tcp://*:{replay_at}"}
         with sim_cluster(model_dir, REPLICAS, base, "llama-3.1-8b-h100", 1.0,
                          logs / "sim.log", ["--kv-events-config", json.dumps(config)]):
-            yield {"gateway": gateway, "urls": urls,
-                   "model": httpx.get(f"{urls[0]}/v1/models").json()["data"][0]["id"]}
+            try:
+                yield {"gateway": gateway, "urls": urls,
+                       "model": httpx.get(f"{urls[0]}/v1/models").json()["data"][0]["id"]}
+            finally:  # before the engines go: their subscriptions end, not break
+                serve.shutdown()
     finally:
         serve.shutdown()
 
@@ -82,3 +85,13 @@ def test_late_workers_are_routed_from_their_events(late: dict[str, Any]) -> None
         time.sleep(0.02)
     [holder] = [u for u in urls if view.held_blocks(u)]
     assert view.is_live(holder)
+
+
+
+def test_shutdown_ends_the_late_workers_subscriptions(late: dict[str, Any]) -> None:
+    model = late["model"]
+    subscribers = [s for (m, _), s in HUB._subscribers.items() if m == model]
+    assert len(subscribers) == REPLICAS
+    serve.shutdown()  # the gateway goes; the engines stay up
+    assert not [key for key in HUB._subscribers if key[0] == model]
+    assert not any(s.view.is_live(s.source.replica_id) for s in subscribers)
