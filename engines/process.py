@@ -185,8 +185,9 @@ class EngineProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self.env,
-            process_group=0,  # its own group, not its own session: see the module's doc
-            preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+            # its own group, not its own session (see the module's doc); set in the child,
+            # since uvloop's subprocess_exec refuses ``process_group``
+            preexec_fn=_start_guard,
         )
         _live.add(self)
         self._pump = asyncio.create_task(self._pump_output(self._proc))
@@ -315,6 +316,14 @@ class EngineProcess:
         if self._pump is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._pump), timeout_s)
+
+
+def _start_guard() -> None:
+    """preexec_fn: lead a new process group in the gateway's session and, on Linux, have
+    the kernel signal the guard when its parent thread exits."""
+    os.setpgid(0, 0)
+    if sys.platform == "linux":
+        _set_parent_death_signal()
 
 
 def _set_parent_death_signal() -> None:
