@@ -46,7 +46,8 @@ from engines.protocol import Engine, EngineSpec, EngineStartError
 
 _log = logging.getLogger("engines.process")
 # Environment variables holding the gateway's credentials (read by llmserve).
-GATEWAY_SECRET_ENV = frozenset({"LLMSERVE_API_KEYS", "LLMSERVE_ADMIN_KEY"})
+GATEWAY_SECRET_ENV = frozenset({"LLMSERVE_API_KEYS", "LLMSERVE_ADMIN_KEY",
+                                "LLMSERVE_WORKER_API_KEY"})
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
+from engines.sim.auth import API_KEY_ENV
 from engines.sim.cluster import ClusterConfig, SimCluster
 from engines.sim.event_publisher import KVEventsConfig, KVEventsConfigError
 from engines.sim.profiles import DEFAULT_PROFILE, PROFILES
@@ -70,6 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
         enable_prefix_caching=not args.no_enable_prefix_caching,
         log_level=args.log_level,
         kv_events_config=args.kv_events_config,
+        api_key=os.environ.get(API_KEY_ENV) or None,  # as vLLM: from the environment
     )
 
 

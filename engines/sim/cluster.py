@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import uvicorn
@@ -42,6 +42,7 @@ class ClusterConfig:
     enable_prefix_caching: bool = True
     log_level: str = "warning"
     kv_events_config: str | None = None  # vLLM's JSON; replica k publishes on ports + k
+    api_key: str | None = field(default=None, repr=False)  # demanded as vLLM's VLLM_API_KEY
 
     @property
     def kv_events(self) -> KVEventsConfig | None:
@@ -137,7 +138,7 @@ class SimCluster:
             )
             server = _Server(
                 uvicorn.Config(
-                    build_app(replica),
+                    build_app(replica, self.config.api_key),
                     log_level=self.config.log_level,
                     access_log=False,
                     lifespan="on",

@@ -164,7 +164,8 @@ class DisaggregatedFlow:
             outcome = Outcome(on_first_chunk=functools.partial(pool.first_token, endpoint,
                                                                route))
             try:
-                upstream = await self.relay.open(endpoint.url + path, body, headers)
+                upstream = await self.relay.open(endpoint.url + path, body,
+                                                 headers | endpoint.auth)
             except EngineConnectError as exc:
                 log.warning("request %s: prefill %s; trying another replica", request_id, exc)
                 await self._lost(pool, endpoint, route)
@@ -226,7 +227,8 @@ class DisaggregatedFlow:
             outcome = Outcome(on_first_chunk=functools.partial(pool.first_token, endpoint,
                                                                route))
             try:
-                upstream = await self.relay.open(endpoint.url + path, body, headers)
+                upstream = await self.relay.open(endpoint.url + path, body,
+                                                 headers | endpoint.auth)
             except EngineConnectError as exc:
                 # The request never reached it, so the KV is still on the prefill engine
                 # waiting to be pulled: another decode replica can take it.

@@ -69,7 +69,7 @@ from llmserve.openai.request_checks import (
 )
 from llmserve.openai.routes import route_template
 from llmserve.openai.tracing import RequestSpans
-from llmserve.openai.workers import PendingWorkers, WorkerWatch
+from llmserve.openai.workers import PendingWorkers, WorkerWatch, base_url
 from routing import RouteRequest
 
 log = logging.getLogger("llmserve.openai")
@@ -159,6 +159,7 @@ class ModelSource:
     lora: LoraSettings | None = None  # adapters the gateway loads on demand (docs/lora.md)
     adapters: tuple[WorkerAdapter, ...] = ()  # adapters the workers at ``urls`` list
     kv_events: tuple[EventSource | None, ...] = ()  # per URL: where it publishes KV events
+    api_key: str | None = field(default=None, repr=False)  # the workers at ``urls`` demand it
 
 
 class OpenAiIngress:
@@ -169,16 +170,18 @@ class OpenAiIngress:
         self.sources = {m.model_id: m for m in models}
         self.pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.engine, dict(m.routing_config), m.handle,
-                                  m.urls, m.kv_events) for m in models
+                                  m.urls, m.kv_events, m.api_key) for m in models
         }
         self.prefill_pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.prefill.engine, dict(m.prefill.routing_config),
-                                  m.prefill.handle, m.prefill.urls)
+                                  m.prefill.handle, m.prefill.urls, api_key=m.prefill.api_key)
             for m in models if m.prefill is not None
         }
+        pending_workers = pending_workers or PendingWorkers()
         self.directory = EngineDirectory(
             {**self.pools, **{f"{k} (prefill)": p for k, p in self.prefill_pools.items()}},
-            self.settings.stats_refresh_s)
+            self.settings.stats_refresh_s,
+            [(base_url(u), pending_workers.api_key) for u in pending_workers.urls])
         await self.directory.refresh()
         self.directory.start()
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
@@ -205,7 +208,7 @@ class OpenAiIngress:
             [a for m in models for a in m.adapters], self.directory.client,
             self.metrics.registry)
         await self.adapters.start()
-        self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
+        self.workers = WorkerWatch(pending_workers, self.directory.client,
                                    self._take_in_worker)
         self.workers.start()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
@@ -412,7 +415,7 @@ class OpenAiIngress:
 
             try:
                 upstream = await until_left(
-                    self.relay.open(endpoint.url + path, body, headers), leaving)
+                    self.relay.open(endpoint.url + path, body, headers | endpoint.auth), leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
                 unreachable.add(endpoint.key)
@@ -541,8 +544,10 @@ class OpenAiIngress:
             return
         aliased = served_name if pending.model_id else ""
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
-                             urls=(url,), source=aliased, served_name=aliased)
-        pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,))
+                             urls=(url,), source=aliased, served_name=aliased,
+                             api_key=pending.api_key)
+        pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,),
+                         api_key=pending.api_key)
         self.sources[model_id] = source
         self.pools[model_id] = pool
         if pool.policy.needs_prompt:

@@ -35,6 +35,7 @@ class PendingWorkers:
     routing_config: Mapping[str, Any] = field(default_factory=dict)
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     model_id: str = ""  # clients' name for the workers' one model ("": their own names)
+    api_key: str | None = field(default=None, repr=False)  # the workers demand it
 
 
 def base_url(url: str) -> str:
