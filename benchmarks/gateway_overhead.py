@@ -45,12 +45,14 @@ ENGINE_KWARGS: dict[str, Any] = {"enforce_eager": True, "max_model_len": 1024,
 FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
 
 
-def load_once(base_url: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def load_once(base_url: str, model_dir: Path, args: argparse.Namespace,
+              api_key: str | None = None) -> dict[str, Any]:
     params = WorkloadParams(seed=0, num_requests=args.num_requests, input_len=args.input_len,
                             output_len=args.output_len)
     workload = build_workload("random", params, tokenizer_dir=model_dir)
     config = LoadConfig(base_url=base_url, model="tiny", endpoint=COMPLETIONS,
-                        concurrency=args.concurrency, ignore_eos=True, sample_interval_s=0)
+                        concurrency=args.concurrency, ignore_eos=True, sample_interval_s=0,
+                        api_key=api_key)
     run = run_load(workload, config)
     summary = summarize(run.records, run.duration_s)
     summary["client_cpu_util"] = run.client_cpu_util
