@@ -42,11 +42,16 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ENGINE_KWARGS: dict[str, Any] = {"enforce_eager": True, "max_model_len": 1024,
                                  "block_size": 32}
-FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms",
+          "median_e2el_ms", "cpu_ms_per_1k_tokens")
 
 
 def load_once(base_url: str, model_dir: Path, args: argparse.Namespace,
-              api_key: str | None = None) -> dict[str, Any]:
+              proxy_pid: int | None = None, api_key: str | None = None) -> dict[str, Any]:
+    """One load round; with ``proxy_pid``, also the CPU time (user + system) the proxy's
+    process tree spent per 1,000 output tokens during the round. ``api_key``: the key
+    the server at ``base_url`` demands."""
+    cpu_before = process_tree_cpu_s(proxy_pid) if proxy_pid is not None else 0.0
     params = WorkloadParams(seed=0, num_requests=args.num_requests, input_len=args.input_len,
                             output_len=args.output_len)
     workload = build_workload("random", params, tokenizer_dir=model_dir)
@@ -56,7 +61,36 @@ def load_once(base_url: str, model_dir: Path, args: argparse.Namespace,
     run = run_load(workload, config)
     summary = summarize(run.records, run.duration_s)
     summary["client_cpu_util"] = run.client_cpu_util
+    if proxy_pid is not None and summary["total_output_tokens"]:
+        spent_s = process_tree_cpu_s(proxy_pid) - cpu_before
+        summary["cpu_ms_per_1k_tokens"] = spent_s * 1e6 / summary["total_output_tokens"]
     return summary
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (and the children
+    it has waited for)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def listening_pid(url: str) -> int:
+    """The process listening on ``url``'s port (the proxy a context manager started)."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN \
+                and conn.pid is not None:
+            return int(conn.pid)
+    raise RuntimeError(f"nothing listens on {url}")
 
 
 @contextlib.contextmanager
@@ -129,6 +163,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--single-rounds", type=int, default=3,
+                        help="alternating rounds of 40 requests one at a time")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-vllm-router", action="store_true",
                         help="leave out the Rust vllm-router (run when it is installed)")
@@ -145,7 +181,7 @@ def main() -> None:
         engine = subprocess.Popen(engine_cmd.command(spec), env=engine_cmd.env(spec),
                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     runs: dict[str, list[dict[str, Any]]] = {}
-    single: dict[str, dict[str, Any]] = {}
+    single: dict[str, list[dict[str, Any]]] = {}
     try:
         wait_http_ok(spec.base_url + "/health", 300, engine)
         with contextlib.ExitStack() as stack:
@@ -153,21 +189,25 @@ def main() -> None:
                        "llmserve": stack.enter_context(gateway(spec.base_url, model_dir))}
             if vllm_router_binary() is not None and not args.skip_vllm_router:
                 systems["vllm-router"] = stack.enter_context(vllm_router(
-                    [spec.base_url], "round_robin", free_port(),
+                    [spec.base_url], "cache_aware", free_port(),
                     RESULTS / "gateway_overhead_vllm_router.log"))
+            proxies = {name: listening_pid(url) for name, url in systems.items()
+                       if name != "bare vLLM"}
             load_once(spec.base_url, model_dir, args)  # warm-up round
             for _ in range(args.rounds):
                 for name, url in systems.items():
-                    runs.setdefault(name, []).append(load_once(url, model_dir, args))
+                    runs.setdefault(name, []).append(
+                        load_once(url, model_dir, args, proxies.get(name)))
             one = argparse.Namespace(**{**vars(args), "concurrency": 1, "num_requests": 40})
-            for name, url in systems.items():
-                single[name] = load_once(url, model_dir, one)
+            for _ in range(args.single_rounds):  # alternating, as the loaded rounds
+                for name, url in systems.items():
+                    single.setdefault(name, []).append(load_once(url, model_dir, one))
     finally:
         stop(engine, 60)
     results = {name: median_of(r) for name, r in runs.items()}
     if not args.skip_ray:
         results["Ray Serve LLM"] = run_ray(model_dir, args)
-    report(results, single, args)
+    report(results, {name: median_of(r) for name, r in single.items()}, args)
 
 
 def report(results: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]],
@@ -190,11 +230,24 @@ def report(results: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]]
         if "rounds" in r:
             print(f"  {name} rounds, out tok/s: "
                   + " ".join(f"{x['output_throughput']:.0f}" for x in r["rounds"]))
-    base = single["bare vLLM"]["median_ttft_ms"]
-    print("one request at a time (40 requests), TTFT p50: " + ", ".join(
-        f"{name} {r['median_ttft_ms']:.1f} ms"
-        + (f" ({r['median_ttft_ms'] - base:+.1f})" if name != "bare vLLM" else "")
-        for name, r in single.items()))
+    router = results.get("vllm-router", {})
+    for name, r in results.items():
+        if "cpu_ms_per_1k_tokens" not in r:
+            continue
+        throughput = r["output_throughput"] / router.get("output_throughput", 1.0)
+        vs = (f" ({r['cpu_ms_per_1k_tokens'] / router['cpu_ms_per_1k_tokens']:.2f}x "
+              f"vllm-router's; throughput {throughput:.2f}x)"
+              if "cpu_ms_per_1k_tokens" in router and name != "vllm-router" else "")
+        print(f"  {name} CPU per 1,000 output tokens (process tree, user + system): "
+              f"{r['cpu_ms_per_1k_tokens']:.1f} ms{vs}; rounds: "
+              + " ".join(f"{x['cpu_ms_per_1k_tokens']:.1f}" for x in r["rounds"]))
+    print(f"one request at a time (40 requests x {args.single_rounds} alternating rounds), "
+          "p50 latency added to bare vLLM (TTFT / end to end):")
+    bare_one = single["bare vLLM"]
+    for name, r in single.items():
+        if name != "bare vLLM":
+            print(f"  {name}: {r['median_ttft_ms'] - bare_one['median_ttft_ms']:+.2f} ms / "
+                  f"{r['median_e2el_ms'] - bare_one['median_e2el_ms']:+.2f} ms")
     out = RESULTS / "gateway_overhead.json"
     keys = (*FIELDS, "completed", "client_cpu_util", "skipped", "rounds")
     out.write_text(json.dumps({"args": vars(args), "results": {

@@ -128,7 +128,7 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
             runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "bare": []}
             for _ in range(args.rounds):
                 runs["gateway"].append(gateway_round(gateway, proc.pid, model_dir, args))
-                runs["bare"].append(load_once(engine, model_dir, args, ENGINE_KEY))
+                runs["bare"].append(load_once(engine, model_dir, args, api_key=ENGINE_KEY))
             return {name: median_of(r, FIELDS) for name, r in runs.items()}
         finally:
             stop(proc, 90)

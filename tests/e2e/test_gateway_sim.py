@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from llmserve import serve
 from llmserve.llm import LLMConfig, build_openai_app
 from llmserve.serve.exceptions import ConfigError
 from tests.e2e.conftest import free_port
-from tests.fixtures_engines import cached_tiny_model
+from tests.fixtures_engines import cached_tiny_model, sim_config
 
 CHAT = [{"role": "user", "content": "hello there"}]
 
@@ -27,21 +26,6 @@ CHAT = [{"role": "user", "content": "hello there"}]
 @pytest.fixture(scope="module")
 def model_dir() -> str:
     return str(cached_tiny_model())
-
-
-@pytest.fixture
-def fresh_serve() -> Iterator[None]:
-    serve.shutdown()
-    yield
-    serve.shutdown()
-
-
-def sim_config(model_dir: str, **changes: object) -> LLMConfig:
-    base: dict[str, object] = {
-        "model_loading_config": {"model_id": "sim", "model_source": model_dir},
-        "llm_engine": "sim",
-    }
-    return LLMConfig.model_validate(base | changes)
 
 
 @pytest.mark.usefixtures("fresh_serve")

@@ -33,13 +33,6 @@ def model_dir() -> str:
     return str(cached_tiny_model())
 
 
-@pytest.fixture
-def fresh_serve() -> Iterator[None]:
-    serve.shutdown()
-    yield
-    serve.shutdown()
-
-
 def sim(model_dir: str, **changes: object) -> dict[str, object]:
     base: dict[str, object] = {
         "model_loading_config": {"model_id": "sim", "model_source": model_dir},

@@ -92,13 +92,6 @@ def test_body_and_header_limits(limited: tuple[Gateway, SimEngine]) -> None:
     assert_invariants(gateway, [engine], fds)
 
 
-@pytest.fixture
-def fresh_serve() -> Iterator[None]:
-    serve.shutdown()
-    yield
-    serve.shutdown()
-
-
 @pytest.mark.usefixtures("fresh_serve")
 def test_a_body_that_stops_arriving_is_408(limited: tuple[Gateway, SimEngine],
                                             tmp_path: Path) -> None:

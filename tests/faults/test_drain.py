@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,13 +14,6 @@ from llmserve.llm import LLMConfig, build_openai_app
 from tests.faults.harness import poll
 
 CHAT = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def fresh_serve() -> Iterator[None]:
-    serve.shutdown()
-    yield
-    serve.shutdown()
 
 
 @pytest.mark.usefixtures("fresh_serve")

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from llmserve import serve
-from llmserve.llm import LLMConfig, build_openai_app
+from llmserve.llm import build_openai_app
 from llmserve.llm.server import EngineEndpointInfo
 from tests.faults.harness import poll
+from tests.fixtures_engines import sim_config
 
 CHAT = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def fresh_serve() -> Iterator[None]:
-    serve.shutdown()
-    yield
-    serve.shutdown()
-
-
-def sim_config(model_dir: str, **changes: object) -> LLMConfig:
-    base: dict[str, object] = {
-        "model_loading_config": {"model_id": "sim", "model_source": model_dir},
-        "llm_engine": "sim",
-    }
-    return LLMConfig.model_validate(base | changes)
 
 
 def engine_info() -> EngineEndpointInfo:
