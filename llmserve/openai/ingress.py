@@ -52,7 +52,7 @@ from llmserve.openai.openapi import openapi_document
 from llmserve.openai.pd_metrics import PDMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
-from llmserve.openai.rate_limit import RateLimiter
+from llmserve.openai.rate_limit import RateLimiter, TokenHold, token_estimate
 from llmserve.openai.relay import (
     EngineConnectError,
     Outcome,
@@ -335,17 +335,16 @@ class OpenAiIngress:
         body = await self._read_body(request)
         payload, model = await self._parse(body, path)
         request.state.model_name = model
-        if key is not None:
-            if not key.allows(model):
-                raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`",
-                                      param="model")
-            self.limiter.admit(key)
+        if key is not None and not key.allows(model):
+            raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`", param="model")
         adapter = self.adapters.resolve(model) if model not in self.pools else None
         pool = self.pools[adapter.base_model if adapter else model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
                                   f"retry shortly", retry_after_s=1.0)
+        hold = None if key is None else self.limiter.admit(
+            key, token_estimate(path, payload, len(body)))  # held until the request ends
         served_name = model if adapter else self.sources[model].served_name or model
         if payload.get("model", model) == model and payload.get("model") != served_name:
             payload["model"] = served_name  # absent, or clients' name for the engines' one
@@ -355,7 +354,10 @@ class OpenAiIngress:
         leaving = asyncio.ensure_future(wait_disconnect(request.receive))
         try:
             return await self._relay(request, path, request_id, payload, body, pool, leaving,
-                                     key, adapter)
+                                     hold, adapter)
+        except EngineUnavailable:
+            self.limiter.settle(hold, 0)  # no engine took it
+            raise
         except ClientLeft:
             log.info("request %s: the client left before the answer; engine request aborted",
                      request_id)
@@ -365,7 +367,7 @@ class OpenAiIngress:
 
     async def _relay(self, request: Request, path: str, request_id: str,
                      payload: dict[str, Any], body: bytes, pool: ModelPool,
-                     leaving: asyncio.Future[None], key: KeyPolicy | None,
+                     leaving: asyncio.Future[None], hold: TokenHold | None,
                      adapter: AdapterTarget | None = None) -> Response:
         model = pool.model_id
         spans = request.state.spans = RequestSpans(request.headers, model, path)
@@ -376,7 +378,7 @@ class OpenAiIngress:
                     request_id, path, payload, request, flow.prefill), leaving)
             return await flow.forward(path, payload, request_id, route, leaving,
                                       functools.partial(self._pd_done, request, request_id,
-                                                        key, payload.get("stream") is True))
+                                                        hold, payload.get("stream") is True))
         with spans.routing():
             route = await until_left(
                 self._route_request(request_id, path, payload, request, pool), leaving)
@@ -410,8 +412,7 @@ class OpenAiIngress:
                            streamed)
                 spans.end(status)
                 request.state.recorded = True
-                if key is not None and result.usage:
-                    self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
+                self.limiter.settle(hold, _tokens_used(result))
 
             try:
                 upstream = await until_left(
@@ -454,10 +455,10 @@ class OpenAiIngress:
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
 
-    def _pd_done(self, request: Request, request_id: str, key: KeyPolicy | None,
+    def _pd_done(self, request: Request, request_id: str, hold: TokenHold | None,
                  streamed: bool, result: Outcome) -> None:
         """A disaggregated request ended (the flow counted it in the metrics)."""
-        self._charge(key, result)
+        self.limiter.settle(hold, _tokens_used(result))
         status = CLIENT_CLOSED if result.disconnected else result.status
         log_access(request, request_id, getattr(request.state, "model_name", ""),
                    request.url.path, status, result, "", streamed)
@@ -477,10 +478,6 @@ class OpenAiIngress:
         pool.finish(endpoint, route, failed=failed)
         if adapter is not None:
             self.adapters.release(adapter, endpoint.lora)
-
-    def _charge(self, key: KeyPolicy | None, result: Outcome) -> None:
-        if key is not None and result.usage:
-            self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
 
     async def _route_request(self, request_id: str, path: str, payload: dict[str, Any],
                              request: Request, pool: ModelPool) -> RouteRequest:
@@ -622,6 +619,16 @@ def _tokenizer_source(model: ModelSource) -> str | None:
         return model.source  # the files the engine loads (a local dir or a hub id)
     candidate = model.source or model.model_id
     return candidate if Path(candidate).is_dir() else None  # worker URLs: only local files
+
+
+def _tokens_used(result: Outcome) -> int | None:
+    """The tokens a finished request used: its usage; 0 for an engine's error answer;
+    None (unknown) when the client left or the engine failed on the way."""
+    if result.usage:
+        return int(result.usage.get("total_tokens") or 0)
+    if result.status >= 400 and result.error is None and not result.disconnected:
+        return 0
+    return None
 
 
 def _session_key(request: Request, payload: Mapping[str, Any]) -> str | None:
