@@ -10,14 +10,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, QueryVariable
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+)
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
 from dashboards.definitions import DASHBOARDS
-from dashboards.panels import PanelSpec
+from dashboards.panels import PanelSpec, RowSpec
 
 OUT = Path(__file__).resolve().parent / "grafana"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -45,7 +50,10 @@ def dashboard(name: str) -> Dashboard:
                             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
                             .include_all(True).all_value(".*").multi(True)))
     for panel_id, spec in enumerate(specs, start=1):
-        board = board.with_panel(panel(spec, panel_id))
+        if isinstance(spec, RowSpec):
+            board = board.with_row(Row(spec.title).id(panel_id))
+        else:
+            board = board.with_panel(panel(spec, panel_id))
     return board
 
 

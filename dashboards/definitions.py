@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dashboards.panels import RATE, M, PanelSpec, Query, quantiles, rate_by
+from dashboards.panels import RATE, M, PanelSpec, Query, RowSpec, quantiles, rate_by
 
 REQUESTS_BY_STATUS = PanelSpec(
     "Request rate by status", (rate_by("llmserve_requests_total", "status"),), "reqps",
@@ -70,6 +70,34 @@ GATEWAY = (
     PanelSpec("Gateway requests in flight per replica",
               (Query(f"sum by (replica) (llmserve_replica_requests_in_flight{{{M}}})",
                      "{{replica}}"),), "short"),
+    RowSpec("LoRA adapters"),
+    PanelSpec("LoRA: adapter loads and evictions",
+              (Query(f"sum(rate(llmserve_lora_adapter_loads_total{{{M}}}{RATE}))", "loads"),
+               Query(f"sum(rate(llmserve_lora_adapter_evictions_total{{{M}}}{RATE}))",
+                     "evictions")), "ops",
+              "Adapters loaded into engine replicas, and unloaded to make room (LRU)."),
+    PanelSpec("LoRA: adapters resident per replica",
+              (Query(f"sum by (replica) (llmserve_lora_adapters_resident{{{M}}})",
+                     "{{replica}}"),), "short",
+              "Adapters loaded on each engine replica (model_name: the base model)."),
+    PanelSpec("LoRA: requests by adapter residency",
+              (rate_by("llmserve_lora_requests_total", "resident"),), "reqps",
+              "true: the adapter was already on the chosen replica; false: loaded first."),
+    PanelSpec("LoRA: adapter load time", quantiles("llmserve_lora_adapter_load_seconds"), "s",
+              "Fetch, check and load into a replica."),
+    PanelSpec("LoRA: adapter downloads",
+              (rate_by("llmserve_lora_adapter_downloads_total", "model_name"),), "ops",
+              "Adapters copied from remote storage into the node's cache."),
+    PanelSpec("LoRA: adapter load failures",
+              (rate_by("llmserve_lora_adapter_load_failures_total", "model_name"),), "ops",
+              "Adapter fetches, checks or engine loads that failed."),
+    RowSpec("Prefill/decode disaggregation"),
+    PanelSpec("P/D: requests in flight",
+              (Query(f"sum by (model_name) (llmserve_pd_requests_in_flight{{{M}}})",
+                     "{{model_name}}"),), "short",
+              "Disaggregated requests between arrival and the end of their decode answer."),
+    PanelSpec("P/D: requests by outcome",
+              (rate_by("llmserve_pd_requests_total", "outcome"),), "reqps"),
     PanelSpec("P/D: prefill and decode time to first token",
               (Query(quantiles("llmserve_pd_prefill_time_to_first_token_seconds")[1].expr,
                      "prefill p90"),
@@ -78,8 +106,16 @@ GATEWAY = (
               "p90 of each pool, for models with separate prefill and decode pools."),
     PanelSpec("P/D: KV hand-off", quantiles("llmserve_pd_handoff_seconds"), "s",
               "From the prefill answer to the decode replica's first bytes."),
-    PanelSpec("P/D: requests by outcome",
-              (rate_by("llmserve_pd_requests_total", "outcome"),), "reqps"),
+    PanelSpec("P/D: decode inter-token latency",
+              quantiles("llmserve_pd_decode_inter_token_latency_seconds"), "s"),
+    PanelSpec("P/D: KV blocks handed off",
+              (Query(f"sum(rate(llmserve_pd_kv_blocks_handed_off_total{{{M}}}{RATE}))",
+                     "blocks"),), "ops",
+              "KV blocks the prefill engines offered to decode engines."),
+    PanelSpec("P/D: decode retries",
+              (rate_by("llmserve_pd_decode_retries_total", "model_name"),), "ops",
+              "Decode requests sent to another decode replica because the first was "
+              "unreachable."),
 )
 
 ENGINES = (
@@ -121,9 +157,39 @@ ROUTING = (
               (rate_by("vllm:request_success_total", "replica"),), "reqps",
               "Finished requests per second on each replica: how routing spreads load."),
     RUNNING,
+    RowSpec("KV-cache events"),
+    PanelSpec("KV events: replicas routed from events",
+              (Query(f"sum by (model_name) (llmserve_kv_events_live_replicas{{{M}}})",
+                     "{{model_name}} live"),
+               Query(f"sum by (model_name) (llmserve_replica_ready{{{M}}}) and on (model_name) "
+                     f"llmserve_kv_events_live_replicas{{{M}}}", "{{model_name}} ready")),
+              "short", "Replicas whose KV events the router follows, against the ready "
+              "replicas of models with events; the gap fell back to approximate routing."),
+    PanelSpec("KV events: event batches",
+              (Query(f'sum by (model_name) (rate(llmserve_kv_events_total{{{M}, '
+                     f'event="batches"}}{RATE}))', "{{model_name}}"),), "ops",
+              "Event batches received from the engines."),
+    PanelSpec("KV events: subscription events",
+              (Query(f'sum by (event) (increase(llmserve_kv_events_total{{{M}, '
+                     f'event!="batches"}}{RATE}))', "{{event}}"),), "short",
+              "connected, restarted (the engine restarted), gap_replayed (a sequence gap "
+              "filled from the replay socket), gap_lost (a gap it could not fill)."),
+    PanelSpec("KV events: degraded replicas by reason",
+              (Query(f"sum by (reason) (increase(llmserve_kv_events_degraded_total{{{M}}}"
+                     f"{RATE}))", "{{reason}}"),), "short",
+              "Times a replica's events became unusable and it fell back to approximate "
+              "prefix routing."),
 )
 
 S = 'application=~".+"'
+
+
+def controller_gauge(gauge: str, by: str, legend: str) -> Query:
+    """A controller's gauge, counted once however many gateways export it (Ray)."""
+    return Query(f"sum by ({by}) (max by (controller, application, {by}) "
+                 f"({gauge}{{{S}}}))", legend)
+
+
 SERVE = (
     PanelSpec("Requests per deployment",
               (rate_by("llmserve_serve_deployment_requests_total", "application, deployment",
@@ -135,22 +201,22 @@ SERVE = (
               quantiles("llmserve_serve_deployment_processing_latency_seconds",
                         "deployment", S), "s"),
     PanelSpec("Queued requests",
-              (Query(f"sum by (deployment) (llmserve_serve_deployment_queued_requests{{{S}}})",
-                     "{{deployment}}"),), "short"),
+              (controller_gauge("llmserve_serve_deployment_queued_requests", "deployment",
+                                "{{deployment}}"),), "short"),
     PanelSpec("Ongoing requests",
-              (Query(f"sum by (deployment) (llmserve_serve_deployment_ongoing_requests{{{S}}})",
-                     "{{deployment}}"),), "short"),
+              (controller_gauge("llmserve_serve_deployment_ongoing_requests", "deployment",
+                                "{{deployment}}"),), "short"),
     PanelSpec("Replicas by state",
-              (Query(f"sum by (deployment, state) (llmserve_serve_deployment_replicas{{{S}}})",
-                     "{{deployment}} {{state}}"),), "short"),
+              (controller_gauge("llmserve_serve_deployment_replicas", "deployment, state",
+                                "{{deployment}} {{state}}"),), "short"),
     PanelSpec("Autoscaling: desired vs running replicas",
-              (Query(f"sum by (deployment) (llmserve_serve_autoscaling_desired_replicas{{{S}}})",
-                     "{{deployment}} desired"),
-               Query(f"sum by (deployment) (llmserve_serve_autoscaling_running_replicas{{{S}}})",
-                     "{{deployment}} running")), "short"),
+              (controller_gauge("llmserve_serve_autoscaling_desired_replicas", "deployment",
+                                "{{deployment}} desired"),
+               controller_gauge("llmserve_serve_autoscaling_running_replicas", "deployment",
+                                "{{deployment}} running")), "short"),
 )
 
-DASHBOARDS: dict[str, tuple[str, tuple[PanelSpec, ...]]] = {
+DASHBOARDS: dict[str, tuple[str, tuple[PanelSpec | RowSpec, ...]]] = {
     "overview": ("llmserve / Overview", OVERVIEW),
     "gateway": ("llmserve / LLM gateway", GATEWAY),
     "engines": ("llmserve / Engines", ENGINES),

@@ -26,6 +26,13 @@ class PanelSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class RowSpec:
+    """A row header: the panels after it, up to the next row, belong to it."""
+
+    title: str
+
+
 def quantiles(histogram: str, by: str = "", selector: str = M) -> tuple[Query, ...]:
     """p50, p90 and p99 of a histogram, optionally per label ``by``."""
     group = f"le, {by}" if by else "le"

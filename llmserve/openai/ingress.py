@@ -67,7 +67,7 @@ from llmserve.openai.request_checks import (
     parse_json_body,
     refuse_request_chat_template,
 )
-from llmserve.openai.routes import route_template
+from llmserve.openai.routes import app_path, route_template
 from llmserve.openai.tracing import RequestSpans
 from llmserve.openai.workers import PendingWorkers, WorkerWatch, base_url
 from routing import RouteRequest
@@ -223,7 +223,7 @@ class OpenAiIngress:
     async def __call__(self, request: Request) -> Response:
         request.state.arrival_s = time.monotonic()
         request_id = uuid.uuid4().hex
-        path = request.url.path
+        path = app_path(request.scope)
         try:
             check_header_size(request.headers.raw, self.settings.max_request_header_bytes)
             request_id = id_header(request.headers.get("x-request-id"),

@@ -258,7 +258,12 @@ class DirectWriter(Writer):
 
 def direct_writer(send: Send, scope: Scope, outcome: Outcome,
                   upstream: UpstreamResponse) -> DirectWriter | None:
-    """A DirectWriter when ``send`` is uvicorn's and it chose chunked framing, else None."""
+    """A DirectWriter when ``send`` is uvicorn's and it chose chunked framing, else None.
+
+    A ``send`` that only watches the response's start (the serving core's proxy wraps the
+    server's) offers the server's own as ``wrapped_send`` once the response started."""
+    while (inner := getattr(send, "wrapped_send", None)) is not None:
+        send = inner
     cycle = getattr(send, "__self__", None)
     if cycle is None or scope.get("method") == "HEAD":
         return None

@@ -3,6 +3,9 @@ comes from client input (every unknown path is the one ``unmatched`` route)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 UNMATCHED = "unmatched"
 MODEL_ROUTE = "/v1/models/{model}"
 ROUTE_TEMPLATES = frozenset({
@@ -19,3 +22,13 @@ def route_template(path: str) -> str:
     if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
         return MODEL_ROUTE
     return UNMATCHED
+
+
+def app_path(scope: Mapping[str, Any]) -> str:
+    """The request's path within its application: without the app's route prefix, which
+    the proxy gives as the ASGI ``root_path`` (``serve.run(..., route_prefix="/llm")``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path

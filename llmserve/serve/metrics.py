@@ -9,9 +9,12 @@ with it. One registry per process: :data:`SERVE_REGISTRY`.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -60,48 +63,94 @@ def _finish(application: str, deployment: str, started_s: float) -> None:
     LATENCY.labels(application, deployment).observe(time.monotonic() - started_s)
 
 
-class DeploymentCollector(Collector):
-    """Gauges read from the controller's deployments when scraped."""
+@dataclass(frozen=True)
+class DeploymentFigures:
+    """One deployment's gauges as its controller sees them (plain data: on the Ray runtime
+    the controller actor sends them to every gateway process)."""
 
-    def __init__(self, deployments: Callable[[], Mapping[tuple[str, str], DeploymentState]]):
-        self.deployments = deployments
+    application: str
+    deployment: str
+    queued: float
+    ongoing: float
+    replicas: tuple[tuple[str, int], ...]  # (state, count) for every `ReplicaState`
+    desired: int
+    running: int
+
+
+def figures_of(deployments: Mapping[tuple[str, str], DeploymentState],
+               remote_queued: Mapping[tuple[str, str], float] | None = None
+               ) -> tuple[DeploymentFigures, ...]:
+    """The gauges of a controller's deployments. ``remote_queued``: requests queued at
+    routers in other processes (Ray runtime), whose load the controller already counts."""
+    found = []
+    for (app, name), state in sorted(deployments.items()):
+        queued = state.router.num_queued + (remote_queued or {}).get((app, name), 0.0)
+        counts = dict.fromkeys(ReplicaState, 0)
+        for record in state.replicas:
+            counts[record.state] += 1
+        found.append(DeploymentFigures(
+            app, name, queued, max(state.router.load - queued, 0.0),
+            tuple((s.value, n) for s, n in counts.items()), state.target_replicas,
+            counts[ReplicaState.RUNNING]))
+    return tuple(found)
+
+
+def controller_id() -> str:
+    """The ``controller`` label: this process, where a controller runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DeploymentCollector(Collector):
+    """Gauges of one controller's deployments, read when scraped.
+
+    Labelled with the ``controller`` they come from: on Ray every gateway process exports
+    the same controller's figures, and queries take the max over one controller."""
+
+    def __init__(self, figures: Callable[[], tuple[str, Iterable[DeploymentFigures]]]):
+        self.figures = figures
 
     def collect(self) -> Iterator[Metric]:
+        labels = [*LABELS, "controller"]
         queued = GaugeMetricFamily("llmserve_serve_deployment_queued_requests",
-                                   "Requests waiting for a free replica slot", labels=LABELS)
+                                   "Requests waiting for a free replica slot", labels=labels)
         ongoing = GaugeMetricFamily(
             "llmserve_serve_deployment_ongoing_requests",
             "Requests the deployment's replicas are serving (incl. reported by the gateway)",
-            labels=LABELS)
+            labels=labels)
         replicas = GaugeMetricFamily("llmserve_serve_deployment_replicas",
-                                     "Replicas by state", labels=[*LABELS, "state"])
+                                     "Replicas by state", labels=[*LABELS, "state", "controller"])
         desired = GaugeMetricFamily("llmserve_serve_autoscaling_desired_replicas",
                                     "Replicas the controller (and autoscaler) wants",
-                                    labels=LABELS)
+                                    labels=labels)
         running = GaugeMetricFamily("llmserve_serve_autoscaling_running_replicas",
-                                    "Replicas running now", labels=LABELS)
-        for (app, name), state in sorted(self.deployments().items()):
-            labels = [app, name]
-            queued.add_metric(labels, state.router.num_queued)
-            ongoing.add_metric(labels, state.router.load - state.router.num_queued)
-            counts = dict.fromkeys(ReplicaState, 0)
-            for record in state.replicas:
-                counts[record.state] += 1
-            for replica_state, count in counts.items():
-                replicas.add_metric([*labels, replica_state.value], count)
-            desired.add_metric(labels, state.target_replicas)
-            running.add_metric(labels, counts[ReplicaState.RUNNING])
+                                    "Replicas running now", labels=labels)
+        controller, figures = self.figures()
+        for f in figures:
+            queued.add_metric([f.application, f.deployment, controller], f.queued)
+            ongoing.add_metric([f.application, f.deployment, controller], f.ongoing)
+            for replica_state, count in f.replicas:
+                replicas.add_metric([f.application, f.deployment, replica_state, controller],
+                                    count)
+            desired.add_metric([f.application, f.deployment, controller], f.desired)
+            running.add_metric([f.application, f.deployment, controller], f.running)
         yield from (queued, ongoing, replicas, desired, running)
+
+
+def watch_figures(figures: Callable[[], tuple[str, Iterable[DeploymentFigures]]]) -> None:
+    """Export these deployment gauges (``(controller id, figures)``) from this process,
+    in place of any exported before: the latest controller, or its copy, wins."""
+    global _collector
+    if _collector is not None:
+        SERVE_REGISTRY.unregister(_collector)
+    _collector = DeploymentCollector(figures)
+    SERVE_REGISTRY.register(_collector)
 
 
 def watch_controller(deployments: Callable[[], Mapping[tuple[str, str], DeploymentState]]
                      ) -> None:
     """Export the gauges of this process's controller (the latest one to start)."""
-    global _collector
-    if _collector is not None:
-        SERVE_REGISTRY.unregister(_collector)
-    _collector = DeploymentCollector(deployments)
-    SERVE_REGISTRY.register(_collector)
+    here = controller_id()
+    watch_figures(lambda: (here, figures_of(deployments())))
 
 
 _collector: DeploymentCollector | None = None

@@ -146,6 +146,12 @@ class _ResponseWatch:
         self.request = request
         self.started = False
 
+    @property
+    def wrapped_send(self) -> Send | None:
+        """The server's own ``send``, once the response has started (the watch has nothing
+        left to see): a relay may write the body through it directly."""
+        return self.send if self.started else None
+
     async def __call__(self, message: Message) -> None:
         if not self.started and message["type"] == "http.response.start":
             self.started = True

@@ -1,13 +1,19 @@
 """Every dashboard panel's PromQL, run on a real Prometheus that scraped a gateway in
-front of two simulated replicas (and their engines, found through /metrics/engines)."""
+front of simulated replicas (and their engines, found through /metrics/engines): a model
+on two replicas with KV-cache events, a LoRA model with its adapters in S3 (a moto
+server), a model whose KV events cannot be used (degraded), a prefill/decode app at
+``/pd`` and a plain deployment that fails, at ``/boom``. Every catalogued metric must reach
+Prometheus too, or be listed as not exercised here."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +27,8 @@ import yaml
 from dashboards.catalogue import read_catalogue, series_names
 from dashboards.panels import concrete
 from llmserve import serve
-from llmserve.llm import LLMConfig, build_openai_app
+from llmserve.llm import LLMConfig, build_openai_app, build_pd_openai_app
+from llmserve.llm.tiny_model import cached_tiny_model as tiny_model_with_loras
 from tests.e2e.conftest import free_port
 from tests.fixtures_engines import cached_tiny_model
 
@@ -31,11 +38,11 @@ SHIPPED_CONFIG = ROOT / "dashboards" / "prometheus" / "prometheus.yml"
 KEY = "dashboard-test-key"
 # panels whose data needs what this test does not cause
 NOT_EXERCISED = {
-    "Spills by guard": "needs a prefix guard to move a request (load or share imbalance)",
-    "Errors per deployment": "needs a deployment to raise an exception",
-    "P/D: prefill and decode time to first token": "needs a prefill/decode split model",
-    "P/D: KV hand-off": "needs a prefill/decode split model",
-    "P/D: requests by outcome": "needs a prefill/decode split model",
+    "P/D: decode retries": "needs a decode replica that cannot be reached (test_pd_sim.py)",
+}
+# catalogued metrics this test does not cause (their panels are listed above)
+NOT_EXPORTED_HERE = {
+    "llmserve_pd_decode_retries_total": "needs a decode replica that cannot be reached",
 }
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None,
@@ -75,14 +82,71 @@ def test_every_query_parses_and_names_catalogued_metrics() -> None:
         assert names <= known, f"{board}/{title}: {names - known} not in docs/metrics.md"
 
 
+@serve.deployment
+class Boom:
+    async def __call__(self, request: object) -> None:
+        raise ValueError("this deployment always fails")
+
+
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[str]:
+def s3_adapters() -> Iterator[str]:
+    """Two adapters and one that fails to load, in a bucket of a moto S3 server."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    cache = tempfile.mkdtemp(prefix="llmserve-lora-cache-")
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "LLMSERVE_CACHE_DIR": cache}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="adapters")
+    loras = tiny_model_with_loras(num_loras=2) / "loras"
+    for name, source in (("a0", "lora-0"), ("a1", "lora-1"), ("garbled", "lora-0")):
+        for path in sorted((loras / source).iterdir()):
+            body = path.read_bytes()
+            if name == "garbled" and path.name == "adapter_config.json":
+                body = b'{"r": 8, "peft_type": '
+            client.put_object(Bucket="adapters", Key=f"loras/{name}/{path.name}", Body=body)
+    try:
+        yield "s3://adapters/loras"
+    finally:
+        server.stop()
+        shutil.rmtree(cache, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def gateway(s3_adapters: str) -> Iterator[str]:
     serve.shutdown()
-    cfg = LLMConfig.model_validate({
-        "model_loading_config": {"model_id": "sim", "model_source": str(cached_tiny_model())},
-        "llm_engine": "sim", "deployment_config": {"num_replicas": 2},
-    })
-    serve.run(build_openai_app({"llm_configs": [cfg], "api_keys": [KEY]}), port=0)
+    model_dir = str(cached_tiny_model())
+    lora_dir = tiny_model_with_loras(num_loras=2)
+    sim = LLMConfig.model_validate({
+        "model_loading_config": {"model_id": "sim", "model_source": model_dir},
+        "llm_engine": "sim", "deployment_config": {"num_replicas": 2}})
+    lora = LLMConfig.model_validate({
+        "model_loading_config": {"model_id": "lora", "model_source": str(lora_dir)},
+        "llm_engine": "sim", "lora_config": {"dynamic_lora_loading_path": s3_adapters,
+                                             "max_num_adapters_per_replica": 1}})
+    # the gateway hashes blocks of 32 tokens, the engine publishes blocks of 16: its
+    # events cannot be used and the replica is counted as degraded
+    mismatch = LLMConfig.model_validate({
+        "model_loading_config": {"model_id": "kv-mismatch", "model_source": model_dir},
+        "llm_engine": "sim", "routing_config": {"policy": "prefix_aware", "block_size": 32}})
+    serve.run(build_openai_app({"llm_configs": [sim, lora, mismatch], "api_keys": [KEY]}),
+              port=0)
+    pool = {"model_loading_config": {"model_id": "pd", "model_source": model_dir},
+            "llm_engine": "sim"}
+    serve.run(build_pd_openai_app({"prefill_config": pool, "decode_config": pool,
+                                   "api_keys": [KEY]}), name="pd", route_prefix="/pd")
+    serve.run(Boom.bind(), name="boom", route_prefix="/boom")
     yield serve.http_url()
     serve.shutdown()
 
@@ -98,6 +162,9 @@ def prometheus(gateway: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     jobs["llmserve"]["static_configs"][0]["targets"] = [host]
     sd = jobs["llmserve-engines"]["http_sd_configs"][0]
     sd.update(url=f"{gateway}/metrics/engines", refresh_interval="1s")
+    # the P/D app is a second gateway, at /pd
+    config["scrape_configs"].append({"job_name": "llmserve-pd", "metrics_path": "/pd/metrics",
+                                     "static_configs": [{"targets": [host]}]})
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = subprocess.Popen(
@@ -153,11 +220,34 @@ async def drive_load(gateway: str, seconds: float) -> None:
                 response = await client.post(f"{gateway}/v1/chat/completions", json=body)
                 assert response.status_code == 200
 
+        async def other_models(i: int) -> None:
+            """An adapter each time (one resident per replica: each load evicts the
+            other), a prefill/decode request, a request to the degraded model."""
+            adapter = await client.post(f"{gateway}/v1/completions", json={
+                "model": f"lora:a{i % 2}", "prompt": "hello", "max_tokens": 2})
+            assert adapter.status_code == 200, adapter.text
+            pd = {"model": "pd", "max_tokens": 6, "stream": True,
+                  "stream_options": {"include_usage": True},
+                  "messages": [{"role": "user", "content": f"split {i} " * 20}]}
+            async with client.stream("POST", f"{gateway}/pd/v1/chat/completions",
+                                     json=pd) as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_lines():
+                    pass
+            mismatch = await client.post(f"{gateway}/v1/completions", json={
+                "model": "kv-mismatch", "prompt": f"blocks {i} " * 40, "max_tokens": 2})
+            assert mismatch.status_code == 200, mismatch.text
+
         deadline = time.monotonic() + seconds
         i = 0
         while time.monotonic() < deadline:
-            await asyncio.gather(*(one(i + k) for k in range(4)))
+            await asyncio.gather(*(one(i + k) for k in range(4)), other_models(i // 4))
             i += 4
+        garbled = await client.post(f"{gateway}/v1/completions", json={
+            "model": "lora:garbled", "prompt": "hello", "max_tokens": 2})
+        assert garbled.status_code == 400, garbled.text
+        boom = await client.get(f"{gateway}/boom")
+        assert boom.status_code == 500
         unauthorized = await client.post(f"{gateway}/v1/chat/completions", json={},
                                          headers={"authorization": "Bearer wrong"})
         assert unauthorized.status_code == 401
@@ -180,3 +270,13 @@ def test_every_panel_has_data_on_a_real_prometheus(gateway: str, prometheus: str
         f"{board} / {title}: {expr}" for board, title, expr in sorted(pending))
     listed = {t for _, t, _ in targets}
     assert set(NOT_EXERCISED) <= listed  # the exemptions name real panels
+    # the other direction: every catalogued metric is exported (scraped here), or listed
+    catalogue = read_catalogue()
+    assert set(NOT_EXPORTED_HERE) <= set(catalogue)
+    scraped = {r["metric"]["__name__"] for r in query(
+        prometheus, 'count by (__name__) ({__name__=~"llmserve_.+|vllm:.+"})')}
+    exported = {name for name, entry in catalogue.items() if series_names(entry) & scraped}
+    missing = set(catalogue) - exported - set(NOT_EXPORTED_HERE)
+    assert not missing, f"catalogued in docs/metrics.md but never exported: {sorted(missing)}"
+    stale = exported & set(NOT_EXPORTED_HERE)
+    assert not stale, f"exported after all, drop them from NOT_EXPORTED_HERE: {sorted(stale)}"

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cluster_procs import wait_http_ok
-from tests.faults.harness import Gateway, SimEngine
+from tests.faults.harness import Gateway, SimEngine, start_engines
 from tests.fixtures_engines import cached_tiny_model
 
 API_KEY = "k1"
@@ -16,14 +15,6 @@ AUTH = {"authorization": f"Bearer {API_KEY}"}
 @pytest.fixture(scope="module")
 def model_dir() -> str:
     return str(cached_tiny_model())
-
-
-def start_engines(model_dir: str, count: int, time_scale: float) -> list[SimEngine]:
-    started = [SimEngine(model_dir, time_scale=time_scale).start(wait=False)
-               for _ in range(count)]
-    for engine in started:
-        wait_http_ok(f"{engine.url}/health", 60, engine.proc)
-    return started
 
 
 @pytest.fixture(scope="module")

@@ -162,3 +162,12 @@ def assert_invariants(gateway: Gateway, engines: Sequence[SimEngine], fds_before
          "no growth of open file descriptors")
     assert "Traceback" not in gateway.log(), gateway.log()[-4000:]
     assert re.search(r"\b(ERROR|CRITICAL)\b.*Exception", gateway.log()) is None
+
+
+def start_engines(model_dir: str, count: int, time_scale: float) -> list[SimEngine]:
+    """``count`` simulated engines, started side by side, once all answer /health."""
+    started = [SimEngine(model_dir, time_scale=time_scale).start(wait=False)
+               for _ in range(count)]
+    for engine in started:
+        wait_http_ok(f"{engine.url}/health", 60, engine.proc)
+    return started

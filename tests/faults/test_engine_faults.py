@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.faults.conftest import gateway_log, start_engines
-from tests.faults.harness import MODEL, Gateway, SimEngine, assert_invariants, poll
+from tests.faults.conftest import gateway_log
+from tests.faults.harness import MODEL, Gateway, SimEngine, assert_invariants, poll, start_engines
 
 CHAT = [{"role": "user", "content": "hello"}]
 LONG = {"model": MODEL, "messages": CHAT, "max_tokens": 400, "ignore_eos": True}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from llmserve.serve.controller import Controller
+from llmserve.serve.ray.core_metrics import send_core_figures
 from llmserve.serve.ray.names import NAMESPACE
 from llmserve.serve.ray.node_info import ReplicaNodeInfo
 from llmserve.serve.ray.proxy_actor import reconcile_node_proxies, stop_node_proxies
@@ -143,6 +144,7 @@ class CheckpointedController:
         self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._proxy_task: asyncio.Task[None] | None = None
+        self._figures_task: asyncio.Task[None] | None = None
         self.proxy_config: ProxyConfig | None = None
         runtime.before_start = self._save  # a starting replica is checkpointed first
 
@@ -153,6 +155,8 @@ class CheckpointedController:
         self._task = asyncio.get_running_loop().create_task(self._checkpoint_loop())
         self.proxy_config = await asyncio.to_thread(load_proxy_config)
         self._proxy_task = asyncio.get_running_loop().create_task(self._proxy_loop())
+        self._figures_task = asyncio.get_running_loop().create_task(
+            send_core_figures(lambda: self.controller.deployments, self.runtime.membership))
 
     async def configure_proxies(self, config: ProxyConfig) -> None:
         if config != self.proxy_config:
@@ -187,7 +191,7 @@ class CheckpointedController:
         await self._save()
 
     async def shutdown(self) -> None:
-        for task in (self._task, self._proxy_task):
+        for task in (self._task, self._proxy_task, self._figures_task):
             if task is not None:
                 task.cancel()
         self.proxy_config = None

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from llmserve.serve.exceptions import DeploymentUnavailableError
+from llmserve.serve.ray.core_metrics import CoreFiguresFollower
 from llmserve.serve.ray.in_proxy import InProxyReplica, ProxyReplicas
 from llmserve.serve.ray.membership import DeploymentView, ReplicaView, Snapshot
 from llmserve.serve.ray.node_info import ReplicaNodeInfo
@@ -38,6 +39,7 @@ class DetachedControlPlane(ReplicaView):
         self._routes: dict[str, str] = {}
         self._ingress: dict[str, str] = {}
         self.in_proxy = ProxyReplicas(self.refresh_local_replicas)
+        self.core_figures = CoreFiguresFollower(membership)  # exported at /metrics
 
     @classmethod
     async def create(cls, actor: Any, membership: Any, started_ray: bool) -> DetachedControlPlane:
@@ -51,6 +53,7 @@ class DetachedControlPlane(ReplicaView):
         if update is not None:
             self.apply(*update)
         self.start()
+        self._tasks.append(self.core_figures.start())
 
     # ---- routing from the membership snapshot --------------------------------------
     def apply(self, version: int, snapshot: Snapshot) -> None:
@@ -131,6 +134,7 @@ class DetachedControlPlane(ReplicaView):
         """Stop following the membership and stop this process's in-proxy replicas."""
         for task in self._tasks:
             task.cancel()
+        self.core_figures.figures = ()
         await self.in_proxy.shutdown()
 
     async def shutdown(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from llmserve.serve.exceptions import DeploymentUnavailableError
 from llmserve.serve.handle_context import HandleContext, install_handle_context
+from llmserve.serve.metrics import DeploymentFigures
 from llmserve.serve.ray.refs import RayReplicaRef
 from llmserve.serve.router import Router
 from routing import make_policy
@@ -30,6 +31,7 @@ LISTEN_RETRY_S = 0.2
 REPORT_PERIOD_S = 0.1
 REPORT_HEARTBEAT_S = 1.0
 REPORT_TTL_S = 3.0
+FIGURES_TTL_S = 10.0  # the controller sends its gauges every CORE_FIGURES_PERIOD_S
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class MembershipActor:
         self.has_snapshot = False
         self._next: asyncio.Future[None] | None = None
         self._loads: dict[str, tuple[float, dict[DeploymentKey, float]]] = {}
+        self._queued: dict[str, dict[DeploymentKey, float]] = {}  # of each load report
+        self._figures: tuple[float, str, tuple[DeploymentFigures, ...]] | None = None
         self._applied: dict[str, int] = {}  # source -> the version it last asked past
 
     async def publish(self, version: int, snapshot: Snapshot) -> None:
@@ -119,8 +123,11 @@ class MembershipActor:
             await asyncio.sleep(0.005)
         return False
 
-    async def report(self, source_id: str, loads: dict[DeploymentKey, float]) -> None:
+    async def report(self, source_id: str, loads: dict[DeploymentKey, float],
+                     queued: dict[DeploymentKey, float] | None = None) -> None:
+        """A source's load per deployment, and how much of it waits in its queues."""
         self._loads[source_id] = (time.monotonic(), loads)
+        self._queued[source_id] = queued or {}
 
     async def poll(self) -> tuple[int, dict[DeploymentKey, float]]:
         """The version it holds (0 after a restart) and `loads`, for the controller."""
@@ -133,10 +140,31 @@ class MembershipActor:
         for source, (at, loads) in list(self._loads.items()):
             if now - at > REPORT_TTL_S:
                 del self._loads[source]
+                self._queued.pop(source, None)
                 continue
             for key, value in loads.items():
                 total[key] = total.get(key, 0.0) + value
         return total
+
+    async def queued(self) -> dict[DeploymentKey, float]:
+        """Of `loads`, the requests waiting in the reporting routers' queues."""
+        await self.loads()  # drops the stale reports
+        total: dict[DeploymentKey, float] = {}
+        for queued in self._queued.values():
+            for key, value in queued.items():
+                total[key] = total.get(key, 0.0) + value
+        return total
+
+    async def publish_figures(self, controller: str,
+                              figures: tuple[DeploymentFigures, ...]) -> None:
+        """The controller's deployment gauges, for the gateways' ``/metrics``."""
+        self._figures = (time.monotonic(), controller, figures)
+
+    async def figures(self) -> tuple[str, tuple[DeploymentFigures, ...]]:
+        """The latest deployment gauges; none once the controller stopped sending them."""
+        if self._figures is None or time.monotonic() - self._figures[0] > FIGURES_TTL_S:
+            return "", ()
+        return self._figures[1], self._figures[2]
 
 
 class ReplicaView:
@@ -227,16 +255,17 @@ class ReplicaView:
                 self.apply(*update)
 
     async def _report(self) -> None:
-        sent: dict[DeploymentKey, float] = {}
+        sent: tuple[dict[DeploymentKey, float], dict[DeploymentKey, float]] = ({}, {})
         sent_at = 0.0
         while True:
             await asyncio.sleep(REPORT_PERIOD_S)
             loads = {k: r.load for k, r in self._routers.items() if r.load}
+            queued = {k: float(r.num_queued) for k, r in self._routers.items() if r.num_queued}
             now = time.monotonic()
-            if loads != sent or (loads and now - sent_at > REPORT_HEARTBEAT_S):
+            if (loads, queued) != sent or (loads and now - sent_at > REPORT_HEARTBEAT_S):
                 with contextlib.suppress(Exception):
-                    await self.membership.report.remote(self.source_id, loads)
-                    sent, sent_at = loads, now
+                    await self.membership.report.remote(self.source_id, loads, queued)
+                    sent, sent_at = (loads, queued), now
 
 
 async def install_replica_view(membership: Any, source_id: str) -> ReplicaView:

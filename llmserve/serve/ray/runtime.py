@@ -88,6 +88,11 @@ class RayRuntime:
         # controller checkpoints the STARTING replica's id first
         self.before_start: Callable[[], Awaitable[None]] | None = None
 
+    @property
+    def membership(self) -> Any:
+        """The membership actor (its handle) the runtime publishes to."""
+        return self._membership
+
     def link(self, controller: ControllerLink) -> None:
         """The controller whose deployments the runtime publishes to replicas."""
         self._controller = controller

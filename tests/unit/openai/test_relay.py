@@ -19,6 +19,7 @@ from llmserve.openai.relay import (
     Relay,
     RelayedStream,
 )
+from llmserve.serve.proxy import _ResponseWatch
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
 
@@ -70,9 +71,10 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 class Gateway:
     """An ASGI app relaying every request to the scripted engine."""
 
-    def __init__(self, engine_url: str, plain_asgi: bool) -> None:
+    def __init__(self, engine_url: str, plain_asgi: bool, watched: bool = False) -> None:
         self.engine_url = engine_url
         self.plain_asgi = plain_asgi
+        self.watched = watched  # behind the serving core proxy's response watch
         self.relay = Relay()
         self.outcomes: list[Outcome] = []
         self.writers: list[str] = []
@@ -92,8 +94,20 @@ class Gateway:
             async def plain(message: Any) -> None:  # hides uvicorn's cycle behind a closure
                 await send(message)
         stream = RelayedStream(upstream, {"x-request-id": "r"}, outcome, self.outcomes.append)
+        if self.watched:
+            send = _ResponseWatch(send, FirstOutputs(), "replica-1", "request-1")  # type: ignore[arg-type]
         await stream(scope, receive, plain if self.plain_asgi else send)
         self.writers.append(type(stream.writer).__name__)
+
+
+class FirstOutputs:
+    """The router side of the proxy's response watch: counts first outputs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def first_output(self, replica: object, request: object) -> None:
+        self.count += 1
 
 
 @pytest.fixture
@@ -115,11 +129,13 @@ async def serve_gateway(app: Gateway) -> tuple[uvicorn.Server, asyncio.Task[None
     return server, task, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-@pytest.mark.parametrize("plain_asgi", [False, True], ids=["direct", "plain-asgi"])
+@pytest.mark.parametrize(("plain_asgi", "watched"), [(False, False), (True, False),
+                                                     (False, True)],
+                         ids=["direct", "plain-asgi", "direct-behind-proxy-watch"])
 @pytest.mark.parametrize("slow_client", [False, True], ids=["fast-client", "slow-client"])
-async def test_stream_relayed_intact(engine_url: str, plain_asgi: bool,
+async def test_stream_relayed_intact(engine_url: str, plain_asgi: bool, watched: bool,
                                      slow_client: bool) -> None:
-    app = Gateway(engine_url, plain_asgi)
+    app = Gateway(engine_url, plain_asgi, watched)
     server, task, url = await serve_gateway(app)
     count, size = (300, 8000) if slow_client else (50, 10)  # 2.4 MB overflows the buffers
     try:
