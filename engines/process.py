@@ -59,6 +59,9 @@ def term_when_guard_dies():
     # If the guard itself is SIGKILLed (Ray reaps a dead worker's children that way),
     # the engine still gets SIGTERM and shuts down its own subprocesses.
     ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != guard_pid:  # the guard died before the request took effect
+        os._exit(1)
+guard_pid = os.getpid()
 def kill_group(*_):
     os.killpg(0, signal.SIGKILL)
 signal.signal(signal.SIGUSR1, kill_group)

@@ -191,6 +191,7 @@ class OpenAIServing:
             body.ignore_eos,
             body.seed,
             index,
+            lora.name if lora is not None else None,
         )
         return SimRequest(
             request_id=f"{call.call_id}-{index}",

@@ -25,6 +25,7 @@ from llmserve.openai.workers import (
     PendingWorkers,
     base_url,
     served_models,
+    worker_adapters,
 )
 from llmserve.serve import Application, deployment
 from llmserve.serve.admin import ADMIN_KEY_ENV
@@ -201,7 +202,10 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
                          api_key=api_key)
              for model, group in by_model.items()]
     return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
-                                 startup_timeout_s, model_id=model_id, api_key=api_key)
+                                 startup_timeout_s, model_id=model_id,
+                                 lora=None if lora is None else lora_settings(
+                                     model_id, model_id, lora, {}),
+                                 api_key=api_key)
 
 
 def with_worker_kv_events(found: Sequence[ModelSource], urls: Sequence[str],
@@ -238,12 +242,6 @@ def model_lora_settings(config: LLMConfig) -> LoraSettings | None:
         return None
     return lora_settings(config.model_id, config.model_loading_config.source,
                          config.lora_config, config.engine_kwargs)
-
-
-def worker_adapters(data: Any) -> list[tuple[str, str, str]]:
-    """(id, parent, root) of the LoRA adapters in a ``/v1/models`` answer."""
-    return [(str(card["id"]), str(card["parent"]), str(card.get("root") or ""))
-            for card in data["data"] if card.get("parent") is not None]
 
 
 def _check_unique(model_ids: list[str]) -> None:

@@ -21,9 +21,11 @@ from llmserve.llm.builders import (
     _settings,
     build_llm_deployment,
     discover_workers,
+    model_lora_settings,
     worker_api_key,
 )
 from llmserve.llm.config import LLMConfig
+from llmserve.lora.directory import WorkerAdapter
 from llmserve.openai.ingress import ModelSource, ingress_deployment
 from llmserve.serve import Application
 from llmserve.serve.exceptions import ConfigError
@@ -70,7 +72,8 @@ def build_pd_openai_app(args: Mapping[str, Any] | None = None, /,
     prefill_source = ModelSource(prefill.model_id, prefill.llm_engine, prefill.routing_config,
                                  prefill_app, source=source)
     model = ModelSource(decode.model_id, decode.llm_engine, decode.routing_config, decode_app,
-                        source=decode.model_loading_config.source, prefill=prefill_source)
+                        source=decode.model_loading_config.source, prefill=prefill_source,
+                        lora=model_lora_settings(decode.with_lora_enabled()))
     return ingress_deployment.options(**_ingress_options(merged)).bind(
         [model], _settings(merged))
 
@@ -101,7 +104,15 @@ def worker_source(args: Mapping[str, Any]) -> ModelSource:
     if prefill.model_id != decode.model_id:
         raise ConfigError(f"prefill and decode workers must serve the same model_id: "
                           f"{prefill.model_id!r} != {decode.model_id!r}")
-    return dataclasses.replace(decode, prefill=prefill)
+    return dataclasses.replace(decode, prefill=prefill, adapters=both_roles(prefill, decode))
+
+
+def both_roles(prefill: ModelSource, decode: ModelSource) -> tuple[WorkerAdapter, ...]:
+    """The adapters both the prefill and the decode workers list (a request for one runs
+    on one of each), each with the URLs of every worker listing it."""
+    on_prefill = {a.adapter_id: a for a in prefill.adapters}
+    return tuple(dataclasses.replace(a, urls=(*on_prefill[a.adapter_id].urls, *a.urls))
+                 for a in decode.adapters if a.adapter_id in on_prefill)
 
 
 def pool_config(value: ConfigInput, *, role: str) -> LLMConfig:

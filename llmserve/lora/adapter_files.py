@@ -1,8 +1,11 @@
 """What an adapter's files say: its rank and base model, and whether they are usable.
 
-``adapter_config.json`` is read with ``peft``'s own config loader; the weights
-(``adapter_model.safetensors``) are read in full with ``safetensors``, so a truncated or
-corrupt file is caught here, with a clear reason, before the engine sees it.
+``adapter_config.json`` is read as JSON and checked for what vLLM's adapter loader needs
+(a LoRA ``peft_type``, a positive rank ``r``, ``lora_alpha``, ``target_modules``); the
+weights (``adapter_model.safetensors``) are checked from their header against the file's
+size (:mod:`llmserve.lora.safetensors_header`), so a truncated or corrupt file is caught
+here, with a clear reason, before the engine sees it. Neither imports torch or peft: the
+gateway stays light.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from llmserve.lora.errors import InvalidAdapter
 from llmserve.lora.folder import CONFIG_FILE
+from llmserve.lora.safetensors_header import CorruptSafetensors, tensor_names
 
 WEIGHTS_SAFETENSORS = "adapter_model.safetensors"
 WEIGHTS_BIN = "adapter_model.bin"
@@ -52,12 +56,6 @@ def rank_from_json(raw: bytes) -> int:
         return 0  # a broken config is reported when the adapter is used
 
 
-def warm_up() -> None:
-    """Import the readers (peft imports torch: seconds) ahead of the first adapter."""
-    import peft  # noqa: F401
-    import safetensors  # noqa: F401
-
-
 def inspect_adapter(adapter_id: str, path: Path) -> AdapterFacts:
     """Read and check the files of one adapter (blocking: run it in a thread)."""
     if not (path / CONFIG_FILE).is_file():
@@ -87,20 +85,40 @@ def _same_model(name: str, base_names: Collection[str]) -> bool:
 
 
 def _read_config(adapter_id: str, path: Path) -> AdapterFacts:
-    from peft import PeftConfig
-
     try:
-        config = PeftConfig.from_pretrained(str(path))
-    except Exception as exc:  # peft raises ValueError, TypeError, JSONDecodeError, ...
+        config = json.loads((path / CONFIG_FILE).read_bytes())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError too
         raise InvalidAdapter(f"adapter `{adapter_id}` has an unreadable {CONFIG_FILE}: "
                              f"{exc}", param="model") from None
-    if str(getattr(config, "peft_type", "")).upper().removeprefix("PEFTTYPE.") != "LORA":
+    problem = _config_problem(config)
+    if problem:
+        raise InvalidAdapter(f"adapter `{adapter_id}` has an invalid {CONFIG_FILE}: "
+                             f"{problem}", param="model")
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise InvalidAdapter(f"adapter `{adapter_id}` is not a LoRA adapter (peft_type "
-                             f"{getattr(config, 'peft_type', None)})", param="model")
-    rank = rank_of({"r": getattr(config, "r", 0),
-                    "rank_pattern": getattr(config, "rank_pattern", None)})
-    base = getattr(config, "base_model_name_or_path", None)
-    return AdapterFacts(rank, str(base) if base else None)
+                             f"{config['peft_type']})", param="model")
+    base = config.get("base_model_name_or_path")
+    return AdapterFacts(rank_of(config), str(base) if base else None)
+
+
+def _config_problem(config: Any) -> str:
+    """What makes ``config`` unusable as a LoRA adapter's config ("" if nothing)."""
+    if not isinstance(config, dict):
+        return "not a JSON object"
+    missing = sorted({"r", "lora_alpha", "target_modules"} - set(config))
+    if missing:
+        return f"missing {', '.join(missing)}"
+    ranks = [config["r"], *(config.get("rank_pattern") or {}).values()]
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in ranks):
+        return f"the rank r (and rank_pattern) must be positive integers, got {ranks}"
+    if isinstance(config["lora_alpha"], bool) or not isinstance(config["lora_alpha"],
+                                                                int | float):
+        return f"lora_alpha must be a number, got {config['lora_alpha']!r}"
+    targets = config["target_modules"]
+    if not (isinstance(targets, str) or (isinstance(targets, list)
+                                         and all(isinstance(t, str) for t in targets))):
+        return f"target_modules must be a string or a list of strings, got {targets!r}"
+    return ""
 
 
 def _check_weights(adapter_id: str, path: Path) -> None:
@@ -110,14 +128,9 @@ def _check_weights(adapter_id: str, path: Path) -> None:
             return  # a pickled checkpoint: the engine reads it; nothing safe to check here
         raise InvalidAdapter(f"adapter `{adapter_id}` is missing {WEIGHTS_SAFETENSORS}",
                              param="model")
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(weights), framework="pt") as tensors:
-            names = list(tensors.keys())
-            for name in names:
-                tensors.get_tensor(name)
-    except Exception as exc:  # safetensors raises SafetensorError and others
+        names = tensor_names(weights)
+    except (OSError, CorruptSafetensors) as exc:
         raise InvalidAdapter(f"adapter `{adapter_id}` has a corrupt {WEIGHTS_SAFETENSORS}: "
                              f"{exc}", param="model") from None
     if not names:

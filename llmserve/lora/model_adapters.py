@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from engines.protocol import Engine, LoraAdapterError
-from llmserve.lora.adapter_files import AdapterFacts, check_fits, inspect_adapter, warm_up
+from llmserve.lora.adapter_files import AdapterFacts, check_fits, inspect_adapter
 from llmserve.lora.catalog import AdapterCatalog, AdapterEntry
 from llmserve.lora.errors import AdapterUnavailable, InvalidAdapter
 from llmserve.lora.folder import AdapterFolderError, open_folder
@@ -49,12 +49,6 @@ class ModelAdapters:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # peft (and torch under it) loads in seconds: before the first request, not in it
-        try:
-            await asyncio.to_thread(warm_up)
-        except ImportError as exc:
-            log.warning("cannot load the adapter file readers (pip install "
-                        "'llmserve[lora]'): %r", exc)
         try:
             await self.catalog.refresh()
         except AdapterFolderError as exc:
@@ -77,9 +71,11 @@ class ModelAdapters:
         return entry
 
     # ---- per request -----------------------------------------------------------------
-    async def acquire(self, replica_key: str, replica: ReplicaAdapters, url: str,
-                      entry: AdapterEntry) -> bool:
-        """Make ``entry`` resident on the replica for one request; True if it was a hit."""
+    async def acquire(self, replica: ReplicaAdapters, url: str, entry: AdapterEntry, *,
+                      count: bool = True) -> bool:
+        """Make ``entry`` resident on the replica for one request; True if it was a hit.
+        ``count``: count the request in ``llmserve_lora_requests`` (a prefill/decode
+        request holds its adapter on two replicas and is counted once, by its caller)."""
         adapter_id = entry.adapter_id
         if adapter_id in replica.resident:
             missed = await replica.acquire(adapter_id, self.settings.max_per_replica,
@@ -99,10 +95,12 @@ class ModelAdapters:
             if missed:
                 self.metrics.load_seconds.labels(adapter_id).observe(
                     time.monotonic() - started)
-        self.metrics.resident.labels(self.settings.base_model, replica_key).set(
-            len(replica.resident))
-        self.metrics.requests.labels(adapter_id, "false" if missed else "true").inc()
+        if count:
+            self.count_request(adapter_id, hit=not missed)
         return not missed
+
+    def count_request(self, adapter_id: str, *, hit: bool) -> None:
+        self.metrics.requests.labels(adapter_id, "true" if hit else "false").inc()
 
     async def _load(self, url: str, adapter_id: str, path: Path) -> None:
         try:

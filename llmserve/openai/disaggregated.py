@@ -21,6 +21,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from llmserve.lora.holds import AdapterHolds
 from llmserve.openai.errors import (
     BadGateway,
     EngineUnavailable,
@@ -111,9 +112,11 @@ class DisaggregatedFlow:
 
     async def forward(self, path: str, payload: dict[str, Any], request_id: str,
                       route: RouteRequest, leaving: asyncio.Future[None],
-                      charge: Callable[[Outcome], None]) -> Response:
+                      charge: Callable[[Outcome], None],
+                      adapter: AdapterHolds | None = None) -> Response:
         """The client's response. ``leaving`` completes when the client disconnects;
-        ``charge`` gets the decode outcome (usage) for per-key token limits."""
+        ``charge`` gets the decode outcome (usage) for per-key token limits; ``adapter``:
+        the LoRA adapter the request names, made resident on both replicas it runs on."""
         model = self.model_id
         try:
             check_splittable(payload)
@@ -127,12 +130,17 @@ class DisaggregatedFlow:
         self._count(+1)
         finished = False
         try:
-            prefill = await self._prefill(path, payload, request_id, route, leaving)
+            try:
+                prefill = await self._prefill(path, payload, request_id, route, leaving,
+                                              adapter)
+            finally:
+                if adapter is not None:
+                    adapter.release()  # the prefill replica's hold: its part is done
             if isinstance(prefill, Response):  # the prefill's error, or the client left
                 finished = True
                 return prefill
             response = await self._decode(path, payload, request_id, route, prefill,
-                                          started_s, leaving, charge)
+                                          started_s, leaving, charge, adapter)
             finished = not isinstance(response, RelayedStream)  # a stream ends later
             return response
         except BaseException:
@@ -140,7 +148,12 @@ class DisaggregatedFlow:
             raise
         finally:
             if finished:
-                self._count(-1)
+                self._ended(adapter)
+
+    def _ended(self, adapter: AdapterHolds | None) -> None:
+        self._count(-1)
+        if adapter is not None:
+            adapter.release()
 
     def _count(self, change: int) -> None:
         self.in_flight += change
@@ -148,8 +161,8 @@ class DisaggregatedFlow:
 
     # ---- prefill ---------------------------------------------------------------------
     async def _prefill(self, path: str, payload: Mapping[str, Any], request_id: str,
-                       route: RouteRequest,
-                       leaving: asyncio.Future[None]) -> PrefillResult | Response:
+                       route: RouteRequest, leaving: asyncio.Future[None],
+                       adapter: AdapterHolds | None = None) -> PrefillResult | Response:
         """The prefill answer's KV location, or the response to give the client instead
         (the prefill replica's own error, or 499 when the client left)."""
         model, pool = self.model_id, self.prefill
@@ -157,8 +170,9 @@ class DisaggregatedFlow:
             await self.directory.refresh_pool(pool)
         body = json.dumps(prefill_payload(payload)).encode()
         headers = {"content-type": "application/json", "x-request-id": f"{request_id}-p"}
-        for _ in range(max(1, len(pool.endpoints))):
-            endpoint = await self._choose(pool, route)
+        # one more try for an adapter: an engine that lost it (404) gets it loaded again
+        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
+            endpoint = await self._choose(pool, route, adapter, last=False)
             if endpoint is None:
                 break
             outcome = Outcome(on_first_chunk=functools.partial(pool.first_token, endpoint,
@@ -185,6 +199,8 @@ class DisaggregatedFlow:
             if content is None:
                 self.pd_metrics.requests.labels(model, "client_left").inc()
                 return Response(status_code=CLIENT_CLOSED)
+            if upstream.status == 404 and adapter is not None and adapter.lost_by(endpoint):
+                continue
             if upstream.status != 200:
                 self.pd_metrics.requests.labels(model, "prefill_error").inc()
                 return _relayed(content, upstream)
@@ -211,14 +227,14 @@ class DisaggregatedFlow:
     # ---- decode ----------------------------------------------------------------------
     async def _decode(self, path: str, payload: Mapping[str, Any], request_id: str,
                       route: RouteRequest, prefill: PrefillResult, started_s: float,
-                      leaving: asyncio.Future[None],
-                      charge: Callable[[Outcome], None]) -> Response:
+                      leaving: asyncio.Future[None], charge: Callable[[Outcome], None],
+                      adapter: AdapterHolds | None = None) -> Response:
         model, pool = self.model_id, self.decode
         body = json.dumps(decode_payload(payload, prefill.kv_transfer_params)).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
         attempts = 0
-        for _ in range(max(1, len(pool.endpoints))):
-            endpoint = await self._choose(pool, route)
+        for _ in range(max(1, len(pool.endpoints)) + (adapter is not None)):
+            endpoint = await self._choose(pool, route, adapter, last=True)
             if endpoint is None:
                 break
             attempts += 1
@@ -239,8 +255,12 @@ class DisaggregatedFlow:
                 pool.finish(endpoint, route, failed=True)
                 self.pd_metrics.requests.labels(model, "decode_error").inc()
                 raise
+            if upstream.status == 404 and adapter is not None and adapter.lost_by(endpoint):
+                upstream.close()  # the request never started there: the KV still waits
+                pool.finish(endpoint, route, failed=True)
+                continue
             return await self._relay_decode(path, payload, endpoint, route, upstream, outcome,
-                                            prefill, started_s, leaving, charge)
+                                            prefill, started_s, leaving, charge, adapter)
         self.pd_metrics.requests.labels(model, "decode_error").inc()
         raise BadGateway(f"no decode replica of `{model}` could take the request after its "
                          f"prefill")
@@ -248,8 +268,8 @@ class DisaggregatedFlow:
     async def _relay_decode(self, path: str, payload: Mapping[str, Any], endpoint: Endpoint,
                             route: RouteRequest, upstream: UpstreamResponse,
                             outcome: Outcome, prefill: PrefillResult, started_s: float,
-                            leaving: asyncio.Future[None],
-                            charge: Callable[[Outcome], None]) -> Response:
+                            leaving: asyncio.Future[None], charge: Callable[[Outcome], None],
+                            adapter: AdapterHolds | None = None) -> Response:
         model, pool = self.model_id, self.decode
 
         def done(result: Outcome, stream: bool = False) -> None:
@@ -263,7 +283,7 @@ class DisaggregatedFlow:
                                 now_s, streamed=payload.get("stream") is True)
             charge(result)
             if stream:
-                self._count(-1)
+                self._ended(adapter)
 
         if payload.get("stream") is True and upstream.status == 200:
             return RelayedStream(upstream, {"x-request-id": route.request_id}, outcome,
@@ -286,11 +306,20 @@ class DisaggregatedFlow:
         pool.finish(endpoint, route, failed=True)
         await self.directory.refresh_pool(pool)
 
-    async def _choose(self, pool: ModelPool, route: RouteRequest) -> Endpoint | None:
-        endpoint = pool.choose(route)
+    async def _choose(self, pool: ModelPool, route: RouteRequest,
+                      adapter: AdapterHolds | None = None, *,
+                      last: bool = False) -> Endpoint | None:
+        only = adapter.only_urls if adapter is not None else None
+        endpoint = pool.choose(route, only)
         if endpoint is None:
             await self.directory.refresh_pool(pool)  # membership may be newer than ours
-            endpoint = pool.choose(route)
+            endpoint = pool.choose(route, only)
+        if endpoint is not None and adapter is not None:
+            try:  # resident there before the request goes (loaded on demand)
+                await adapter.take(endpoint, last=last)
+            except BaseException:
+                pool.finish(endpoint, route, failed=True)
+                raise
         return endpoint
 
 

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from llmserve import serve
 from llmserve.lora.directory import AdapterDirectory, AdapterTarget, WorkerAdapter
+from llmserve.lora.holds import AdapterHolds
 from llmserve.lora.settings import LoraSettings
 from llmserve.openai.access_log import log_access
 from llmserve.openai.auth import ApiKeys, bearer_token
@@ -206,10 +207,10 @@ class OpenAiIngress:
         self.adapters = AdapterDirectory(
             {m.model_id: (m.lora, self.pools[m.model_id].engine) for m in models if m.lora},
             [a for m in models for a in m.adapters], self.directory.client,
-            self.metrics.registry)
+            self.metrics.registry, self._resident_adapters)
         await self.adapters.start()
         self.workers = WorkerWatch(pending_workers, self.directory.client,
-                                   self._take_in_worker)
+                                   self._take_in_worker, self._take_in_adapters)
         self.workers.start()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
         self._routes: dict[tuple[str, str], Callable[[Request, str], Any]] = {
@@ -335,9 +336,9 @@ class OpenAiIngress:
         body = await self._read_body(request)
         payload, model = await self._parse(body, path)
         request.state.model_name = model
-        if key is not None and not key.allows(model):
-            raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`", param="model")
         adapter = self.adapters.resolve(model) if model not in self.pools else None
+        if key is not None and not key.allows(model, adapter.base_model if adapter else None):
+            raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`", param="model")
         pool = self.pools[adapter.base_model if adapter else model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
@@ -376,9 +377,12 @@ class OpenAiIngress:
             with spans.routing():
                 route = await until_left(self._route_request(
                     request_id, path, payload, request, flow.prefill), leaving)
+            if adapter is not None:
+                route = dataclasses.replace(route, lora_adapter=adapter.adapter_id)
             return await flow.forward(path, payload, request_id, route, leaving,
                                       functools.partial(self._pd_done, request, request_id,
-                                                        hold, payload.get("stream") is True))
+                                                        hold, payload.get("stream") is True),
+                                      AdapterHolds(self.adapters, adapter) if adapter else None)
         with spans.routing():
             route = await until_left(
                 self._route_request(request_id, path, payload, request, pool), leaving)
@@ -468,10 +472,17 @@ class OpenAiIngress:
     async def _load_adapter(self, adapter: AdapterTarget, pool: ModelPool, endpoint: Any,
                             route: RouteRequest) -> None:
         try:
-            await self.adapters.acquire(adapter, endpoint.key, endpoint.lora, endpoint.url)
+            await self.adapters.acquire(adapter, endpoint.lora, endpoint.url)
         except BaseException:
             pool.finish(endpoint, route, failed=True)
             raise
+
+    def _resident_adapters(self) -> list[tuple[str, str, int]]:
+        """Per live replica of each model with ``lora_config``: its adapters resident."""
+        pools = [pool for model, pool in [*self.pools.items(), *self.prefill_pools.items()]
+                 if self.sources[model].lora is not None]
+        return [(pool.model_id, e.key, len(e.lora.resident))
+                for pool in pools for e in list(pool.endpoints.values())]
 
     def _finish(self, pool: ModelPool, endpoint: Any, route: RouteRequest,
                 adapter: AdapterTarget | None, *, failed: bool) -> None:
@@ -540,11 +551,15 @@ class OpenAiIngress:
             pool.add_url(url)
             return
         aliased = served_name if pending.model_id else ""
+        lora = None if pending.lora is None else dataclasses.replace(
+            pending.lora, base_model=model_id, base_names=(model_id, served_name))
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
-                             urls=(url,), source=aliased, served_name=aliased,
+                             urls=(url,), source=aliased, served_name=aliased, lora=lora,
                              api_key=pending.api_key)
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,),
                          api_key=pending.api_key)
+        if lora is not None:
+            self.adapters.add_model(lora, pool.engine)
         self.sources[model_id] = source
         self.pools[model_id] = pool
         if pool.policy.needs_prompt:
@@ -552,6 +567,19 @@ class OpenAiIngress:
                                       self.directory.client)
             renderer.start_loading()
             self.prompts[model_id] = renderer
+
+    def _take_in_adapters(self, url: str, listed: list[tuple[str, str, str]]) -> None:
+        """A worker that came up later lists LoRA adapters: serve them from it."""
+        for adapter_id, parent, root in listed:
+            model_id = self.workers.pending.model_id or parent
+            pool = self.pools.get(model_id)
+            if pool is None or url.rstrip("/") not in pool.endpoints:
+                continue  # not taken in (its model is mapped elsewhere)
+            if adapter_id in self.pools:
+                log.error("worker %s lists adapter `%s`, the name of a model; not serving "
+                          "it", url, adapter_id)
+                continue
+            self.adapters.add_worker_adapter(adapter_id, model_id, url.rstrip("/"), root)
 
     async def _openapi(self, request: Request, request_id: str) -> Response:
         return JSONResponse(openapi_document(list(self.pools)))

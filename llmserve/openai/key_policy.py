@@ -8,6 +8,8 @@ A keys file is either plain (one key a line, ``#`` comments) or YAML::
         requests_per_minute: 60
         tokens_per_minute: 100000
         models: [llama-8b]          # omitted: every model
+                                    # a base model allows its LoRA adapters too;
+                                    # BASE:ADAPTER (or a static adapter's name): only it
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ class KeyPolicy:
     tokens_per_minute: int | None = None
     models: frozenset[str] | None = None  # None: every model
 
-    def allows(self, model: str) -> bool:
-        return self.models is None or model in self.models
+    def allows(self, model: str, base_model: str | None = None) -> bool:
+        """``model`` may be used: listed, or an adapter (``base_model`` set) of a listed
+        base model."""
+        return (self.models is None or model in self.models
+                or (base_model is not None and base_model in self.models))
 
 
 def plain_policy(key: str, index: int) -> KeyPolicy:

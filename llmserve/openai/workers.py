@@ -14,15 +14,20 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from llmserve.openai.background import keep_running
 
+if TYPE_CHECKING:
+    from llmserve.lora.settings import LoraSettings
+
 log = logging.getLogger("llmserve.openai")
 
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
+# (worker base url, [(adapter id, parent model, root)]) for the adapters a worker lists
+AdaptersTaker = Callable[[str, list[tuple[str, str, str]]], None]
 POLL_S = 0.5
 
 
@@ -35,6 +40,9 @@ class PendingWorkers:
     routing_config: Mapping[str, Any] = field(default_factory=dict)
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
     model_id: str = ""  # clients' name for the workers' one model ("": their own names)
+    # adapters the gateway loads into them on demand (``worker_lora_config``), for a model
+    # no worker served at start: its base_model and base_names are filled in at take-in
+    lora: LoraSettings | None = None
     api_key: str | None = field(default=None, repr=False)  # the workers demand it
 
 
@@ -48,14 +56,22 @@ def served_models(data: Any) -> list[str]:
     return [str(card["id"]) for card in cards if card.get("parent") is None]
 
 
+def worker_adapters(data: Any) -> list[tuple[str, str, str]]:
+    """(id, parent, root) of the LoRA adapters in a ``/v1/models`` answer."""
+    return [(str(card["id"]), str(card["parent"]), str(card.get("root") or ""))
+            for card in data["data"] if card.get("parent") is not None]
+
+
 class WorkerWatch:
     """Polls the pending workers until each answers or its start-up time runs out."""
 
     def __init__(self, pending: PendingWorkers, client: httpx.AsyncClient,
-                 take_in: Callable[[str, str], None]) -> None:
+                 take_in: Callable[[str, str], None],
+                 take_in_adapters: AdaptersTaker | None = None) -> None:
         self.pending = pending
         self.client = client
         self.take_in = take_in  # (model_id, worker base url)
+        self.take_in_adapters = take_in_adapters  # after take_in: the adapters it lists
         self.not_ready = [base_url(u) for u in pending.urls]
         self.failed: list[str] = []
         self._deadline_s = time.monotonic() + pending.startup_timeout_s
@@ -95,6 +111,7 @@ class WorkerWatch:
             response = await self.client.get(f"{url}/v1/models", timeout=2.0)
             response.raise_for_status()
             models = served_models(response.json())
+            adapters = worker_adapters(response.json())
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return  # not up yet
         if url not in self.not_ready:
@@ -102,6 +119,8 @@ class WorkerWatch:
         self.not_ready.remove(url)
         for model in models:
             self.take_in(model, url)
+        if self.take_in_adapters is not None and adapters:
+            self.take_in_adapters(url, adapters)
         log.info("worker %s is up, serving %s", url, ", ".join(models) or "nothing")
 
     def _give_up(self) -> None:

@@ -34,7 +34,7 @@ def test_serve_with_lora_dir_and_modules() -> None:
                      "--max-loras-per-replica", "2")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ok(f"{url}/v1/models", 90, proc)
+        wait_http_ok(f"{url}/health", 90, proc)  # its engine is up too
         cards = {c["id"]: c for c in httpx.get(f"{url}/v1/models").json()["data"]}
         assert set(cards) == {"tiny", "tiny:lora-0", "tiny:lora-1", "tiny:lora-2", "mine"}
         assert cards["mine"]["parent"] == "tiny"
