@@ -22,14 +22,21 @@ ROOT_HASH = 0x6C6C6D7365727665  # "llmserve": the parent of every first block
 
 
 def block_hashes(token_ids: Sequence[int], block_size: int, *, hash_fn: HashFn | None = None,
-                 root: Hashable = ROOT_HASH, extra_keys: Any = None) -> list[BlockHash]:
-    """The chained hash of every full block of ``token_ids``."""
+                 root: Hashable = ROOT_HASH, extra_keys: Any = None,
+                 cache_salt: str | None = None) -> list[BlockHash]:
+    """The chained hash of every full block of ``token_ids``; with ``cache_salt``, the
+    first block's extra keys end with ``("cache_salt", salt)`` as vLLM's do."""
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     tokens = tuple(token_ids)
     end = len(tokens) - len(tokens) % block_size
     parent: Hashable = root
     out: list[BlockHash] = []
+    if cache_salt and end:
+        first = salted_extra_keys(extra_keys, cache_salt)
+        parent = (hash_fn or hash)((parent, tokens[:block_size], first))
+        out.append(parent)
+        tokens, end = tokens[block_size:], end - block_size
     if hash_fn is None:
         for start in range(0, end, block_size):
             parent = hash((parent, tokens[start:start + block_size], extra_keys))
@@ -39,6 +46,12 @@ def block_hashes(token_ids: Sequence[int], block_size: int, *, hash_fn: HashFn |
         parent = hash_fn((parent, tokens[start:start + block_size], extra_keys))
         out.append(parent)
     return out
+
+
+def salted_extra_keys(extra_keys: Any, cache_salt: str) -> tuple[Any, ...]:
+    """A first block's extra keys with the request's salt (after LoRA and multimodal keys,
+    as ``vllm.v1.core.kv_cache_utils.generate_block_hash_extra_keys`` orders them)."""
+    return (*(extra_keys or ()), ("cache_salt", cache_salt))
 
 
 def text_token_ids(text: str) -> list[int]:

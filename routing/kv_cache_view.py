@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from routing.block_hash import ROOT_HASH, BlockHash, HashFn
+from routing.block_hash import ROOT_HASH, BlockHash, HashFn, salted_extra_keys
 
 EngineHash = Hashable
 
@@ -169,8 +169,9 @@ class ClusterCacheView:
 
     def store(self, replica_id: str, index_key: str, parent: EngineHash | None,
               block_hashes: Sequence[EngineHash], token_ids: Sequence[int],
-              block_size: int) -> int:
-        """Apply a ``BlockStored``; returns how many blocks it keyed."""
+              block_size: int, cache_salt: str | None = None) -> int:
+        """Apply a ``BlockStored``; returns how many blocks it keyed. ``cache_salt``: the
+        salt in a first block's extra keys (the router hashes it in as vLLM does)."""
         if block_size != self.block_size:
             raise BlockSizeMismatch(
                 f"engine block size {block_size} != router block size {self.block_size}")
@@ -188,8 +189,10 @@ class ClusterCacheView:
         hash_fn = self._hash_fn or hash
         size = self.block_size
         count = min(len(block_hashes), len(token_ids) // size)
+        salted = salted_extra_keys(None, cache_salt) if cache_salt and parent is None else None
         for i in range(count):
-            parent_key = hash_fn((parent_key, tuple(token_ids[i * size:(i + 1) * size]), None))
+            extra = salted if i == 0 else None
+            parent_key = hash_fn((parent_key, tuple(token_ids[i * size:(i + 1) * size]), extra))
             engine_hash = block_hashes[i]
             block = replica.blocks.get(engine_hash)
             if block is not None:

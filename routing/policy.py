@@ -30,7 +30,9 @@ class RouteRequest:
 
     ``prompt_token_ids`` is the prompt as the engine will see it (chat template applied,
     tokenised); ``prompt`` is its text when no tokenizer is available.
-    ``lora_adapter`` names the adapter the request runs with, if any.
+    ``lora_adapter`` names the adapter the request runs with, if any; ``cache_salt`` is
+    the request's ``cache_salt`` (vLLM mixes it into the first block's hash, so a salted
+    prompt shares no cached block with an unsalted or differently salted one).
     """
 
     request_id: str
@@ -39,6 +41,7 @@ class RouteRequest:
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     lora_adapter: str | None = None
+    cache_salt: str | None = None
 
 
 @runtime_checkable

@@ -57,6 +57,7 @@ spread before they evict each other.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -99,7 +100,7 @@ class PrefixAwarePolicy(RoutingPolicy):
     def __init__(self, block_size: int = 16, max_index_bytes: int = 64 * 1024 * 1024,
                  balance_abs_threshold: float = 64.0, balance_rel_threshold: float = 1.5,
                  min_match_ratio: float = 0.1, share_window: int = 256,
-                 share_bound: float = 1.4, share_min: int = 1,
+                 share_bound: float = 1.4, share_min: int = 1, share_margin: float = 3.0,
                  hold_while_warming: bool = True, prefill_aware: bool = True,
                  rng: random.Random | None = None,
                  hash_fn: HashFn | None = None) -> None:
@@ -111,6 +112,11 @@ class PrefixAwarePolicy(RoutingPolicy):
         self.share_window = share_window
         self.share_bound = share_bound
         self.share_min = share_min
+        self.share_margin = share_margin
+        # this router's requests in flight and the engines' (running + waiting), averaged
+        # over about share_window decisions: the part of the traffic it sees
+        self._own_load = 0.0
+        self._engine_load = 0.0
         self.hold_while_warming = hold_while_warming
         self.prefill_aware = prefill_aware
         # what a routed request leaves behind until its first token or its end (or its
@@ -155,7 +161,8 @@ class PrefixAwarePolicy(RoutingPolicy):
         if tokens is None:
             return None
         key = index_key(request)
-        hashes = tuple(block_hashes(tokens, self.block_size, hash_fn=self._hash_fn))
+        hashes = tuple(block_hashes(tokens, self.block_size, hash_fn=self._hash_fn,
+                                    cache_salt=request.cache_salt))
         index = self.indexes.get(key)
         blocks = index.match(hashes) if index is not None and hashes else {}
         view = self.kv_view
@@ -207,6 +214,10 @@ class PrefixAwarePolicy(RoutingPolicy):
         # full: sent more than share_bound x the mean of the recent decisions, while the
         # cluster is busy (an idle cluster keeps a lone user's prefix in one place)
         share_cap = max(self.share_min, self.share_bound * sum(shares) / len(shares))
+        # with several ingresses each sees a part of the traffic, and its counts of a few
+        # decisions are noisy: over the cap by share_margin standard deviations (scaled by
+        # the part it does not see; a lone router keeps the cap as it is)
+        share_cap += self.share_margin * self._unseen(candidates, loads) * math.sqrt(share_cap)
         if not is_busy(candidates, loads):
             share_cap = float("inf")
         # a private prefix (a conversation's own history: no other recent request matched
@@ -240,6 +251,19 @@ class PrefixAwarePolicy(RoutingPolicy):
         self.last_decision = self._explain(depth, blocks, candidates[keyed[0][-1]].replica_id,
                                            candidates, loads, bound)
         return [candidates[k[-1]] for k in keyed]
+
+    def _unseen(self, candidates: Sequence[Candidate], loads: Sequence[float]) -> float:
+        """The part of the cluster's requests in flight that this router did not send
+        (0 alone; about 1 - 1/N behind N routers), from the engines' own counts."""
+        own = sum(c.num_ongoing for c in candidates)
+        engines = sum(c.stats.get("num_running", 0.0) + c.stats.get("num_waiting", 0.0)
+                      for c in candidates)
+        alpha = 1.0 / max(1, self.share_window)
+        self._own_load += alpha * (own - self._own_load)
+        self._engine_load += alpha * (engines - self._engine_load)
+        if self._engine_load <= self._own_load or self._engine_load <= 0:
+            return 0.0
+        return 1.0 - self._own_load / self._engine_load
 
     def _explain(self, depth: int, blocks: dict[str, int], chosen: str,
                  candidates: Sequence[Candidate], loads: Sequence[float],

@@ -66,6 +66,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="per replica on tight-kv: 8 x 600 = 1.17x the 4096 prefix blocks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result-dir", type=Path, default=RESULT_DIR)
+    parser.add_argument("--no-oracle", action="store_true",
+                        help="skip the oracle runs (one per workload)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of an earlier run in --result-dir's summary.json "
+                             "(this run's rows replace those of the same workload, router and "
+                             "ingress count) and tabulate them all")
     return parser.parse_args(argv)
 
 
@@ -159,6 +165,33 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(args: argparse.Namespace, rows: Sequence[dict[str, Any]]) -> None:
+    """The table so far (``summary.md``) and its rows (``summary.json``)."""
+    (args.result_dir / "summary.md").write_text(table(rows))
+    (args.result_dir / "summary.json").write_text(json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "rows": list(rows)}, indent=1))
+
+
+def earlier_rows(result_dir: Path) -> list[dict[str, Any]]:
+    path = result_dir / "summary.json"
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = json.loads(path.read_text())["rows"]
+    return rows
+
+
+def add_row(rows: Sequence[dict[str, Any]], row: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` with ``row`` in place of an earlier one of the same run, in table order."""
+    def same(r: dict[str, Any]) -> bool:
+        return all(r[k] == row[k] for k in ("workload", "router", "ingresses"))
+
+    kept = [r for r in rows if not same(r)] + [row]
+    order = {name: i for i, name in enumerate(("oracle", *ROUTERS))}
+    workloads = {name: i for i, name in enumerate(WORKLOADS)}
+    return sorted(kept, key=lambda r: (workloads.get(r["workload"], 99),
+                                       order.get(r["router"], 99), r["ingresses"]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if "cache_aware" in args.routers and vllm_router_binary() is None:
@@ -168,19 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = default_model_dir()
     args.result_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = earlier_rows(args.result_dir) if args.merge else []
     for workload in args.workloads:
-        rows.append(run_one(args, model_dir, workload, "oracle", 1))
+        if not args.no_oracle:
+            rows = add_row(rows, run_one(args, model_dir, workload, "oracle", 1))
         for kind in args.routers:
             for count in args.ingresses:
                 try:
-                    rows.append(run_one(args, model_dir, workload, kind, count))
+                    rows = add_row(rows, run_one(args, model_dir, workload, kind, count))
                 except Exception as exc:  # say which one failed and go on
                     print(f"{workload} / {kind} x{count} failed: {exc!r}", flush=True)
-        (args.result_dir / "summary.md").write_text(table(rows))
+                save(args, rows)
+    save(args, rows)
     print(table(rows))
-    (args.result_dir / "summary.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
     print(f"wrote {args.result_dir} in {time.monotonic() - started:.0f} s (simulated times)")
     return 0
 

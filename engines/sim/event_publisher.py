@@ -137,31 +137,8 @@ class ZmqEventPublisher:
                                      flags=_noblock())
         self.published += 1
 
-    def _external(self, block_hash: bytes) -> bytes | int:
-        if not self._int_hashes:
-            return block_hash
-        return int.from_bytes(block_hash, "big") & ((1 << 64) - 1)
-
     def _to_wire(self, event: CacheEvent) -> Any:
-        wire = self._wire
-        if isinstance(event, StoredBlocks):
-            parent = event.parent_block_hash
-            return wire.BlockStored(
-                block_hashes=[self._external(h) for h in event.block_hashes],
-                parent_block_hash=None if parent is None else self._external(parent),
-                token_ids=list(event.token_ids),
-                block_size=event.block_size,
-                lora_id=None,
-                medium=wire.MEDIUM_GPU,
-                lora_name=event.lora_name,
-                extra_keys=list(event.extra_keys),
-                group_idx=0,
-                kv_cache_spec_kind="full_attention",  # one full-attention KV-cache group
-            )
-        if isinstance(event, RemovedBlock):
-            return wire.BlockRemoved(block_hashes=[self._external(event.block_hash)],
-                                     medium=wire.MEDIUM_GPU, group_idx=0)
-        return wire.AllBlocksCleared()
+        return to_wire(event, self._int_hashes)
 
     async def _serve_replay(self) -> None:
         assert self._replay is not None
@@ -198,3 +175,30 @@ def _noblock() -> int:
     import zmq
 
     return int(zmq.NOBLOCK)
+
+
+def to_wire(event: CacheEvent, int_hashes: bool = True) -> Any:
+    """``event`` as the ``engines.kv_events`` struct vLLM would publish for it."""
+    from engines import kv_events as wire
+
+    def external(block_hash: bytes) -> bytes | int:
+        return int.from_bytes(block_hash, "big") & ((1 << 64) - 1) if int_hashes else block_hash
+
+    if isinstance(event, StoredBlocks):
+        parent = event.parent_block_hash
+        return wire.BlockStored(
+            block_hashes=[external(h) for h in event.block_hashes],
+            parent_block_hash=None if parent is None else external(parent),
+            token_ids=list(event.token_ids),
+            block_size=event.block_size,
+            lora_id=None,
+            medium=wire.MEDIUM_GPU,
+            lora_name=event.lora_name,
+            extra_keys=list(event.extra_keys),
+            group_idx=0,
+            kv_cache_spec_kind="full_attention",  # one full-attention KV-cache group
+        )
+    if isinstance(event, RemovedBlock):
+        return wire.BlockRemoved(block_hashes=[external(event.block_hash)],
+                                 medium=wire.MEDIUM_GPU, group_idx=0)
+    return wire.AllBlocksCleared()

@@ -103,7 +103,9 @@ def build_openai_app(args: Mapping[str, Any] | LLMServingArgs | None = None, /,
         _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S),
         _worker_lora(merged.get("worker_lora_config")),
         model_id=str(merged.get("worker_model_id") or ""), api_key=worker_api_key(merged))
-    sources += with_worker_kv_events(found, urls, merged.get("worker_kv_events"))
+    events = worker_kv_events(urls, merged.get("worker_kv_events"))
+    sources += with_worker_kv_events(found, events)
+    pending = replace(pending, kv_events={u: events[u] for u in pending.urls if u in events})
     _check_unique([s.model_id for s in sources]
                   + [name for s in sources if s.lora for name in s.lora.static])
     settings = _settings(merged)
@@ -208,12 +210,12 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
                                  api_key=api_key)
 
 
-def with_worker_kv_events(found: Sequence[ModelSource], urls: Sequence[str],
-                          value: Sequence[str] | None) -> list[ModelSource]:
-    """``found`` with each worker's KV-event endpoints (``worker_kv_events``: one
+def worker_kv_events(urls: Sequence[str], value: Sequence[str] | None
+                     ) -> dict[str, tuple[str, str | None]]:
+    """Each worker's (by base URL) KV-event endpoints (``worker_kv_events``: one
     ``"ENDPOINT[,REPLAY_ENDPOINT]"`` or ``""`` per URL, in order)."""
     if not value:
-        return list(found)
+        return {}
     if isinstance(value, str) or len(value) != len(urls):
         raise ConfigError(f"worker_kv_events needs one entry per worker URL ({len(urls)}), "
                           f"in the same order; got {value!r}")
@@ -225,6 +227,14 @@ def with_worker_kv_events(found: Sequence[ModelSource], urls: Sequence[str],
                               "tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT] or ''")
         if parts:
             events[base_url(url)] = (parts[0], parts[1] if len(parts) == 2 else None)
+    return events
+
+
+def with_worker_kv_events(found: Sequence[ModelSource],
+                          events: Mapping[str, tuple[str, str | None]]) -> list[ModelSource]:
+    """``found`` with each worker's KV-event endpoints (:func:`worker_kv_events`)."""
+    if not events:
+        return list(found)
     return [replace(source, kv_events=tuple(
         EventSource(u, *events[u]) if u in events else None for u in source.urls))
         for source in found]

@@ -546,22 +546,25 @@ class OpenAiIngress:
                           "it in", url, served_name, pending.model_id, bound.served_name)
                 return
             model_id = pending.model_id
+        events = pending.kv_events.get(url)
+        kv_events = EventSource(url, *events) if events is not None else None
         pool = self.pools.get(model_id)
         if pool is not None:
-            pool.add_url(url)
+            pool.add_url(url, kv_events)
             return
         aliased = served_name if pending.model_id else ""
         lora = None if pending.lora is None else dataclasses.replace(
             pending.lora, base_model=model_id, base_names=(model_id, served_name))
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
                              urls=(url,), source=aliased, served_name=aliased, lora=lora,
-                             api_key=pending.api_key)
+                             kv_events=(kv_events,), api_key=pending.api_key)
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,),
-                         api_key=pending.api_key)
+                         source.kv_events, api_key=pending.api_key)
         if lora is not None:
             self.adapters.add_model(lora, pool.engine)
         self.sources[model_id] = source
         self.pools[model_id] = pool
+        self.directory.pools[model_id] = pool  # its engine stats refreshed, its feed closed
         if pool.policy.needs_prompt:
             renderer = PromptRenderer(model_id, _tokenizer_source(source),
                                       self.directory.client)

@@ -194,19 +194,8 @@ class KVEventSubscriber:
         self.last_seq = seq
         if not self.view.is_live(self.source.replica_id):
             self.view.set_live(self.source.replica_id, True)
-        rid = self.source.replica_id
         try:
-            for event in batch.events:
-                if isinstance(event, wire.BlockStored):
-                    if _on_gpu(event.medium, event.group_idx):
-                        self.view.store(rid, adapter_index_key(self.model_id, event.lora_name),
-                                        event.parent_block_hash, event.block_hashes,
-                                        event.token_ids, event.block_size)
-                elif isinstance(event, wire.BlockRemoved):
-                    if _on_gpu(event.medium, event.group_idx):
-                        self.view.remove(rid, event.block_hashes)
-                else:
-                    self.view.clear(rid)
+            apply_batch(self.view, self.model_id, self.source.replica_id, batch)
         except BlockSizeMismatch as exc:
             raise _Broken("block_size", str(exc)) from None
         self._count("batches")
@@ -220,6 +209,34 @@ class KVEventSubscriber:
 
     def _count(self, what: str) -> None:
         self.counters[(self.model_id, what)] += 1
+
+
+def apply_batch(view: ClusterCacheView, model_id: str, replica_id: str,
+                batch: wire.KVEventBatch) -> None:
+    """One engine's decoded batch into ``view`` (raises ``BlockSizeMismatch``)."""
+    for event in batch.events:
+        if isinstance(event, wire.BlockStored):
+            if _on_gpu(event.medium, event.group_idx):
+                view.store(replica_id, adapter_index_key(model_id, event.lora_name),
+                           event.parent_block_hash, event.block_hashes, event.token_ids,
+                           event.block_size, first_block_salt(event))
+        elif isinstance(event, wire.BlockRemoved):
+            if _on_gpu(event.medium, event.group_idx):
+                view.remove(replica_id, event.block_hashes)
+        else:
+            view.clear(replica_id)
+
+
+def first_block_salt(event: wire.BlockStored) -> str | None:
+    """The ``cache_salt`` of a chain's first block, from the event's untagged extra keys
+    (per block: the LoRA name if any, ``(mm_identifier, offset)`` pairs, the salt, prompt
+    embedding digests; vLLM's ``to_event_extra_keys``)."""
+    if event.parent_block_hash is not None or not event.extra_keys:
+        return None
+    keys = list(event.extra_keys[0] or ())
+    if event.lora_name is not None and keys and keys[0] == event.lora_name:
+        keys = keys[1:]
+    return next((k for k in keys if isinstance(k, str)), None)
 
 
 def _seq(frame: bytes) -> int:

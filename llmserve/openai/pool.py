@@ -128,12 +128,16 @@ class ModelPool:
             endpoint.failures += 1
         self.dispatcher.finished(request, endpoint.key)
 
-    def add_url(self, url: str) -> None:
-        """A worker given by URL that came up after the gateway started."""
+    def add_url(self, url: str, kv_events: EventSource | None = None) -> None:
+        """A worker given by URL that came up after the gateway started (``kv_events``:
+        where it publishes KV-cache events; subscribed to from now on)."""
         url = url.rstrip("/")
         if url not in self.endpoints:
-            self.endpoints[url] = Endpoint(url, url, api_key=self.api_key)
+            self.endpoints[url] = Endpoint(url, url, kv_events=kv_events, api_key=self.api_key)
             self.dispatcher.set_replicas(list(self.endpoints))
+            if kv_events is not None and self.kv_feed is None:
+                self.kv_feed = attach_feed(self.model_id, self.policy)
+            self._update_kv_feed()
 
     def mark_unreachable(self, endpoint: Endpoint) -> None:
         """A connection to it failed."""

@@ -117,8 +117,10 @@ class PromptRenderer:
                 log.warning("routing %r on prompt characters: no tokenizer available, so "
                             "prefix matches ignore the engine's block boundaries",
                             self.model_id)
+        salt = payload.get("cache_salt")
         return RouteRequest(request_id, self.model_id, session_key, prompt=text,
-                            prompt_token_ids=tuple(tokens) if tokens is not None else None)
+                            prompt_token_ids=tuple(tokens) if tokens is not None else None,
+                            cache_salt=salt if isinstance(salt, str) and salt else None)
 
     async def _tokenize_off_loop(self, path: str, payload: Mapping[str, Any]
                                  ) -> list[int] | None:

@@ -43,6 +43,9 @@ class PendingWorkers:
     # adapters the gateway loads into them on demand (``worker_lora_config``), for a model
     # no worker served at start: its base_model and base_names are filled in at take-in
     lora: LoraSettings | None = None
+    # where each pending worker (by base URL) publishes KV-cache events: (endpoint,
+    # replay endpoint or None); its subscription starts when it comes up
+    kv_events: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
     api_key: str | None = field(default=None, repr=False)  # the workers demand it
 
 

@@ -123,3 +123,48 @@ def test_worker_kv_events_must_match_the_worker_urls() -> None:
                           "worker_kv_events": ["tcp://a:1"]})
     with pytest.raises(ConfigError, match="expected"):
         build_openai_app({"worker_urls": ["http://a"], "worker_kv_events": ["http://a:1"]})
+
+
+def decisions(gateway: str, outcome: str) -> float:
+    text = httpx.get(f"{gateway}/metrics").text
+    return sum(float(v) for v in re.findall(
+        rf'^llmserve_routing_decisions_total\{{[^}}]*outcome="{outcome}"[^}}]*\}} (\S+)$',
+        text, re.M))
+
+
+def ask_salted(gateway: str, model: str, system: str, salt: str | None,
+               urls: list[str]) -> tuple[int, float]:
+    before = served(urls)
+    body: dict[str, Any] = {"model": model, "max_tokens": 2, "messages": [
+        {"role": "system", "content": system}, {"role": "user", "content": "a question?"}]}
+    if salt is not None:
+        body["cache_salt"] = salt
+    response = httpx.post(f"{gateway}/v1/chat/completions", timeout=30, json=body)
+    assert response.status_code == 200, response.text
+    after = served(urls)
+    [index] = [i for i in range(len(urls)) if after[i][0] > before[i][0]]
+    return index, after[index][1] - before[index][1]
+
+
+def test_a_salted_prefix_is_found_only_with_the_same_salt(setup: dict[str, Any]) -> None:
+    """The engine hashes ``cache_salt`` into the first block: B finds a prefix A placed
+    with a salt only for the same salt, never for the unsalted or another salt."""
+    urls, model, a, b = setup["urls"], setup["model"], setup["a"], setup["b"]
+    view = next(v for (m, _), v in HUB.views.items() if m == model)
+    system = " ".join(f"tenant rule {i} applies." for i in range(60))
+    held = {u: view.held_blocks(u) for u in urls}
+    holder, _ = ask_salted(a, model, system, "tenant-1", urls)
+    deadline = time.monotonic() + 10
+    while view.held_blocks(urls[holder]) <= held[urls[holder]]:
+        assert time.monotonic() < deadline, "no KV events from the engine"
+        time.sleep(0.02)
+    time.sleep(0.2)  # B is subscribed to the same engines
+    for salt in (None, "tenant-2"):
+        hits_before = decisions(b, "hit")
+        _, cached = ask_salted(b, model, system, salt, urls)
+        assert cached == 0  # the engine agrees: nothing of it is cached for this salt
+        assert decisions(b, "hit") == hits_before, f"salt {salt!r} routed as a prefix hit"
+    hits_before = decisions(b, "hit")
+    chosen, cached = ask_salted(b, model, system, "tenant-1", urls)
+    assert chosen == holder and cached >= 16 * 10
+    assert decisions(b, "hit") == hits_before + 1

@@ -142,7 +142,8 @@ def test_share_guard_spills_a_replica_sent_more_than_its_share_of_recent_request
 
 
 def test_share_guard_waits_for_an_idle_cluster_to_stay_sticky() -> None:
-    p = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=False)
+    p = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=False,
+               share_margin=0.0)
     route(p, req("0", 1, 2, 10), [replica("a")])
     for n in range(1, 6):  # one user, one request at a time: nothing in flight anywhere
         assert route(p, req(str(n), 1, 2, n + 10), [replica("a"), replica("b")]) == "a"
@@ -154,6 +155,28 @@ def test_share_guard_waits_for_an_idle_cluster_to_stay_sticky() -> None:
     assert route(p, req("7", 1, 2, 17), busy) == "b"
     # and so is a request of this router's own in flight: 'a' has had more than its share
     assert route(p, req("8", 1, 2, 18), [replica("a"), replica("b", 1)]) == "b"
+
+
+def test_share_guard_wants_more_evidence_from_a_router_that_sees_part_of_the_traffic() -> None:
+    """Behind several ingresses each counts a few decisions: a share over the cap by
+    less than share_margin standard deviations, scaled by the part of the engines'
+    requests this router did not send, is noise, not a reason to spill."""
+    def sticky_decisions(engine_running: int) -> int:
+        p = policy(share_window=8, share_bound=1.5, share_min=1, hold_while_warming=False)
+        route(p, req("0", 1, 2, 10), [replica("a")])
+        n = 1
+        while n < 40:
+            cands = [replica("a", 1, running=engine_running),
+                     replica("b", 0, running=engine_running)]
+            if route(p, req(str(n), 1, 2, n + 10), cands) != "a":
+                return n
+            n += 1
+        return n
+
+    alone = sticky_decisions(0)  # the engines run only what this router sent
+    shared = sticky_decisions(8)  # 16 running, 1 of them this router's
+    assert alone == 2  # the cap alone: shares a=2 b=0 > 1.5
+    assert shared > alone + 2  # noise margin
 
 
 def test_a_hot_prefix_spreads_to_just_enough_replicas_within_the_share_bound() -> None:
