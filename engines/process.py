@@ -186,8 +186,9 @@ class EngineProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self.env,
-            process_group=0,  # its own group, not its own session: see the module's doc
-            preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+            # its own group, not its own session (see the module's doc); by preexec_fn, as
+            # uvloop's subprocess_exec does not take ``process_group``
+            preexec_fn=_start_guard,
         )
         _live.add(self)
         self._pump = asyncio.create_task(self._pump_output(self._proc))
@@ -318,10 +319,13 @@ class EngineProcess:
                 await asyncio.wait_for(asyncio.shield(self._pump), timeout_s)
 
 
-def _set_parent_death_signal() -> None:
-    """preexec_fn: ask the kernel to signal the guard when its parent thread exits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
+def _start_guard() -> None:
+    """preexec_fn: the guard leads a process group of its own; on Linux, ask the kernel to
+    signal it when its parent thread exits."""
+    os.setpgid(0, 0)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
 
 
 def kill_group(pgid: int, sig: signal.Signals) -> None:
