@@ -47,15 +47,17 @@ FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms",
 
 
 def load_once(base_url: str, model_dir: Path, args: argparse.Namespace,
-              proxy_pid: int | None = None) -> dict[str, Any]:
+              proxy_pid: int | None = None, api_key: str | None = None) -> dict[str, Any]:
     """One load round; with ``proxy_pid``, also the CPU time (user + system) the proxy's
-    process tree spent per 1,000 output tokens during the round."""
+    process tree spent per 1,000 output tokens during the round. ``api_key``: the key
+    the server at ``base_url`` demands."""
     cpu_before = process_tree_cpu_s(proxy_pid) if proxy_pid is not None else 0.0
     params = WorkloadParams(seed=0, num_requests=args.num_requests, input_len=args.input_len,
                             output_len=args.output_len)
     workload = build_workload("random", params, tokenizer_dir=model_dir)
     config = LoadConfig(base_url=base_url, model="tiny", endpoint=COMPLETIONS,
-                        concurrency=args.concurrency, ignore_eos=True, sample_interval_s=0)
+                        concurrency=args.concurrency, ignore_eos=True, sample_interval_s=0,
+                        api_key=api_key)
     run = run_load(workload, config)
     summary = summarize(run.records, run.duration_s)
     summary["client_cpu_util"] = run.client_cpu_util

@@ -45,6 +45,7 @@ from llmserve.llm.tiny_model import cached_tiny_model
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODES = ("local", "ray-actor", "ray")
+ENGINE_KEY = "sk-bench-engine"  # the engine's secret, so the bare rounds can reach it
 FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms",
           "median_tpot_ms", "cpu_ms_per_1k_tokens")
 
@@ -59,7 +60,8 @@ def serve_app(mode: str, port: int, url_file: Path) -> None:
         "model_loading_config": {"model_id": "tiny",
                                  "model_source": str(cached_tiny_model())},
         "engine_kwargs": ENGINE_KWARGS,
-        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1",
+                                     "VLLM_API_KEY": ENGINE_KEY}},
         "deployment_config": {"ray_actor_options": {"num_cpus": 1}}})
     ingress_options = {"num_cpus": 0, "in_proxy": mode != "ray-actor"}
     app = build_openai_app({"llm_configs": [cfg], "ingress_deployment_config": {
@@ -126,7 +128,7 @@ def measure(mode: str, model_dir: Path, args: argparse.Namespace) -> dict[str, A
             runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "bare": []}
             for _ in range(args.rounds):
                 runs["gateway"].append(gateway_round(gateway, proc.pid, model_dir, args))
-                runs["bare"].append(load_once(engine, model_dir, args))
+                runs["bare"].append(load_once(engine, model_dir, args, api_key=ENGINE_KEY))
             return {name: median_of(r, FIELDS) for name, r in runs.items()}
         finally:
             stop(proc, 90)

@@ -105,9 +105,13 @@ def offset_endpoint_port(endpoint: str, offset: int) -> str:
 
 def connect_address(endpoint: str, host: str) -> str:
     """Where a subscriber connects for an engine that binds ``endpoint``: a wildcard host
-    (``tcp://*:5557``) becomes the engine's ``host``."""
+    (``tcp://*:5557``) becomes the engine's ``host``, an IPv4-mapped one
+    (``tcp://[::ffff:10.0.0.5]:5557``) its IPv4 address."""
     for wildcard in ("tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:"):
         if endpoint.startswith(wildcard):
             shown = f"[{host}]" if ":" in host else host
             return f"tcp://{shown}:{endpoint[len(wildcard):]}"
+    if endpoint.startswith("tcp://[::ffff:") and "." in endpoint:  # IPv4-mapped: plain IPv4
+        address, _, port = endpoint.removeprefix("tcp://[::ffff:").partition("]:")
+        return f"tcp://{address}:{port}"
     return endpoint

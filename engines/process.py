@@ -51,7 +51,8 @@ from engines.protocol import Engine, EngineSpec, EngineStartError
 
 _log = logging.getLogger("engines.process")
 # Environment variables holding the gateway's credentials (read by llmserve).
-GATEWAY_SECRET_ENV = frozenset({"LLMSERVE_API_KEYS", "LLMSERVE_ADMIN_KEY"})
+GATEWAY_SECRET_ENV = frozenset({"LLMSERVE_API_KEYS", "LLMSERVE_ADMIN_KEY",
+                                "LLMSERVE_WORKER_API_KEY"})
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -185,8 +186,8 @@ class EngineProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self.env,
-            # its own group, not its own session (see the module's doc); set in the child,
-            # since uvloop's subprocess_exec refuses ``process_group``
+            # its own group, not its own session (see the module's doc); by preexec_fn, as
+            # uvloop's subprocess_exec does not take ``process_group``
             preexec_fn=_start_guard,
         )
         _live.add(self)
@@ -319,17 +320,12 @@ class EngineProcess:
 
 
 def _start_guard() -> None:
-    """preexec_fn: lead a new process group in the gateway's session and, on Linux, have
-    the kernel signal the guard when its parent thread exits."""
+    """preexec_fn: the guard leads a process group of its own; on Linux, ask the kernel to
+    signal it when its parent thread exits."""
     os.setpgid(0, 0)
     if sys.platform == "linux":
-        _set_parent_death_signal()
-
-
-def _set_parent_death_signal() -> None:
-    """preexec_fn: ask the kernel to signal the guard when its parent thread exits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
 
 
 def kill_group(pgid: int, sig: signal.Signals) -> None:

@@ -47,7 +47,9 @@ class EngineSpec:
     ``engine_kwargs`` become command-line flags unchanged (see :func:`render_flags`);
     ``lora_modules`` maps adapter name to path and is loaded at start-up;
     ``python_executable`` lets an engine run from its own virtual environment;
-    ``env`` is added to (and overrides) the gateway's own environment.
+    ``env`` is added to (and overrides) the gateway's own environment;
+    ``api_key``, when set, is the secret the server demands on its API (each engine passes
+    it its own way, never on the command line); it is left out of ``repr``.
     """
 
     model_source: str
@@ -59,6 +61,7 @@ class EngineSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     tokenizer_source: str | None = None
     lora_modules: Mapping[str, str] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def model_name(self) -> str:

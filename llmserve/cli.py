@@ -117,6 +117,11 @@ def _serve(args: argparse.Namespace) -> int:
         app_args["worker_engine"] = "vllm" if args.engine == "sim" else args.engine
         if args.worker_startup_timeout_secs is not None:
             app_args["worker_startup_timeout_s"] = args.worker_startup_timeout_secs
+        if args.worker_api_key:
+            print("llmserve: warning: --worker-api-key is visible to every local user in "
+                  "`ps`; prefer the LLMSERVE_WORKER_API_KEY environment variable",
+                  file=sys.stderr, flush=True)
+            app_args["worker_api_key"] = args.worker_api_key
         if args.model:  # the engines' files: route on their tokenizer's token ids
             routing = {"tokenizer_source": args.model, **(routing or {})}
         if routing:
@@ -127,6 +132,9 @@ def _serve(args: argparse.Namespace) -> int:
                               "`llmserve serve DIR`), or --worker-urls URL ...")
         if args.worker_startup_timeout_secs is not None:
             raise ConfigError("--worker-startup-timeout-secs needs --worker-urls")
+        if args.worker_api_key:
+            raise ConfigError("--worker-api-key needs --worker-urls (engines llmserve "
+                              "launches get a key of their own)")
         engine_kwargs = _merged_engine_kwargs(args)
         if args.engine == "vllm":
             from engines.vllm.engine import default_cli_kwargs
@@ -383,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--worker-startup-timeout-secs", type=float, default=None,
                      help="with --worker-urls: how long to wait for a worker to come up "
                           "before reporting it failed on /health (default 600)")
+    srv.add_argument("--worker-api-key", metavar="KEY",
+                     help="with --worker-urls: the key the workers demand (their "
+                          "--api-key / VLLM_API_KEY), sent as 'Authorization: Bearer KEY'; "
+                          "visible in `ps`: prefer the LLMSERVE_WORKER_API_KEY environment "
+                          "variable")
     srv.add_argument("--worker-kv-events", nargs="+", default=[], metavar="ENDPOINT",
                      help="where each --worker-urls engine publishes KV-cache events, same "
                           "order: tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT], '' for none")

@@ -24,6 +24,7 @@ from engines.protocol import (
     post_adapter_request,
     render_flags,
 )
+from engines.sglang.secret_config import write_secret_config
 
 RUNNING = "sglang:num_running_reqs"
 WAITING = "sglang:num_queue_reqs"
@@ -57,8 +58,12 @@ class SglangEngine:
         if spec.lora_modules:
             argv += ["--enable-lora"] if "enable-lora" not in flags else []
             argv += ["--lora-paths", *(f"{n}={p}" for n, p in spec.lora_modules.items())]
+        kwargs = dict(spec.engine_kwargs)
+        if spec.api_key:  # in a file SGLang reads, not on the command line (`ps`)
+            user_config = kwargs.pop("config", None)
+            argv += ["--config", str(write_secret_config(spec.api_key, user_config))]
         # SGLang's boolean flags are plain store_true: False means "leave it out".
-        return argv + render_flags(spec.engine_kwargs, negate_false=False)
+        return argv + render_flags(kwargs, negate_false=False)
 
     def env(self, spec: EngineSpec) -> dict[str, str]:
         return {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}

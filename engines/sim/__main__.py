@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
+from engines.sim.auth import API_KEY_ENV
 from engines.sim.cluster import ClusterConfig, SimCluster
 from engines.sim.event_publisher import KVEventsConfig, KVEventsConfigError
 from engines.sim.kv_transfer import KVTransferConfig, KVTransferConfigError
@@ -79,6 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ClusterConfig:
         log_level=args.log_level,
         kv_events_config=args.kv_events_config,
         kv_transfer_config=args.kv_transfer_config,
+        api_key=os.environ.get(API_KEY_ENV) or None,  # as vLLM: from the environment
     )
 
 

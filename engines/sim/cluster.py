@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import uvicorn
@@ -48,6 +48,7 @@ class ClusterConfig:
     @property
     def kv_transfer(self) -> KVTransferConfig | None:
         return KVTransferConfig.from_json(self.kv_transfer_config)
+    api_key: str | None = field(default=None, repr=False)  # demanded as vLLM's VLLM_API_KEY
 
     @property
     def kv_events(self) -> KVEventsConfig | None:
@@ -147,7 +148,7 @@ class SimCluster:
             )
             server = _Server(
                 uvicorn.Config(
-                    build_app(replica),
+                    build_app(replica, self.config.api_key),
                     log_level=self.config.log_level,
                     access_log=False,
                     lifespan="on",

@@ -11,10 +11,12 @@ from typing import Any, TypeVar
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from engines.sim.auth import ApiKeyCheck
 from engines.sim.errors import BadRequest, SimError, error_body, sim_error_body
 from engines.sim.protocol import (
     ChatCompletionRequest,
@@ -82,7 +84,8 @@ def sim_error_response(request: Request, exc: Exception) -> Response:
     return JSONResponse(sim_error_body(exc), status_code=exc.status_code)
 
 
-def build_app(replica: SimReplica) -> Starlette:
+def build_app(replica: SimReplica, api_key: str | None = None) -> Starlette:
+    """The replica's server; with ``api_key``, guarded as vLLM guards it (`engines.sim.auth`)."""
     serving = OpenAIServing(replica)
     tokenizer = replica.tokenizer
 
@@ -190,4 +193,6 @@ def build_app(replica: SimReplica) -> Starlette:
         SimError: sim_error_response,
         404: not_found,
     }
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    middleware = [Middleware(ApiKeyCheck, api_key=api_key)] if api_key else []
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
+                     middleware=middleware)

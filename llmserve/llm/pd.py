@@ -23,6 +23,7 @@ from llmserve.llm.builders import (
     build_llm_deployment,
     discover_workers,
     model_lora_settings,
+    worker_api_key,
 )
 from llmserve.llm.config import LLMConfig
 from llmserve.lora.directory import WorkerAdapter
@@ -91,7 +92,8 @@ def worker_source(args: Mapping[str, Any]) -> ModelSource:
         if not urls:
             raise ConfigError(f"build_pd_openai_app needs {role}_worker_urls too")
         found, pending = discover_workers(urls, engine,
-                                          args.get(f"{role}_routing_config") or default)
+                                          args.get(f"{role}_routing_config") or default,
+                                          api_key=worker_api_key(args))
         if pending.urls:
             raise ConfigError(f"{role}_worker_urls do not answer /v1/models: "
                               f"{list(pending.urls)}")

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from engines.process import EngineProcess, free_port, kill_group
 from engines.protocol import EngineSpec
 from engines.registry import make_engine
 from llmserve.llm.config import LLMConfig
+from llmserve.llm.engine_secret import choose_engine_key, without_key
 from llmserve.llm.kv_events_config import EventAddresses, with_kv_events
 from llmserve.llm.server_calls import OpenAICalls
 from llmserve.serve.context import NODE_IP_ENV
@@ -52,6 +53,7 @@ class EngineEndpointInfo:
     restarts: int
     pid: int | None = None
     kv_events: EventAddresses | None = None  # where the engine publishes KV-cache events
+    api_key: str | None = field(default=None, repr=False)  # the engine demands it
 
 
 class LLMServer(OpenAICalls):
@@ -61,6 +63,9 @@ class LLMServer(OpenAICalls):
         self.config = llm_config.with_lora_enabled()
         self.replica_id = serve.get_replica_context().replica_id
         self.engine = make_engine(llm_config.llm_engine)
+        # the engine's secret, the same for every engine this replica starts
+        self.api_key = choose_engine_key(self.config.runtime_env.env_vars,
+                                         self.config.engine_kwargs)
         self.restarts = 0
         self._failed_restarts = 0
         self._unanswered_probes = 0
@@ -75,7 +80,8 @@ class LLMServer(OpenAICalls):
         kwargs: dict[str, Any] = {"python_executable": cfg.runtime_env.python} \
             if cfg.runtime_env.python else {}
         host = os.environ.get(NODE_IP_ENV, "127.0.0.1")  # reachable from the ingress
-        engine_kwargs, self.kv_events = with_kv_events(cfg.llm_engine, cfg.engine_kwargs, host,
+        engine_kwargs, self.kv_events = with_kv_events(cfg.llm_engine,
+                                                       without_key(cfg.engine_kwargs), host,
                                                        cfg.routing_config)
         return EngineSpec(
             model_source=cfg.model_loading_config.source,
@@ -85,6 +91,7 @@ class LLMServer(OpenAICalls):
             engine_kwargs=engine_kwargs,
             env=env,
             tokenizer_source=cfg.model_loading_config.tokenizer_source,
+            api_key=self.api_key,
             **kwargs,
         )
 
@@ -139,10 +146,14 @@ class LLMServer(OpenAICalls):
     def served_model_id(self) -> str:
         return self.config.model_id
 
+    @property
+    def engine_api_key(self) -> str | None:
+        return self.api_key
+
     async def endpoint(self) -> EngineEndpointInfo:
         return EngineEndpointInfo(self.replica_id, self.config.model_id, self.spec.base_url,
                                   self.engine.name, self.process.is_alive, self.restarts,
-                                  self.process.pid, self.kv_events)
+                                  self.process.pid, self.kv_events, self.api_key)
 
     async def check_health(self) -> None:
         if self._supervisor.done():

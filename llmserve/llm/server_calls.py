@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from llmserve.openai.engine_auth import bearer_headers
+
 
 class _Served(Protocol):
     @property
@@ -23,6 +25,9 @@ class _Served(Protocol):
 
     @property
     def served_model_id(self) -> str: ...
+
+    @property
+    def engine_api_key(self) -> str | None: ...
 
 
 def request_body(request: Any, model_id: str) -> dict[str, Any]:
@@ -56,8 +61,8 @@ class OpenAICalls:
 async def _call(server: _Served, path: str, request: Any) -> AsyncIterator[Any]:
     body = request_body(request, server.served_model_id)
     url = server.engine_url + path
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                                 trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), trust_env=False,
+                                 headers=bearer_headers(server.engine_api_key)) as client:
         if not body.get("stream"):
             response = await client.post(url, json=body)
             yield response.json()

@@ -189,8 +189,8 @@ class DisaggregatedFlow:
             try:
                 # vLLM sends a whole answer's headers when it is done: watch the client
                 # meanwhile (leaving closes the connection, which aborts the prefill)
-                upstream = await until_left(
-                    self.relay.open(endpoint.url + path, body, headers), leaving)
+                upstream = await until_left(self.relay.open(
+                    endpoint.url + path, body, headers | endpoint.auth), leaving)
                 content = await read_whole(upstream, outcome, leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: prefill %s; trying another replica", request_id, exc)
@@ -265,8 +265,8 @@ class DisaggregatedFlow:
                                                                route))
             try:
                 # a whole answer's headers come when it is done: watch the client meanwhile
-                upstream = await until_left(
-                    self.relay.open(endpoint.url + path, body, headers), leaving)
+                upstream = await until_left(self.relay.open(
+                    endpoint.url + path, body, headers | endpoint.auth), leaving)
             except ClientLeft:  # the connection is closed: the engine aborts the request
                 pool.finish(endpoint, route, failed=False)
                 self.pd_metrics.requests.labels(model, "client_left").inc()

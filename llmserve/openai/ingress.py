@@ -53,7 +53,7 @@ from llmserve.openai.openapi import openapi_document
 from llmserve.openai.pd_metrics import PDMetrics
 from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from llmserve.openai.prompt import PromptRenderer
-from llmserve.openai.rate_limit import RateLimiter
+from llmserve.openai.rate_limit import RateLimiter, TokenHold, token_estimate
 from llmserve.openai.relay import (
     EngineConnectError,
     Outcome,
@@ -70,7 +70,7 @@ from llmserve.openai.request_checks import (
 )
 from llmserve.openai.routes import app_path, route_template
 from llmserve.openai.tracing import RequestSpans
-from llmserve.openai.workers import PendingWorkers, WorkerWatch
+from llmserve.openai.workers import PendingWorkers, WorkerWatch, base_url
 from routing import RouteRequest
 
 log = logging.getLogger("llmserve.openai")
@@ -141,6 +141,7 @@ class ModelSource:
     lora: LoraSettings | None = None  # adapters the gateway loads on demand (docs/lora.md)
     adapters: tuple[WorkerAdapter, ...] = ()  # adapters the workers at ``urls`` list
     kv_events: tuple[EventSource | None, ...] = ()  # per URL: where it publishes KV events
+    api_key: str | None = field(default=None, repr=False)  # the workers at ``urls`` demand it
 
 
 class OpenAiIngress:
@@ -151,16 +152,18 @@ class OpenAiIngress:
         self.sources = {m.model_id: m for m in models}
         self.pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.engine, dict(m.routing_config), m.handle,
-                                  m.urls, m.kv_events) for m in models
+                                  m.urls, m.kv_events, m.api_key) for m in models
         }
         self.prefill_pools: dict[str, ModelPool] = {
             m.model_id: make_pool(m.model_id, m.prefill.engine, dict(m.prefill.routing_config),
-                                  m.prefill.handle, m.prefill.urls)
+                                  m.prefill.handle, m.prefill.urls, api_key=m.prefill.api_key)
             for m in models if m.prefill is not None
         }
+        pending_workers = pending_workers or PendingWorkers()
         self.directory = EngineDirectory(
             {**self.pools, **{f"{k} (prefill)": p for k, p in self.prefill_pools.items()}},
-            self.settings.stats_refresh_s)
+            self.settings.stats_refresh_s,
+            [(base_url(u), pending_workers.api_key) for u in pending_workers.urls])
         await self.directory.refresh()
         self.directory.start()
         self.relay = Relay(read_timeout_s=self.settings.request_timeout_s)
@@ -187,7 +190,7 @@ class OpenAiIngress:
             [a for m in models for a in m.adapters], self.directory.client,
             self.metrics.registry, self._resident_adapters)
         await self.adapters.start()
-        self.workers = WorkerWatch(pending_workers or PendingWorkers(), self.directory.client,
+        self.workers = WorkerWatch(pending_workers, self.directory.client,
                                    self._take_in_worker, self._take_in_adapters)
         self.workers.start()
         self._report_task = asyncio.get_running_loop().create_task(self._report_load())
@@ -315,16 +318,15 @@ class OpenAiIngress:
         payload, model = await self._parse(body, path)
         request.state.model_name = model
         adapter = self.adapters.resolve(model) if model not in self.pools else None
-        if key is not None:
-            if not key.allows(model, adapter.base_model if adapter else None):
-                raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`",
-                                      param="model")
-            self.limiter.admit(key)
+        if key is not None and not key.allows(model, adapter.base_model if adapter else None):
+            raise ModelNotAllowed(f"API key {key.name!r} may not use `{model}`", param="model")
         pool = self.pools[adapter.base_model if adapter else model]
         limit = self.settings.max_ongoing_requests_per_model
         if limit is not None and pool.in_flight >= limit:
             raise TooManyRequests(f"`{model}` is serving its limit of {limit} requests; "
                                   f"retry shortly", retry_after_s=1.0)
+        hold = None if key is None else self.limiter.admit(
+            key, token_estimate(path, payload, len(body)))  # held until the request ends
         served_name = model if adapter else self.sources[model].served_name or model
         if payload.get("model", model) == model and payload.get("model") != served_name:
             payload["model"] = served_name  # absent, or clients' name for the engines' one
@@ -334,7 +336,10 @@ class OpenAiIngress:
         leaving = asyncio.ensure_future(wait_disconnect(request.receive))
         try:
             return await self._relay(request, path, request_id, payload, body, pool, leaving,
-                                     key, adapter)
+                                     hold, adapter)
+        except EngineUnavailable:
+            self.limiter.settle(hold, 0)  # no engine took it
+            raise
         except ClientLeft:
             log.info("request %s: the client left before the answer; engine request aborted",
                      request_id)
@@ -344,7 +349,7 @@ class OpenAiIngress:
 
     async def _relay(self, request: Request, path: str, request_id: str,
                      payload: dict[str, Any], body: bytes, pool: ModelPool,
-                     leaving: asyncio.Future[None], key: KeyPolicy | None,
+                     leaving: asyncio.Future[None], hold: TokenHold | None,
                      adapter: AdapterTarget | None = None) -> Response:
         model = pool.model_id
         spans = request.state.spans = RequestSpans(request.headers, model, path)
@@ -357,7 +362,7 @@ class OpenAiIngress:
                 route = dataclasses.replace(route, lora_adapter=adapter.adapter_id)
             return await flow.forward(path, payload, request_id, route, leaving,
                                       functools.partial(self._pd_done, request, request_id,
-                                                        key, payload.get("stream") is True),
+                                                        hold, payload.get("stream") is True),
                                       AdapterHolds(self.adapters, adapter) if adapter else None)
         with spans.routing():
             route = await until_left(
@@ -392,12 +397,11 @@ class OpenAiIngress:
                            streamed)
                 spans.end(status)
                 request.state.recorded = True
-                if key is not None and result.usage:
-                    self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
+                self.limiter.settle(hold, _tokens_used(result))
 
             try:
                 upstream = await until_left(
-                    self.relay.open(endpoint.url + path, body, headers), leaving)
+                    self.relay.open(endpoint.url + path, body, headers | endpoint.auth), leaving)
             except EngineConnectError as exc:
                 log.warning("request %s: %s; trying another replica", request_id, exc)
                 unreachable.add(endpoint.key)
@@ -436,11 +440,11 @@ class OpenAiIngress:
         raise EngineUnavailable(f"no engine replica of `{model}` is available right now",
                                 retry_after_s=1.0)
 
-    def _pd_done(self, request: Request, request_id: str, key: KeyPolicy | None,
+    def _pd_done(self, request: Request, request_id: str, hold: TokenHold | None,
                  streamed: bool, result: Outcome, prefill_replica: str,
                  decode_replica: str) -> None:
         """A disaggregated request ended (the flow counted it in the metrics)."""
-        self._charge(key, result)
+        self.limiter.settle(hold, _tokens_used(result))
         status = CLIENT_CLOSED if result.disconnected else result.status
         log_access(request, request_id, getattr(request.state, "model_name", ""),
                    request.url.path, status, result, decode_replica, streamed,
@@ -468,10 +472,6 @@ class OpenAiIngress:
         pool.finish(endpoint, route, failed=failed)
         if adapter is not None:
             self.adapters.release(adapter, endpoint.lora)
-
-    def _charge(self, key: KeyPolicy | None, result: Outcome) -> None:
-        if key is not None and result.usage:
-            self.limiter.charge_tokens(key, int(result.usage.get("total_tokens") or 0))
 
     async def _route_request(self, request_id: str, path: str, payload: dict[str, Any],
                              request: Request, pool: ModelPool) -> RouteRequest:
@@ -540,9 +540,9 @@ class OpenAiIngress:
             pending.lora, base_model=model_id, base_names=(model_id, served_name))
         source = ModelSource(model_id, pending.engine, dict(pending.routing_config),
                              urls=(url,), source=aliased, served_name=aliased, lora=lora,
-                             kv_events=(kv_events,))
+                             kv_events=(kv_events,), api_key=pending.api_key)
         pool = make_pool(model_id, source.engine, dict(source.routing_config), None, (url,),
-                         source.kv_events)
+                         source.kv_events, api_key=pending.api_key)
         if lora is not None:
             self.adapters.add_model(lora, pool.engine)
         self.sources[model_id] = source
@@ -633,6 +633,16 @@ def _tokenizer_source(model: ModelSource) -> str | None:
         return model.source  # the files the engine loads (a local dir or a hub id)
     candidate = model.source or model.model_id
     return candidate if Path(candidate).is_dir() else None  # worker URLs: only local files
+
+
+def _tokens_used(result: Outcome) -> int | None:
+    """The tokens a finished request used: its usage; 0 for an engine's error answer;
+    None (unknown) when the client left or the engine failed on the way."""
+    if result.usage:
+        return int(result.usage.get("total_tokens") or 0)
+    if result.status >= 400 and result.error is None and not result.disconnected:
+        return 0
+    return None
 
 
 def _session_key(request: Request, payload: Mapping[str, Any]) -> str | None:

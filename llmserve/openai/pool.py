@@ -22,6 +22,7 @@ from engines.registry import make_engine
 from llmserve.lora.residency import ReplicaAdapters
 from llmserve.openai.background import keep_running
 from llmserve.openai.breaker import is_failing, should_eject
+from llmserve.openai.engine_auth import EngineKeys, bearer_headers
 from llmserve.openai.kv_events import EventSource, KVEventFeed, attach_feed
 from llmserve.openai.tls import client_ssl_context
 from routing import Candidate, RouteRequest, RoutingPolicy, make_policy
@@ -46,6 +47,11 @@ class Endpoint:
     restarts: int = 0  # of its engine process, as its LLMServer reports
     lora: ReplicaAdapters = field(default_factory=ReplicaAdapters)  # adapters loaded there
     kv_events: EventSource | None = None
+    api_key: str | None = field(default=None, repr=False)  # the engine demands it
+    auth: dict[str, str] = field(default_factory=dict, repr=False)  # its header, built once
+
+    def __post_init__(self) -> None:
+        self.auth = bearer_headers(self.api_key)
 
     def candidate(self, in_flight: int) -> Candidate:
         stats = self.stats.as_mapping()
@@ -58,13 +64,16 @@ class ModelPool:
 
     def __init__(self, model_id: str, engine: Engine, policy: RoutingPolicy,
                  handle: Any = None, urls: Sequence[str] = (),
-                 kv_events: Sequence[EventSource | None] = ()) -> None:
+                 kv_events: Sequence[EventSource | None] = (),
+                 api_key: str | None = None) -> None:
         self.model_id = model_id
+        self.api_key = api_key  # of the engines given by URL
         self.engine = engine
         self.handle = handle
         self.policy_name = type(policy).__name__
         self.last_decision: RoutingDecision = SINGLE  # of the last choose(), for metrics
-        self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/")) for u in urls}
+        self.endpoints: dict[str, Endpoint] = {u: Endpoint(u, u.rstrip("/"), api_key=api_key)
+                                               for u in urls}
         self.dispatcher = Dispatcher(policy, list(self.endpoints))
         for endpoint, source in zip(self.endpoints.values(), kv_events, strict=False):
             endpoint.kv_events = source
@@ -124,7 +133,7 @@ class ModelPool:
         where it publishes KV-cache events; subscribed to from now on)."""
         url = url.rstrip("/")
         if url not in self.endpoints:
-            self.endpoints[url] = Endpoint(url, url, kv_events=kv_events)
+            self.endpoints[url] = Endpoint(url, url, kv_events=kv_events, api_key=self.api_key)
             self.dispatcher.set_replicas(list(self.endpoints))
             if kv_events is not None and self.kv_feed is None:
                 self.kv_feed = attach_feed(self.model_id, self.policy)
@@ -183,8 +192,10 @@ class ModelPool:
                 continue
             current = self.endpoints.get(rid)
             kv_events = _event_source(rid, info)
-            if current is None or current.url != info.url or current.kv_events != kv_events:
-                self.endpoints[rid] = Endpoint(rid, info.url, info.ready, kv_events=kv_events)
+            if current is None or current.url != info.url or current.kv_events != kv_events \
+                    or current.api_key != info.api_key:
+                self.endpoints[rid] = Endpoint(rid, info.url, info.ready, kv_events=kv_events,
+                                               api_key=info.api_key)
                 changed = True
             else:
                 current.ready = info.ready and current.ready
@@ -221,10 +232,20 @@ def _event_source(replica_id: str, info: Any) -> EventSource | None:
 class EngineDirectory:
     """All models' pools, kept fresh by one background task."""
 
-    def __init__(self, pools: dict[str, ModelPool], refresh_s: float = 0.5) -> None:
+    def __init__(self, pools: dict[str, ModelPool], refresh_s: float = 0.5,
+                 worker_keys: Sequence[tuple[str, str | None]] = ()) -> None:
         self.pools = pools
         self.refresh_s = refresh_s
-        self.client = httpx.AsyncClient(trust_env=False, verify=client_ssl_context())
+        self.worker_keys = list(worker_keys)  # (url, key) of workers not in a pool yet
+        self.keys = EngineKeys()  # every engine call through `client` sends its engine's key
+        self.client = httpx.AsyncClient(trust_env=False, verify=client_ssl_context(),
+                                        auth=self.keys)
+        self.sync_keys()
+
+    def sync_keys(self) -> None:
+        self.keys.replace_all([*self.worker_keys,
+                               *((e.url, e.api_key) for pool in self.pools.values()
+                                 for e in pool.endpoints.values())])
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -234,10 +255,12 @@ class EngineDirectory:
         pools = list(self.pools.values())  # a pool may be added meanwhile (late workers)
         for pool in pools:
             await pool.refresh_members()
+        self.sync_keys()
         await asyncio.gather(*(p.refresh_stats(self.client) for p in pools))
 
     async def refresh_pool(self, pool: ModelPool) -> None:
         await pool.refresh_members()
+        self.sync_keys()
         await pool.refresh_stats(self.client)
 
     async def _run(self) -> None:
@@ -260,12 +283,14 @@ GATEWAY_ROUTING_KEYS = ("tokenizer_source", "kv_events")
 
 def make_pool(model_id: str, engine_name: str, routing_config: dict[str, Any],
               handle: Any = None, urls: Sequence[str] = (),
-              kv_events: Sequence[EventSource | None] = ()) -> ModelPool:
+              kv_events: Sequence[EventSource | None] = (),
+              api_key: str | None = None) -> ModelPool:
     options = {k: v for k, v in routing_config.items() if k not in GATEWAY_ROUTING_KEYS}
     name = options.pop("policy", DEFAULT_POLICY)
     if "block_size" in options and not policy_accepts(name, "block_size"):
         options.pop("block_size")  # filled in from engine_kwargs; this policy has no use for it
     policy = make_policy(name, **options)
-    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls, kv_events)
+    pool = ModelPool(model_id, make_engine(engine_name), policy, handle, urls, kv_events,
+                     api_key)
     pool.policy_name = name
     return pool

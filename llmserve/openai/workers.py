@@ -46,6 +46,7 @@ class PendingWorkers:
     # where each pending worker (by base URL) publishes KV-cache events: (endpoint,
     # replay endpoint or None); its subscription starts when it comes up
     kv_events: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)  # the workers demand it
 
 
 def base_url(url: str) -> str:

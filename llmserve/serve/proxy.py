@@ -21,6 +21,7 @@ from llmserve.serve.exceptions import (
     ReplicaDiedError,
     ReplicaUnavailableError,
 )
+from llmserve.serve.header_deadline import http_protocol
 from llmserve.serve.http_errors import HttpError, http_error_of
 from llmserve.serve.metrics import SERVE_REGISTRY, observe_request
 from llmserve.serve.router import Router
@@ -173,6 +174,7 @@ async def serve_http(proxy: HttpProxy, host: str, port: int, reuse_port: bool = 
     connections between them; when one exits the other keeps serving it."""
     import uvicorn
 
+    uvicorn_options.setdefault("http", http_protocol())  # headers in time (slowloris)
     config = uvicorn.Config(proxy, host=host, port=port, log_level="warning",
                             lifespan="off", access_log=False,
                             timeout_keep_alive=KEEP_ALIVE_S, **uvicorn_options)

@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm,
 
 BLOCK = TINY_VLLM_KWARGS["block_size"]
 KV_BLOCKS = 40
+ENGINE_KEY = "sk-kv-events-engines"
 
 
 class RawSubscriber:
@@ -98,6 +99,8 @@ def cluster() -> Iterator[dict[str, Any]]:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     config = LLMConfig(model_loading_config={"model_id": "tiny", "model_source": model_dir},
                        engine_kwargs={**TINY_VLLM_KWARGS, "num_gpu_blocks_override": KV_BLOCKS},
+                       # one secret for both engines: gateway B below fronts them by URL
+                       runtime_env={"env_vars": {"VLLM_API_KEY": ENGINE_KEY}},
                        deployment_config={"num_replicas": 2})
     serve.shutdown()
     serve.run(build_openai_app({"llm_configs": [config], "request_timeout_s": 120}), port=0)
@@ -203,7 +206,8 @@ def test_a_second_gateway_fed_by_the_same_engines_makes_the_same_choice(
              "--worker-urls", *[infos[r].url for r in rids],
              "--worker-kv-events",
              *[f"{infos[r].kv_events[0]},{infos[r].kv_events[1]}" for r in rids]],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "LLMSERVE_WORKER_API_KEY": ENGINE_KEY})
         try:
             url_b = f"http://127.0.0.1:{port}"
             wait_http_ok(f"{url_b}/health", 120, gateway)

@@ -129,7 +129,8 @@ def gateway(bare: Bare, model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     serve.shutdown()
     serve.run(build_openai_app({"llm_configs": [config], "request_timeout_s": 120}), port=0)
     engine = serve.get_deployment_handle("LLMServer:tiny").endpoint.remote().result()
-    yield {"url": serve.http_url(), "engine_url": engine.url, "folder": folder,
+    yield {"url": serve.http_url(), "engine_url": engine.url, "engine_key": engine.api_key,
+           "folder": folder,
            "expected": bare.expected}
     serve.shutdown()
 
@@ -147,7 +148,8 @@ def metric(gateway: dict[str, Any], name: str, adapter: str) -> float:
 
 
 def engine_adapters(gateway: dict[str, Any]) -> list[str]:
-    data = httpx.get(gateway["engine_url"] + "/v1/models").json()["data"]
+    data = httpx.get(gateway["engine_url"] + "/v1/models", headers={
+        "authorization": f"Bearer {gateway['engine_key']}"}).json()["data"]
     return sorted(card["id"] for card in data if card.get("parent"))
 
 

@@ -51,7 +51,7 @@ def gateway() -> Iterator[dict[str, Any]]:
                                 "request_timeout_s": 120}), port=0)
     url = serve.http_url()
     engine = serve.get_deployment_handle("LLMServer:tiny").endpoint.remote().result()
-    yield {"url": url, "engine_url": engine.url}
+    yield {"url": url, "engine_url": engine.url, "engine_key": engine.api_key}
     serve.shutdown()
 
 
@@ -61,7 +61,8 @@ def client(gateway: dict[str, Any]) -> OpenAI:
 
 
 def bare(gateway: dict[str, Any]) -> OpenAI:
-    return OpenAI(base_url=gateway["engine_url"] + "/v1", api_key="unused", max_retries=0)
+    return OpenAI(base_url=gateway["engine_url"] + "/v1", api_key=gateway["engine_key"],
+                  max_retries=0)
 
 
 CHAT = [{"role": "user", "content": "Tell me about the sea."}]
@@ -125,7 +126,11 @@ def test_embeddings_from_a_pooling_model(client: OpenAI) -> None:
 def test_responses_api_relayed_like_bare_vllm(gateway: dict[str, Any]) -> None:
     body = {"model": "tiny", "input": "Hello", "max_output_tokens": 8, "temperature": 0}
     ours = _post(gateway, body, path="/v1/responses")
-    theirs = httpx.post(gateway["engine_url"] + "/v1/responses", json=body, timeout=60)
+    theirs = httpx.post(gateway["engine_url"] + "/v1/responses", json=body, timeout=60,
+                        headers={"authorization": f"Bearer {gateway['engine_key']}"})
+    # the engine itself refuses anyone without its secret (VLLM_API_KEY, set by llmserve)
+    refused = httpx.post(gateway["engine_url"] + "/v1/responses", json=body, timeout=60)
+    assert refused.status_code == 401 and refused.json() == {"error": "Unauthorized"}
     assert ours.status_code == theirs.status_code == 200, ours.text
     def texts(response: httpx.Response) -> list[str]:
         return [part["text"] for item in response.json()["output"]
@@ -265,3 +270,4 @@ def test_engine_crash_gives_clear_503_then_recovers(client: OpenAI,
     restarted = serve.get_deployment_handle("LLMServer:tiny").endpoint.remote().result()
     assert restarted.restarts == 1 and restarted.pid != info.pid
     gateway["engine_url"] = restarted.url
+    assert restarted.api_key == gateway["engine_key"]  # the replica keeps its secret

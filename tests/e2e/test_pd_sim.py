@@ -145,9 +145,14 @@ def decode_external_hits() -> float:
                for info in engine_infos("LLMServer:decode:sim"))
 
 
+def aggregated_key() -> str:
+    """The secret that engine demands (llmserve gave it one)."""
+    return str(engine_infos("LLMServer:decode:sim")[0].api_key)  # type: ignore[attr-defined]
+
+
 def test_answers_equal_aggregated_serving(pd_url: str) -> None:
     pd = OpenAI(base_url=f"{pd_url}/v1", api_key="x", max_retries=0)
-    agg = OpenAI(base_url=f"{aggregated_url()}/v1", api_key="x", max_retries=0)
+    agg = OpenAI(base_url=f"{aggregated_url()}/v1", api_key=aggregated_key(), max_retries=0)
     for client_kind in ("chat", "completions"):
         answers = []
         for client in (pd, agg):
@@ -172,7 +177,7 @@ def test_answers_equal_aggregated_serving(pd_url: str) -> None:
 def test_stream_with_usage_equals_aggregated(pd_url: str) -> None:
     results = []
     for base in (pd_url, aggregated_url()):
-        client = OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+        client = OpenAI(base_url=f"{base}/v1", api_key=aggregated_key(), max_retries=0)
         stream = client.chat.completions.create(
             model="sim", messages=CHAT, max_tokens=9, temperature=0, stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True})
@@ -201,7 +206,8 @@ def test_prefill_error_reaches_the_client_as_that_error(pd_url: str) -> None:
     response = httpx.post(f"{pd_url}/v1/chat/completions", timeout=30,
                           json={"model": "sim", "messages": "not a list", "max_tokens": 2})
     agg = httpx.post(f"{aggregated_url()}/v1/chat/completions", timeout=30,
-                     json={"model": "sim", "messages": "not a list", "max_tokens": 2})
+                     json={"model": "sim", "messages": "not a list", "max_tokens": 2},
+                     headers={"authorization": f"Bearer {aggregated_key()}"})
     assert response.status_code == agg.status_code
     assert 400 <= response.status_code < 500
     assert response.json()["error"]["type"] == agg.json()["error"]["type"]

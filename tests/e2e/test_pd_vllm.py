@@ -46,7 +46,8 @@ def pd() -> Iterator[dict[str, Any]]:
                                    "request_timeout_s": 120}), port=0)
     prefill = serve.get_deployment_handle("LLMServer:prefill:tiny").endpoint.remote().result()
     decode = serve.get_deployment_handle("LLMServer:decode:tiny").endpoint.remote().result()
-    yield {"url": serve.http_url(), "prefill": prefill.url, "decode": decode.url}
+    yield {"url": serve.http_url(), "prefill": prefill.url, "decode": decode.url,
+           "prefill_key": prefill.api_key}
     serve.shutdown()
 
 
@@ -59,8 +60,9 @@ def prompt(tag: str) -> str:
     return " ".join(f"{tag}{i}" for i in range(90))
 
 
-def complete(base_url: str, kind: str, text: str, stream: bool) -> tuple[str, int, int]:
-    client = OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
+def complete(base_url: str, kind: str, text: str, stream: bool,
+             key: str = "x") -> tuple[str, int, int]:
+    client = OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=120)
     if kind == "chat":
         messages = [{"role": "user", "content": text}]
         if stream:
@@ -95,7 +97,7 @@ def test_greedy_output_equals_aggregated_and_decode_loads_the_kv(
     hits_before = engine_metric(pd["decode"], EXTERNAL_HITS)
     split = complete(pd["url"], kind, text, stream)
     hits = engine_metric(pd["decode"], EXTERNAL_HITS) - hits_before
-    aggregated = complete(pd["prefill"], kind, text, stream)
+    aggregated = complete(pd["prefill"], kind, text, stream, pd["prefill_key"])
     assert split == aggregated
     assert split[2] == 8
     # every prompt token but the last (recomputed for its logits) came from the prefill

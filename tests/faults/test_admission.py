@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,7 @@ def limited(model_dir: str, tmp_path_factory: pytest.TempPathFactory
         {"key": "rpm-key", "name": "three-a-minute", "requests_per_minute": 3},
         {"key": "tpm-key", "name": "few-tokens", "tokens_per_minute": 10},
         {"key": "other-key", "name": "other-models", "models": ["not-sim"]},
+        {"key": "burst-key", "name": "burst", "tokens_per_minute": 1000},
     ]}))
     gateway = Gateway([engine.url], gateway_log(tmp_path_factory),
                       args=["--api-key-file", str(keys)])
@@ -69,6 +71,28 @@ def test_tokens_per_minute_per_key(limited: tuple[Gateway, SimEngine]) -> None:
     assert over.status_code == 429
     assert "tokens per minute" in over.json()["error"]["message"]
     assert int(over.headers["retry-after"]) >= 1
+
+
+def test_concurrent_requests_cannot_together_overdraw_tokens_per_minute(
+        limited: tuple[Gateway, SimEngine]) -> None:
+    """Ten requests at once, each able to use ~230 tokens, on a key with 1000 a minute:
+    each holds its estimate (body bytes / 4 + max_tokens) from admission on, so only as
+    many run as the budget covers, and together they use no more than it."""
+    gateway, engine = limited
+    fds = gateway.open_fds()
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 200, "ignore_eos": True}
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: httpx.post(
+            f"{gateway.url}/v1/chat/completions", json=body, headers=auth("burst-key"),
+            timeout=60), range(10)))
+    done = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(done) + len(refused) == 10
+    assert 1 <= len(done) <= 4, [a.status_code for a in answers]
+    assert all(r.json()["error"]["code"] == "rate_limit_exceeded" for r in refused)
+    used = sum(a.json()["usage"]["total_tokens"] for a in done)
+    assert used <= 1000, used
+    assert_invariants(gateway, [engine], fds)
 
 
 def test_model_allow_list(limited: tuple[Gateway, SimEngine]) -> None:

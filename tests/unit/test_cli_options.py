@@ -109,3 +109,8 @@ def test_every_option_of_every_command_has_help() -> None:
     missing = {name: [a.dest for a in sub._actions if not a.help]
                for name, sub in commands.choices.items()}
     assert {name: dests for name, dests in missing.items() if dests} == {}
+
+
+def test_worker_api_key_needs_worker_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_serve(["/m", "--engine", "sim", "--worker-api-key", "k"], capsys)
+    assert "--worker-api-key needs --worker-urls" in err

@@ -34,7 +34,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     serve.run(build_openai_app({"llm_configs": [config]}), port=0)
     engine = serve.get_deployment_handle("LLMServer:tiny").endpoint.remote().result()
     yield {"url": serve.http_url(), "folder": folder, "source": model_dir / "loras" / "lora-0",
-           "engine_url": engine.url}
+           "engine_url": engine.url, "engine_key": engine.api_key}
     serve.shutdown()
 
 
@@ -48,7 +48,8 @@ def ask(client: OpenAI, model: str) -> str:
 
 
 def engine_adapters(gateway: dict[str, Any]) -> list[str]:
-    data = httpx.get(gateway["engine_url"] + "/v1/models").json()["data"]
+    data = httpx.get(gateway["engine_url"] + "/v1/models", headers={
+        "authorization": f"Bearer {gateway['engine_key']}"}).json()["data"]
     return sorted(card["id"] for card in data if card.get("parent"))
 
 

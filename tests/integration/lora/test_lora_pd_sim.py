@@ -103,8 +103,15 @@ def engine_url(role: str) -> str:
     return str(handle.endpoint.remote().result().url)
 
 
+def engine_auth(role: str) -> dict[str, str]:
+    """The header with the secret the engine demands (llmserve gave it one)."""
+    handle = serve.get_deployment_handle(f"LLMServer:{role}:tiny")
+    return {"authorization": f"Bearer {handle.endpoint.remote().result().api_key}"}
+
+
 def loaded(role: str) -> set[str]:
-    cards = httpx.get(f"{engine_url(role)}/v1/models", timeout=10).json()["data"]
+    cards = httpx.get(f"{engine_url(role)}/v1/models", timeout=10,
+                      headers=engine_auth(role)).json()["data"]
     return {card["id"] for card in cards if card.get("parent")}
 
 
@@ -186,7 +193,7 @@ def test_an_engine_that_lost_the_adapter_gets_it_loaded_again(
     loads = metric(gateway, "llmserve_lora_adapter_loads_total", model_name="tiny:lora-1")
     for role in ("prefill", "decode"):  # behind the gateway's back, as an engine restart
         gone = httpx.post(f"{engine_url(role)}/v1/unload_lora_adapter", timeout=10,
-                          json={"lora_name": "tiny:lora-1"})
+                          json={"lora_name": "tiny:lora-1"}, headers=engine_auth(role))
         assert gone.status_code == 200, gone.text
     # each engine answers 404 once; the gateway loads the adapter there again and retries
     assert answer(client, "tiny:lora-1", "chat", stream=True) == \

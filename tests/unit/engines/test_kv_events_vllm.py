@@ -76,3 +76,40 @@ def test_sequence_numbers_and_endpoints() -> None:
             ZmqEventPublisher.offset_endpoint_port(endpoint, k)
     assert kv_events.connect_address("tcp://*:5557", "10.1.2.3") == "tcp://10.1.2.3:5557"
     assert kv_events.connect_address("tcp://10.0.0.9:1", "x") == "tcp://10.0.0.9:1"
+
+
+def test_vllms_publisher_binds_the_address_llmserve_gives_it_only() -> None:
+    """vLLM binds its PUB socket only on an endpoint with ``*`` or ``::``: the IPv4-mapped
+    form llmserve writes binds 127.0.0.1 alone, and a subscriber there gets the events."""
+    import time
+
+    import psutil
+    import zmq
+    from vllm.distributed.kv_events import AllBlocksCleared, KVEventBatch, ZmqEventPublisher
+
+    from llmserve.llm.kv_events_config import with_kv_events
+
+    kwargs, addresses = with_kv_events("vllm", {}, "127.0.0.1", {})
+    assert addresses is not None
+    config = kwargs["kv_events_config"]
+    assert "*" not in config["endpoint"] and "*" not in config["replay_endpoint"]
+    publisher = ZmqEventPublisher(0, config["endpoint"], config["replay_endpoint"],
+                                  topic=config["topic"])
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    try:
+        ports = [int(a.rsplit(":", 1)[1]) for a in addresses[:2] if a]
+        listening = {c.laddr.port: c.laddr.ip for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port in ports}
+        assert listening == dict.fromkeys(ports, "127.0.0.1")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(addresses[0])
+        deadline = time.monotonic() + 10
+        while not sub.poll(50):
+            assert time.monotonic() < deadline, "no event reached the subscriber"
+            publisher.publish(KVEventBatch(ts=time.time(), events=[AllBlocksCleared()]))
+        topic, _, payload = sub.recv_multipart()
+        assert topic == config["topic"].encode()
+        assert kv_events.decode_batch(payload).events == [kv_events.AllBlocksCleared()]
+    finally:
+        sub.close(linger=0)
+        publisher.shutdown()

@@ -191,3 +191,25 @@ async def test_engine_stops_when_its_guard_is_sigkilled(tmp_path: Path) -> None:
         await eventually_async(lambda: not pid_alive(engine))
     finally:
         await process.stop()
+
+
+def test_an_engine_starts_under_uvloop_in_its_own_group_of_the_gateways_session(
+        tmp_path: Path) -> None:
+    """The serving loop is uvloop: the guard must start there too, leading its own process
+    group (for stop) inside the gateway's session (the scheduler shares the CPU fairly
+    only within one session)."""
+    import uvloop
+
+    async def main() -> None:
+        process = EngineProcess([sys.executable, "-c", "import time; time.sleep(30)"],
+                                name="uvloop", log_path=tmp_path / "uvloop.log")
+        await process.start()
+        try:
+            assert process.pid is not None and process.is_alive
+            assert os.getpgid(process.pid) == process.pid
+            assert os.getsid(process.pid) == os.getsid(0)
+        finally:
+            await process.stop()
+        assert not process.is_alive
+
+    uvloop.run(main())
