@@ -106,12 +106,16 @@ class VllmEngine:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.lora_enabled(spec):
             env[RUNTIME_LORA_ENV] = "True"
-        env.update(side_channel_env(spec.engine_kwargs, spec.host, spec.env))
-        env.update(cpu_threads_env(spec.engine_kwargs, {**env, **spec.env}))
+        env.update(self.connector_env(spec, env))
         env.update(spec.env)
         if spec.api_key:
             env[API_KEY_ENV] = spec.api_key
         return env
+
+    def connector_env(self, spec: EngineSpec, env: dict[str, str]) -> dict[str, str]:
+        """NIXL's side channel and, on the CPU build, OpenMP settings for a NIXL engine."""
+        return {**side_channel_env(spec.engine_kwargs, spec.host, spec.env),
+                **cpu_threads_env(spec.engine_kwargs, {**env, **spec.env})}
 
     def lora_enabled(self, spec: EngineSpec) -> bool:
         enable = {key.replace("_", "-"): value for key, value in spec.engine_kwargs.items()}
@@ -142,13 +146,9 @@ class SimEngine(VllmEngine):
 
     name = "sim"
 
-    def env(self, spec: EngineSpec) -> dict[str, str]:
-        """vLLM's, without NIXL's side channel and OpenMP settings (it runs no NIXL)."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.lora_enabled(spec):
-            env[RUNTIME_LORA_ENV] = "True"
-        env.update(spec.env)
-        return env
+    def connector_env(self, spec: EngineSpec, env: dict[str, str]) -> dict[str, str]:
+        """None: the simulator runs no NIXL."""
+        return {}
 
     def command(self, spec: EngineSpec) -> list[str]:
         return [
