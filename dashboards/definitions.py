@@ -112,10 +112,13 @@ GATEWAY = (
               (Query(f"sum(rate(llmserve_pd_kv_blocks_handed_off_total{{{M}}}{RATE}))",
                      "blocks"),), "ops",
               "KV blocks the prefill engines offered to decode engines."),
-    PanelSpec("P/D: decode retries",
-              (rate_by("llmserve_pd_decode_retries_total", "model_name"),), "ops",
-              "Decode requests sent to another decode replica because the first was "
-              "unreachable."),
+    PanelSpec("P/D: retries",
+              (Query("sum by (model_name) (rate(llmserve_pd_prefill_retries_total"
+                     f"{{{M}}}{RATE}))", "prefill {{model_name}}"),
+               Query("sum by (model_name) (rate(llmserve_pd_decode_retries_total"
+                     f"{{{M}}}{RATE}))", "decode {{model_name}}")), "ops",
+              "Prefills sent to another prefill replica (the first failed before answering) "
+              "and decodes sent to another decode replica (the first was unreachable)."),
 )
 
 ENGINES = (

@@ -38,11 +38,12 @@ SHIPPED_CONFIG = ROOT / "dashboards" / "prometheus" / "prometheus.yml"
 KEY = "dashboard-test-key"
 # panels whose data needs what this test does not cause
 NOT_EXERCISED = {
-    "P/D: decode retries": "needs a decode replica that cannot be reached (test_pd_sim.py)",
+    "P/D: retries": "needs a P/D replica that fails or cannot be reached (test_pd_faults.py)",
 }
 # catalogued metrics this test does not cause (their panels are listed above)
 NOT_EXPORTED_HERE = {
     "llmserve_pd_decode_retries_total": "needs a decode replica that cannot be reached",
+    "llmserve_pd_prefill_retries_total": "needs a prefill replica failing mid-prefill",
 }
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None,
