@@ -89,9 +89,13 @@ class Boom:
         raise ValueError("this deployment always fails")
 
 
+BUCKET = "dashboard-adapters"
+
+
 @pytest.fixture(scope="module")
 def s3_adapters() -> Iterator[str]:
-    """Two adapters and one that fails to load, in a bucket of a moto S3 server."""
+    """Two adapters and one that fails to load, in a bucket of a moto S3 server (moto keeps
+    every server's buckets in one process-wide store: the bucket's name is this test's)."""
     moto_server = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
     port = free_port()
@@ -104,16 +108,16 @@ def s3_adapters() -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-    client.create_bucket(Bucket="adapters")
+    client.create_bucket(Bucket=BUCKET)
     loras = tiny_model_with_loras(num_loras=2) / "loras"
     for name, source in (("a0", "lora-0"), ("a1", "lora-1"), ("garbled", "lora-0")):
         for path in sorted((loras / source).iterdir()):
             body = path.read_bytes()
             if name == "garbled" and path.name == "adapter_config.json":
                 body = b'{"r": 8, "peft_type": '
-            client.put_object(Bucket="adapters", Key=f"loras/{name}/{path.name}", Body=body)
+            client.put_object(Bucket=BUCKET, Key=f"loras/{name}/{path.name}", Body=body)
     try:
-        yield "s3://adapters/loras"
+        yield f"s3://{BUCKET}/loras"
     finally:
         server.stop()
         shutil.rmtree(cache, ignore_errors=True)

@@ -29,7 +29,10 @@ def test_pd_app_on_ray_scales_each_pool_by_its_own_config(ray_serve: RayCluster)
         "ingress_deployment_config": small})
     serve.run(app, port=0, runtime="ray")
     url = str(serve.http_url())
-    client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    # one connection for everything: on Ray the node's proxies share the port, each with its
+    # own ingress and metrics, and a new connection may land on another one
+    http = httpx.Client(limits=httpx.Limits(max_connections=1), timeout=30)
+    client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, http_client=http)
     for _ in range(3):
         out = client.completions.create(model="sim", prompt="hello " * 30, max_tokens=4)
         assert out.usage is not None and out.usage.completion_tokens == 4
@@ -42,7 +45,7 @@ def test_pd_app_on_ray_scales_each_pool_by_its_own_config(ray_serve: RayCluster)
     deadline = time.monotonic() + 10  # the stream's bookkeeping ends just after its bytes
     ok = 0.0
     while time.monotonic() < deadline and ok < 4:
-        text = httpx.get(f"{url}/metrics", timeout=10).text
+        text = http.get(f"{url}/metrics").text
         ok = metric(text, "llmserve_pd_requests_total", model_name="sim", outcome="ok")
         time.sleep(0.1)
     assert ok == 4
