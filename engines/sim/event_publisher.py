@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from engines.sim.flag_json import json_object
 from engines.sim.kv_cache import CacheEvent, RemovedBlock, StoredBlocks
 
 
@@ -52,13 +52,7 @@ class KVEventsConfig:
 
     @classmethod
     def from_json(cls, text: str) -> KVEventsConfig:
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise KVEventsConfigError(f"--kv-events-config is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise KVEventsConfigError("--kv-events-config must be a JSON object")
-        return cls.from_mapping(value)
+        return cls.from_mapping(json_object(text, "--kv-events-config", KVEventsConfigError))
 
     @classmethod
     def from_mapping(cls, value: Mapping[str, Any]) -> KVEventsConfig:

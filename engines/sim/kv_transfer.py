@@ -20,11 +20,12 @@ compatibility: the transfer time comes from the profile's hardware either way.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from engines.sim.flag_json import json_object
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,7 @@ class KVTransferConfig:
     def from_json(cls, text: str | None) -> KVTransferConfig | None:
         if text is None:
             return None
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise KVTransferConfigError(f"--kv-transfer-config is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise KVTransferConfigError("--kv-transfer-config must be a JSON object")
-        return cls.from_mapping(value)
+        return cls.from_mapping(json_object(text, "--kv-transfer-config", KVTransferConfigError))
 
     @classmethod
     def from_mapping(cls, value: Mapping[str, Any]) -> KVTransferConfig:
