@@ -240,13 +240,13 @@ class EngineDirectory:
         self.keys = EngineKeys()  # every engine call through `client` sends its engine's key
         self.client = httpx.AsyncClient(trust_env=False, verify=client_ssl_context(),
                                         auth=self.keys)
+        self._task: asyncio.Task[None] | None = None
         self.sync_keys()
 
     def sync_keys(self) -> None:
         self.keys.replace_all([*self.worker_keys,
                                *((e.url, e.api_key) for pool in self.pools.values()
                                  for e in pool.endpoints.values())])
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

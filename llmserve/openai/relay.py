@@ -34,6 +34,7 @@ from llmserve.openai.upstream import (
 
 log = logging.getLogger("llmserve.openai")
 EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
+DONE_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
 
 
 class EngineConnectError(Exception):
@@ -149,11 +150,15 @@ class RelayedStream(Response):
             relay = asyncio.ensure_future(writer.run())
             await asyncio.wait({relay, leaving}, return_when=asyncio.FIRST_COMPLETED)
             if not relay.done():
-                outcome.disconnected = True
-                log.info("client left mid-stream; aborting the engine request")
                 relay.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await relay
+                if writer.done_delivered:  # the client read everything (the sync openai
+                    # client closes at [DONE], before the engine's body ends)
+                    outcome.usage = _usage_from_sse(writer.previous + writer.last)
+                    return
+                outcome.disconnected = True
+                log.info("client left mid-stream; aborting the engine request")
                 return
             error = relay.exception()
             if error is None:
@@ -193,6 +198,7 @@ class Writer:
         self.upstream = upstream
         self.previous = self.last = b""  # the end of the stream holds the usage event
         self.partial = b""  # the start of an event not yet complete
+        self.done_delivered = False  # the final [DONE] event went to the client
 
     def note(self, piece: bytes) -> None:
         if self.outcome.first_chunk_s is None:
@@ -239,6 +245,8 @@ class DirectWriter(Writer):
             if not piece:
                 return
         transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        if piece.endswith(DONE_EVENTS):
+            self.done_delivered = True
         if self.flow.write_paused and self._resuming is None:
             self.upstream.conn.pause_reading()  # a slow client slows the engine socket
             self._resuming = asyncio.ensure_future(self._resume_when_drained())
@@ -319,8 +327,10 @@ class AsgiWriter(Writer):
 
     async def _flush(self) -> None:
         while self.queue:
-            await self.send({"type": "http.response.body", "body": self.queue.popleft(),
-                             "more_body": True})
+            piece = self.queue.popleft()
+            await self.send({"type": "http.response.body", "body": piece, "more_body": True})
+            if piece.endswith(DONE_EVENTS):
+                self.done_delivered = True
         if self._paused:
             self._paused = False
             self.upstream.conn.resume_reading()

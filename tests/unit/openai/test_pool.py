@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from engines.registry import make_engine
-from llmserve.openai.pool import ModelPool, make_pool
+from llmserve.openai.pool import EngineDirectory, ModelPool, make_pool
 from routing import RouteRequest
 from tests.unit.routing.test_dispatch import Recording
 
@@ -48,3 +50,13 @@ def test_make_pool_reads_the_policy_and_drops_block_size_it_does_not_take() -> N
     pool = make_pool("m", "sim", {"policy": "round_robin", "block_size": 32,
                                   "tokenizer_source": "x"}, urls=("http://a",))
     assert type(pool.policy).__name__ == "RoundRobinPolicy" and not pool.policy.needs_prompt
+
+
+async def test_closing_the_directory_stops_its_refresh_task_after_refreshes() -> None:
+    pool, _ = pool_of("http://127.0.0.1:9")  # nothing listens: stats fail, the loop goes on
+    directory = EngineDirectory({"m": pool}, refresh_s=0.01)
+    directory.start()
+    task = directory._task
+    await asyncio.sleep(0.1)  # several refreshes, each syncing the engine keys
+    await directory.close()
+    assert task is not None and task.done()

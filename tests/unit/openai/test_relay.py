@@ -64,6 +64,7 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         await asyncio.sleep(ask.get("gap_s", 0))
     if ask.get("die_mid_event"):
         raise ConnectionError("engine died")
+    await asyncio.sleep(ask.get("end_gap_s", 0))  # [DONE] sent, the body not ended yet
     writer.write(b"0\r\n\r\n")
     await writer.drain()
 
@@ -223,3 +224,32 @@ async def test_a_client_leaving_a_plain_asgi_stream_leaves_no_task_behind(
         server.should_exit = True
         await task
         await app.relay.close()
+
+
+@pytest.mark.parametrize("plain_asgi", [False, True], ids=["direct", "plain-asgi"])
+async def test_a_client_closing_after_done_has_a_complete_stream(engine_url: str,
+                                                                 plain_asgi: bool) -> None:
+    """The official sync client closes the connection as soon as it reads ``[DONE]``,
+    maybe before the engine ends its body: the request succeeded all the same."""
+    app = Gateway(engine_url, plain_asgi)
+    server, task, url = await serve_gateway(app)
+    try:
+        async with httpx.AsyncClient() as client, \
+                client.stream("POST", url, json={"count": 3, "size": 10,
+                                                 "end_gap_s": 1.0}) as response:
+            got = b""
+            async for part in response.aiter_raw():
+                got += part
+                if got.endswith(b"data: [DONE]\n\n"):
+                    break  # leaves, as openai's Stream does
+        deadline = asyncio.get_running_loop().time() + 3
+        while app.outcomes == [] and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        server.should_exit = True
+        await task
+        await app.relay.close()
+    assert got == b"".join(sse_pieces(3, 10))
+    [outcome] = app.outcomes
+    assert not outcome.disconnected and outcome.error is None and outcome.status == 200
+    assert outcome.usage == USAGE
