@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -10,15 +12,27 @@ def free_port() -> int:
 
 
 def free_port_run(count: int) -> int:
-    """A free port whose next ``count - 1`` ports are free too (replica k of a simulated
-    cluster publishes KV events on base + k)."""
-    for _ in range(50):
-        base = free_port()
+    """A run of ``count`` free ports (replica k of a simulated cluster publishes KV events
+    on base + k), below the kernel's ephemeral range: a port the kernel hands out for
+    ``bind(0)`` (another server's, in the same test) can never fall inside the run."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, low - count)
         try:
-            for k in range(1, count):
+            for k in range(count):
                 with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", base + k))
+                    sock.bind(("", base + k))  # every interface, as the publishers bind
             return base
         except OSError:
             continue
     raise RuntimeError("no run of free ports")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where ``bind(0)`` picks)."""
+    try:
+        return max(12_000, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+                               .split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
