@@ -51,7 +51,7 @@ engines publish KV-cache events answer from what they really hold (shared by eve
 of the model, whichever sent the prompts), plus the prompts this router sent them that
 they have not reported yet (:mod:`routing.inflight_prefixes`); the others keep the
 approximate index. A new prefix then goes, among equals, to the replica whose cache is
-least crowded (blocks held, recent evictions, KV usage: ``_cache_pressure``), so groups
+least crowded (blocks held plus recent evictions, scaled up by its KV usage), so groups
 spread before they evict each other.
 """
 
@@ -68,7 +68,6 @@ from routing.block_hash import BlockHash, HashFn, block_hashes, text_token_ids
 from routing.decision import RoutingDecision
 from routing.inflight_prefixes import InflightPrefixes
 from routing.kv_cache_view import ClusterCacheView
-from routing.load import replica_load
 from routing.policy import Candidate, RouteRequest, RoutingPolicy
 from routing.prefix_index import PrefixIndex
 
@@ -199,7 +198,18 @@ class PrefixAwarePolicy(RoutingPolicy):
         (this runs per request: 64 replicas cost ~20 µs here, most of a decision)."""
         if not candidates:
             return []
-        loads = [replica_load(c) for c in candidates]
+        # one pass for the loads (replica_load, inlined: this runs per candidate) and the
+        # router's and the engines' totals
+        loads: list[float] = []
+        own = 0
+        engines = 0.0
+        for c in candidates:
+            stats = c.stats
+            engine = stats.get("num_running", 0.0) + stats.get("num_waiting", 0.0)
+            ongoing = c.num_ongoing
+            own += ongoing
+            engines += engine
+            loads.append(float(ongoing) if ongoing > engine else engine)
         min_load = min(loads)
         # is_overloaded(load, min_load, abs, rel), as one bound: load > bound
         bound = max(min_load + self.balance_abs_threshold, min_load * self.balance_rel_threshold)
@@ -207,8 +217,8 @@ class PrefixAwarePolicy(RoutingPolicy):
         index = self.indexes.get(match.index_key) if match is not None else None
         cached: Mapping[str, float] = index.blocks_per_replica if index is not None else {}
         view = self.kv_view
-        if view is not None and view.has_live:
-            cached = _cache_pressure(view, candidates, cached)
+        # event-fed replicas: how crowded their caches are (blocks held + recent evictions)
+        pressures = view.pressures() if view is not None and view.has_live else None
         recent = self._recent_counts
         shares = [recent.get(c.replica_id, 0) for c in candidates]
         # full: sent more than share_bound x the mean of the recent decisions, while the
@@ -217,8 +227,8 @@ class PrefixAwarePolicy(RoutingPolicy):
         # with several ingresses each sees a part of the traffic, and its counts of a few
         # decisions are noisy: over the cap by share_margin standard deviations (scaled by
         # the part it does not see; a lone router keeps the cap as it is)
-        share_cap += self.share_margin * self._unseen(candidates, loads) * math.sqrt(share_cap)
-        if not is_busy(candidates, loads):
+        share_cap += self.share_margin * self._unseen(own, engines) * math.sqrt(share_cap)
+        if not (own or sum(loads) >= len(candidates)):  # not is_busy(candidates, loads)
             share_cap = float("inf")
         # a private prefix (a conversation's own history: no other recent request matched
         # this deep) stays where it is cached; the share guard moves shared prefixes only
@@ -235,29 +245,38 @@ class PrefixAwarePolicy(RoutingPolicy):
                 private, warming = depth, spilled[0]
         rand = self._rng.random
         prefilling = self._prefilling if self.prefill_aware else {}
+        # bound lookups: this loop runs per candidate, per request
+        held_of = blocks.get if blocks else _nothing
+        queued_of = prefilling.get if prefilling else _nothing
+        cached_of = cached.get if cached else _nothing
+        pressure_of = pressures.get if pressures else _none
         keyed = []
-        for i, (c, load, share) in enumerate(zip(candidates, loads, shares, strict=True)):
+        for i, c in enumerate(candidates):
             rid = c.replica_id
-            held: float = blocks.get(rid, 0) if blocks else 0
-            full = load > bound or (share > share_cap and held != private)
+            load = loads[i]
+            held: float = held_of(rid, 0)
+            full = load > bound or (shares[i] > share_cap and held != private)
             if rid == warming:
                 held -= 0.5  # after the holders that have computed it, before the rest
-            queued = prefilling.get(rid, 0) if prefilling else 0
             # an adapter request: where it is resident first; else where a load costs least
             miss = adapter is not None and adapter not in c.model_ids
-            slots = len(c.model_ids) if miss else 0
-            keyed.append((full, miss, -held, slots, queued, load, cached.get(rid, 0), rand(), i))
+            crowding = pressure_of(rid, None)
+            if crowding is None:
+                crowding = cached_of(rid, 0)
+            else:  # blocks held + recent evictions, scaled up by the KV usage (0..1)
+                usage = c.stats.get("kv_cache_usage", 0.0)
+                crowding *= 2.0 if usage >= 1.0 else 1.0 + usage if usage > 0.0 else 1.0
+            keyed.append((full, miss, -held, len(c.model_ids) if miss else 0, queued_of(rid, 0),
+                          load, crowding, rand(), i))
         keyed.sort()
         self.last_decision = self._explain(depth, blocks, candidates[keyed[0][-1]].replica_id,
                                            candidates, loads, bound)
         return [candidates[k[-1]] for k in keyed]
 
-    def _unseen(self, candidates: Sequence[Candidate], loads: Sequence[float]) -> float:
+    def _unseen(self, own: int, engines: float) -> float:
         """The part of the cluster's requests in flight that this router did not send
-        (0 alone; about 1 - 1/N behind N routers), from the engines' own counts."""
-        own = sum(c.num_ongoing for c in candidates)
-        engines = sum(c.stats.get("num_running", 0.0) + c.stats.get("num_waiting", 0.0)
-                      for c in candidates)
+        (0 alone; about 1 - 1/N behind N routers), from the engines' own counts: ``own``
+        is this router's requests in flight, ``engines`` the engines' running + waiting."""
         alpha = 1.0 / max(1, self.share_window)
         self._own_load += alpha * (own - self._own_load)
         self._engine_load += alpha * (engines - self._engine_load)
@@ -365,22 +384,12 @@ class PrefixAwarePolicy(RoutingPolicy):
                 _increment(self._recent_matches, old_match, -1)
 
 
-def _cache_pressure(view: ClusterCacheView, candidates: Sequence[Candidate],
-                    approximate: Mapping[str, float]) -> dict[str, float]:
-    """How crowded each candidate's cache is, for placing a new prefix: an event-fed
-    replica's blocks held plus its recent evictions, scaled up by its KV usage (blocks
-    running requests pin); the approximate count of blocks sent for the others."""
-    pressures = view.pressures()
-    out: dict[str, float] = {}
-    for c in candidates:
-        rid = c.replica_id
-        pressure = pressures.get(rid)
-        if pressure is not None:
-            usage = min(1.0, max(0.0, c.stats.get("kv_cache_usage", 0.0)))
-            out[rid] = pressure * (1.0 + usage)
-        else:
-            out[rid] = approximate.get(rid, 0)
-    return out
+def _nothing(key: Any, default: int) -> int:
+    return default
+
+
+def _none(key: Any, default: None) -> None:
+    return None
 
 
 def _increment(counts: dict[Any, int], key: Any, by: int) -> None:
