@@ -39,28 +39,43 @@ def header_read_timeout_s() -> float:
 
 
 def with_header_deadline(base: type[Any], timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class ``base`` (h11 or httptools) with the deadline."""
+    """uvicorn's HTTP protocol class ``base`` (h11 or httptools) with the deadline.
+
+    A connection notes when it began waiting for a request's headers; one timer per
+    class (one class per proxy) closes those waiting past ``timeout_s``, checking every
+    ``timeout_s / 4`` (at most every second) while connections are open, so a request
+    costs a clock read, not a timer armed and cancelled."""
+    sweep_s = min(1.0, timeout_s / 4)
 
     class HeaderDeadline(base):  # type: ignore[misc, valid-type]
-        _head_timer: asyncio.TimerHandle | None = None
-        _head_cycle: Any = None  # the request in progress when the timer was armed
+        _waiting: set[Any]  # open connections (the class's sweep checks them)
+        _sweep_timer: asyncio.TimerHandle | None = None
+        _head_since: float | None = None  # loop time the headers began to be awaited
+        _head_cycle: Any = None  # the request in progress when they did
         _head_bytes = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            cls = type(self)
+            cls._waiting.add(self)
             self._arm()
+            if cls._sweep_timer is None:
+                cls._sweep_timer = self.loop.call_later(sweep_s, cls._sweep, self.loop)
 
         def data_received(self, data: bytes) -> None:
-            if self._awaiting_head():
-                if self._head_timer is None:
+            if self._head_since is None:
+                if self._awaiting_head():
                     self._arm()  # the first byte of the next request
+                    self._head_bytes = True
+            elif not self._head_bytes:
                 self._head_bytes = True
             super().data_received(data)
-            if self._head_timer is not None and not self._awaiting_head():
-                self._disarm()  # the headers are in: a request cycle started
+            if self._head_since is not None and not self._awaiting_head():
+                self._head_since = None  # the headers are in: a request cycle started
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            self._head_since = None
+            type(self)._waiting.discard(self)
             super().connection_lost(exc)
 
         def _awaiting_head(self) -> bool:
@@ -68,18 +83,21 @@ def with_header_deadline(base: type[Any], timeout_s: float) -> type[asyncio.Prot
             return cycle is None or cycle is self._head_cycle or cycle.response_complete
 
         def _arm(self) -> None:
-            self._disarm()
             self._head_cycle = self.cycle
             self._head_bytes = False
-            self._head_timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
+            self._head_since = self.loop.time()
 
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+        @classmethod
+        def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+            late = loop.time() - timeout_s
+            for protocol in [p for p in cls._waiting
+                             if p._head_since is not None and p._head_since <= late]:
+                protocol._expire()
+            cls._sweep_timer = (loop.call_later(sweep_s, cls._sweep, loop) if cls._waiting
+                                else None)
 
         def _expire(self) -> None:
-            self._head_timer = None
+            self._head_since = None
             transport = self.transport
             if not self._awaiting_head() or transport.is_closing():
                 return
@@ -87,6 +105,7 @@ def with_header_deadline(base: type[Any], timeout_s: float) -> type[asyncio.Prot
                 transport.write(TIMED_OUT)
             transport.close()
 
+    HeaderDeadline._waiting = set()
     HeaderDeadline.__name__ = f"HeaderDeadline{base.__name__}"
     return HeaderDeadline
 

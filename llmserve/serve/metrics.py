@@ -13,7 +13,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,24 +42,40 @@ LATENCY = Histogram("llmserve_serve_deployment_processing_latency_seconds",
                     LABELS, buckets=LATENCY_BUCKETS_S, registry=SERVE_REGISTRY)
 
 
-@contextmanager
-def observe_request(application: str, deployment: str) -> Iterator[None]:
-    """Count one request to a replica; a replica that never started it is not counted."""
-    started = time.monotonic()
-    try:
-        yield
-    except ReplicaUnavailableError:
-        raise
-    except BaseException:
-        ERRORS.labels(application, deployment).inc()
-        _finish(application, deployment, started)
-        raise
-    _finish(application, deployment, started)
+def observe_request(application: str, deployment: str) -> _Observed:
+    """Count one request to a replica; a replica that never started it is not counted.
+    A context manager around the call (a class, not a generator: it runs per request)."""
+    series = _SERIES.get((application, deployment))
+    if series is None:
+        series = _SERIES[(application, deployment)] = (
+            REQUESTS.labels(application, deployment), ERRORS.labels(application, deployment),
+            LATENCY.labels(application, deployment))
+    return _Observed(series)
 
 
-def _finish(application: str, deployment: str, started_s: float) -> None:
-    REQUESTS.labels(application, deployment).inc()
-    LATENCY.labels(application, deployment).observe(time.monotonic() - started_s)
+# each deployment's children of the three metrics (labels() takes a lock and builds a key)
+_SERIES: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
+
+
+class _Observed:
+    __slots__ = ("series", "started_s")
+
+    def __init__(self, series: tuple[Counter, Counter, Histogram]) -> None:
+        self.series = series
+        self.started_s = 0.0
+
+    def __enter__(self) -> None:
+        self.started_s = time.monotonic()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: object) -> None:
+        if kind is not None and issubclass(kind, ReplicaUnavailableError):
+            return  # never started there: the caller retries elsewhere
+        requests, errors, latency = self.series
+        if kind is not None:
+            errors.inc()
+        requests.inc()
+        latency.observe(time.monotonic() - self.started_s)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,12 @@ async def test_slow_headers_get_408_and_prompt_ones_an_answer(base: type) -> Non
         await asyncio.sleep(DEADLINE_S * 2)  # idle between requests: not the deadline's
         writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(DEADLINE_S * 2)
+        started = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n")  # the next request's, unfinished
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 408 ")  # from its first byte, not the idle time
+        assert DEADLINE_S * 0.9 <= time.monotonic() - started < DEADLINE_S + 2
         writer.close()
     finally:
         server.should_exit = True
