@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 import random
 import socket
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -36,3 +38,11 @@ def _ephemeral_low() -> int:
                                .split()[0]))
     except (OSError, ValueError, IndexError):
         return 32768
+
+
+def access_lines(log: Path) -> list[dict[str, Any]]:
+    """The access-log records of a gateway run with ``--log-format json`` (complete lines
+    only: the last piece may be a line being written)."""
+    complete = log.read_text().split("\n")[:-1]
+    records = (json.loads(raw) for raw in complete if raw.startswith("{"))
+    return [r for r in records if r.get("logger") == "llmserve.access"]

@@ -4,7 +4,6 @@ fields operators need and a key identifier instead of the key."""
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import time
@@ -15,20 +14,10 @@ import httpx
 from openai import OpenAI
 
 from benchmarks.cluster_procs import wait_http_ok
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import access_lines, free_port
 from tests.fixtures_engines import cached_tiny_model
 
 KEY = "sk-access-log-secret-0123456789"
-
-
-def access_lines(log: Path) -> list[dict[str, Any]]:
-    lines = []
-    for raw in log.read_text().splitlines():
-        if raw.startswith("{"):
-            record = json.loads(raw)
-            if record.get("logger") == "llmserve.access":
-                lines.append(record)
-    return lines
 
 
 def test_json_access_log_has_one_line_per_request(tmp_path: Path) -> None:

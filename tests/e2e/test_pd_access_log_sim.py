@@ -3,7 +3,6 @@ disaggregated request writes exactly one access-log line, naming both replicas."
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -14,16 +13,10 @@ import httpx
 from openai import OpenAI
 
 from benchmarks.cluster_procs import wait_http_ok
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import access_lines, free_port
 from tests.fixtures_engines import cached_tiny_model
 
 CHAT = [{"role": "user", "content": "split me into prefill and decode " * 4}]
-
-
-def access_lines(log: Path) -> list[dict[str, Any]]:
-    complete = log.read_text().split("\n")[:-1]  # the last piece may be a line being written
-    records = (json.loads(raw) for raw in complete if raw.startswith("{"))
-    return [r for r in records if r.get("logger") == "llmserve.access"]
 
 
 def test_one_access_line_per_disaggregated_request_with_both_replicas(tmp_path: Path) -> None:
