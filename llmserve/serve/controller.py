@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -51,7 +50,7 @@ class Controller:
         self.period_s = period_s
         self.apps: dict[str, AppRecord] = {}
         self.deployments: dict[tuple[str, str], DeploymentState] = {}
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the tick loop's wait, if waiting
         self._loop_task: asyncio.Task[None] | None = None
         self._bound_ingress: set[int] = set()
         self.route_table: list[tuple[str, str]] = []  # (prefix without trailing /, app)
@@ -63,14 +62,21 @@ class Controller:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 self.tick()
             except Exception:
                 log.exception("controller tick failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period_s)
+            # until the period is over or wake(): a future and a timer, not wait_for's
+            # task per tick (this runs 20 times a second)
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(self.period_s, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
 
     def tick(self) -> None:
         for key, state in list(self.deployments.items()):
@@ -81,7 +87,8 @@ class Controller:
                 del self.deployments[key]
 
     def wake(self) -> None:
-        self._wake.set()
+        if self._waiter is not None:
+            _resolve(self._waiter)
 
     # ---- applications --------------------------------------------------------------
     async def deploy_app(self, app: Application, name: str, route_prefix: str | None) -> None:
@@ -244,3 +251,8 @@ def _version(target: Any, args: Any, kwargs: Any, config: Any) -> str:
     text = repr((id(target), getattr(target, "__qualname__", ""), args, sorted(kwargs.items()),
                  config.code_version_fields()))
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
