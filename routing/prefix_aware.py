@@ -228,7 +228,7 @@ class PrefixAwarePolicy(RoutingPolicy):
         # decisions are noisy: over the cap by share_margin standard deviations (scaled by
         # the part it does not see; a lone router keeps the cap as it is)
         share_cap += self.share_margin * self._unseen(own, engines) * math.sqrt(share_cap)
-        if not (own or sum(loads) >= len(candidates)):  # not is_busy(candidates, loads)
+        if not is_busy(own, loads):
             share_cap = float("inf")
         # a private prefix (a conversation's own history: no other recent request matched
         # this deep) stays where it is cached; the share guard moves shared prefixes only
@@ -246,10 +246,8 @@ class PrefixAwarePolicy(RoutingPolicy):
         rand = self._rng.random
         prefilling = self._prefilling if self.prefill_aware else {}
         # bound lookups: this loop runs per candidate, per request
-        held_of = blocks.get if blocks else _nothing
-        queued_of = prefilling.get if prefilling else _nothing
-        cached_of = cached.get if cached else _nothing
-        pressure_of = pressures.get if pressures else _none
+        held_of, queued_of, cached_of = blocks.get, prefilling.get, cached.get
+        pressure_of = (pressures or {}).get
         keyed = []
         for i, c in enumerate(candidates):
             rid = c.replica_id
@@ -260,7 +258,7 @@ class PrefixAwarePolicy(RoutingPolicy):
                 held -= 0.5  # after the holders that have computed it, before the rest
             # an adapter request: where it is resident first; else where a load costs least
             miss = adapter is not None and adapter not in c.model_ids
-            crowding = pressure_of(rid, None)
+            crowding = pressure_of(rid)
             if crowding is None:
                 crowding = cached_of(rid, 0)
             else:  # blocks held + recent evictions, scaled up by the KV usage (0..1)
@@ -384,14 +382,6 @@ class PrefixAwarePolicy(RoutingPolicy):
                 _increment(self._recent_matches, old_match, -1)
 
 
-def _nothing(key: Any, default: int) -> int:
-    return default
-
-
-def _none(key: Any, default: None) -> None:
-    return None
-
-
 def _increment(counts: dict[Any, int], key: Any, by: int) -> None:
     left = counts.get(key, 0) + by
     if left:
@@ -400,11 +390,12 @@ def _increment(counts: dict[Any, int], key: Any, by: int) -> None:
         del counts[key]
 
 
-def is_busy(candidates: Sequence[Candidate], loads: Sequence[float]) -> bool:
-    """Does balance matter now? This router has a request in flight, or the engines report
-    at least one request per replica (traffic from other ingress processes). Engine stats
+def is_busy(own_in_flight: int, loads: Sequence[float]) -> bool:
+    """Does balance matter now? This router has a request in flight (``own_in_flight``,
+    over all candidates), or the engines report at least one request per replica
+    (``loads``, one per candidate: traffic from other ingress processes). Engine stats
     are a refresh period old: one request that finished since does not make it busy."""
-    return any(c.num_ongoing for c in candidates) or sum(loads) >= len(candidates)
+    return own_in_flight > 0 or sum(loads) >= len(loads)
 
 
 def request_tokens(request: RouteRequest) -> Sequence[int] | None:

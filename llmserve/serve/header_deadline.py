@@ -63,11 +63,9 @@ def with_header_deadline(base: type[Any], timeout_s: float) -> type[asyncio.Prot
                 cls._sweep_timer = self.loop.call_later(sweep_s, cls._sweep, self.loop)
 
         def data_received(self, data: bytes) -> None:
-            if self._head_since is None:
-                if self._awaiting_head():
-                    self._arm()  # the first byte of the next request
-                    self._head_bytes = True
-            elif not self._head_bytes:
+            if self._head_since is None and self._awaiting_head():
+                self._arm()  # the first byte of the next request
+            if self._head_since is not None:
                 self._head_bytes = True
             super().data_received(data)
             if self._head_since is not None and not self._awaiting_head():
